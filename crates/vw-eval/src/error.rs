@@ -1,0 +1,25 @@
+//! The one error type of this crate.
+
+/// Errors raised by this crate, with the context a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation inside candle failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    /// A config or input was invalid.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,78 @@
+//! Command-line interface: argument types shared by subcommands and the dispatch.
+
+mod demo;
+mod download;
+mod eval;
+mod generate;
+mod info;
+mod train_dldm;
+mod train_policy;
+
+use clap::{Args, Parser, Subcommand};
+use vw_tensor_kernels::{DeviceSpec, DtypeSpec};
+
+/// VideoWorld 2: learn transferable task knowledge from unlabeled videos.
+#[derive(Debug, Parser)]
+#[command(name = "vw", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); `VW_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole VideoWorld 2 loop on the built-in CraftWorld (no downloads, CPU).
+    Demo(demo::DemoArgs),
+    /// Generate a video from an image with the diffusion model, or roll out a policy.
+    Generate(generate::GenerateArgs),
+    /// Train the dLDM (stage 1 warm-up or stage 2 with the video diffusion model).
+    TrainDldm(train_dldm::TrainDldmArgs),
+    /// Train the autoregressive policy over latent codes (or the action decoder).
+    TrainPolicy(train_policy::TrainPolicyArgs),
+    /// Evaluate checkpoints and write a report folder.
+    Eval(eval::EvalArgs),
+    /// Fetch a model from the Hugging Face Hub into the local cache.
+    Download(download::DownloadArgs),
+    /// Print features, devices and versions.
+    Info(info::InfoArgs),
+}
+
+/// `--device` / `--dtype`, shared by every subcommand that computes.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Where to compute: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Floating-point type of the model weights and activations: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: DtypeSpec,
+}
+
+impl DeviceArgs {
+    /// Opens the device, with the spec in the error.
+    pub fn open(&self) -> anyhow::Result<candle_core::Device> {
+        Ok(self.device.open()?)
+    }
+}
+
+/// Dispatches to the subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::TrainDldm(a) => train_dldm::run(a),
+        Command::TrainPolicy(a) => train_policy::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Download(a) => download::run(a),
+        Command::Info(a) => info::run(a),
+    }
+}
+
+/// The error of a subcommand that a later piece of work fills in.
+pub fn not_yet(what: &str, issue: u32) -> anyhow::Error {
+    anyhow::anyhow!("`vw {what}` is not implemented yet (tracked in issue #{issue})")
+}
