@@ -5,11 +5,37 @@
 //! Every op is an ordinary function over candle tensors that takes the CUDA kernel on a CUDA
 //! tensor (with the `cuda` feature) and the CPU reference otherwise.
 
+pub mod attention;
+pub mod conv3d;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod device;
 pub mod error;
+pub mod fsq;
+pub mod norm;
+pub mod rope;
+pub mod util;
+pub mod vq;
+
+#[cfg(test)]
+mod tests;
 
 pub use device::{parse_device, parse_dtype, DeviceSpec, DtypeSpec};
 pub use error::{Error, Result};
+pub use util::{host_f32, max_rel_err, random_f32, random_tensor};
 
 /// Whether this build carries the CUDA kernels (`--features cuda`).
 pub const CUDA_ENABLED: bool = cfg!(feature = "cuda");
+
+static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Fill every CUDA kernel output with 0xFF bytes (NaN, u32::MAX) before the kernel runs, so a
+/// parity check catches elements a kernel never writes. Off by default (it costs a memset).
+pub fn set_poison_outputs(on: bool) {
+    POISON.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_poison_outputs`] is on.
+pub fn poison_outputs() -> bool {
+    POISON.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -1,0 +1,42 @@
+//! Compiles `kernels/*.cu` to PTX with nvcc, only with the `cuda` feature; CPU builds do nothing.
+//! `CUDA_COMPUTE_CAP` picks the target (default 90, i.e. `-arch=sm_90`); `NVCC` or `CUDA_HOME`
+//! locate the compiler.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let cap = cap.trim().replace('.', "");
+    let nvcc = std::env::var("NVCC").ok().unwrap_or_else(|| match std::env::var("CUDA_HOME") {
+        Ok(home) => format!("{home}/bin/nvcc"),
+        Err(_) => "nvcc".into(),
+    });
+    for entry in std::fs::read_dir("kernels").expect("kernels/ exists") {
+        let path = entry.expect("readable kernels/ entry").path();
+        if path.extension().is_some_and(|e| e == "cuh") {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+        if path.extension().is_none_or(|e| e != "cu") {
+            continue;
+        }
+        println!("cargo:rerun-if-changed={}", path.display());
+        let stem = path.file_stem().expect("file name").to_string_lossy().to_string();
+        let ptx = out.join(format!("{stem}.ptx"));
+        let status = Command::new(&nvcc)
+            .args(["-ptx", "-O3", "-std=c++17", &format!("-arch=sm_{cap}"), "-Ikernels", "-o"])
+            .arg(&ptx)
+            .arg(&path)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run nvcc ({nvcc}): {e}; install the toolkit or set NVCC"));
+        assert!(status.success(), "nvcc failed on {}", path.display());
+    }
+}

@@ -1,0 +1,495 @@
+//! CUDA glue: loads the PTX that build.rs compiled from `kernels/*.cu` (once per device), and
+//! launches the kernels on candle's CUDA storages. Every op allocates its output here; with
+//! [`crate::set_poison_outputs`] on, outputs are filled with 0xFF bytes (NaN / u32::MAX) first, so
+//! a kernel that skips an element cannot pass a parity check by accident.
+
+use crate::attention::FlashAttnOp;
+use crate::conv3d::Conv3dDims;
+use crate::fsq::{FsqOp, FsqOutput};
+use crate::norm::{NormKind, NormModulateOp};
+use crate::rope::RopeLayout;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    self, CudaFunction, CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice, WrapErr};
+use candle_core::{bail, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+macro_rules! ptx {
+    ($name:literal) => {
+        include_str!(concat!(env!("OUT_DIR"), "/", $name, ".ptx"))
+    };
+}
+const FLASH: &str = ptx!("flash_attn");
+const CONV: &str = ptx!("conv3d");
+const NORM: &str = ptx!("norm_modulate");
+const ROPE: &str = ptx!("rope");
+const FSQ: &str = ptx!("fsq");
+const VQ: &str = ptx!("vq");
+
+type FuncCache = HashMap<(String, &'static str), CudaFunction>;
+
+/// The kernel `name` of the PTX module `ptx` on `dev`, loaded once; `smem` above 48 KiB raises the
+/// function's dynamic shared memory limit.
+fn func(dev: &CudaDevice, ptx: &'static str, name: &'static str, smem: u32) -> Result<CudaFunction> {
+    static CACHE: OnceLock<Mutex<FuncCache>> = OnceLock::new();
+    let key = (format!("{:?}", dev.id()), name);
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("kernel cache poisoned".into()))?;
+    if let Some(f) = cache.get(&key) {
+        return Ok(f.clone());
+    }
+    let ctx = dev.cuda_stream().context().clone();
+    let module = ctx.load_module(candle_core::cuda_backend::cudarc::nvrtc::Ptx::from_src(ptx)).w()?;
+    let f = module.load_function(name).w()?;
+    if smem > 48 * 1024 {
+        use driver::sys::CUfunction_attribute_enum as A;
+        f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).w()?;
+    }
+    cache.insert(key, f.clone());
+    Ok(f)
+}
+
+/// A fresh output buffer of `n` elements, poisoned when the check harness asks for it.
+fn alloc_out<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every kernel below writes all n elements (checked by `vw kernel-check` with poison on).
+    let out = unsafe { dev.alloc::<T>(n.max(1))? };
+    if crate::poison_outputs() {
+        let stream = dev.cuda_stream();
+        let (ptr, _sync) = out.device_ptr(&stream);
+        // SAFETY: ptr is a live allocation of at least n * size_of::<T>() bytes on this stream.
+        unsafe { driver::result::memset_d8_async(ptr, 0xFF, n.max(1) * std::mem::size_of::<T>(), stream.cu_stream()) }
+            .w()?;
+    }
+    Ok(out)
+}
+
+fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.slice(a..b)),
+        None => bail!("vw-tensor-kernels: CUDA kernels take contiguous operands"),
+    }
+}
+
+fn launch(
+    f: &CudaFunction,
+    dev: &CudaDevice,
+    cfg: LaunchConfig,
+    args: impl FnOnce(&mut driver::LaunchArgs<'_>),
+) -> Result<()> {
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(f);
+    args(&mut b);
+    // SAFETY: argument lists match the kernel signatures in kernels/*.cu.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(())
+}
+
+fn grid1(n: usize, block: u32) -> LaunchConfig {
+    let blocks = n.div_ceil(block as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn f32_view<'a>(st: &'a Storage, l: &Layout) -> Result<CudaView<'a, f32>> {
+    match st {
+        Storage::Cuda(c) => view(c.as_cuda_slice::<f32>()?, l),
+        _ => bail!("expected an f32 CUDA tensor"),
+    }
+}
+
+pub(crate) fn flash_attn_fwd(
+    op: &FlashAttnOp,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let [b, h, lq, lk, d] = op.dims;
+    let dev = s1.device().clone();
+    let (suffix, esz) = match s1.dtype() {
+        DType::BF16 => ("bf16", 2),
+        DType::F16 => ("f16", 2),
+        dt => bail!("flash_attn kernel takes bf16/f16, got {dt:?}"),
+    };
+    let name: &'static str = match (suffix, d) {
+        ("bf16", 64) => "flash_fwd_bf16_d64",
+        ("bf16", 128) => "flash_fwd_bf16_d128",
+        ("f16", 64) => "flash_fwd_f16_d64",
+        ("f16", 128) => "flash_fwd_f16_d128",
+        _ => bail!("flash_attn kernel takes head_dim 64 or 128, got {d}"),
+    };
+    for l in [l1, l2, l3] {
+        if l.start_offset() % 8 != 0 {
+            bail!("flash_attn kernel needs 16-byte aligned operands");
+        }
+    }
+    let smem = (4 * 64 * (d + 8) * esz) as u32;
+    let f = func(&dev, FLASH, name, smem)?;
+    let cfg = LaunchConfig {
+        grid_dim: (lq.div_ceil(64) as u32, (b * h) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    let scale_log2 = op.scale * std::f32::consts::LOG2_E;
+    let mask_guard;
+    let (mask_view, ms) = match &op.mask {
+        Some(m) => {
+            let (st, ml) = m.storage_and_layout();
+            let md = ml.dims().to_vec();
+            let full = [b, h, lq, lk];
+            let mut strides = [0i64; 4];
+            let mut acc = 1i64;
+            for i in (0..4).rev() {
+                strides[i] = if md[i] == 1 && full[i] != 1 { 0 } else { acc };
+                acc *= md[i] as i64;
+            }
+            mask_guard = (st, ml.clone());
+            (Some(f32_view(&mask_guard.0, &mask_guard.1)?), strides)
+        }
+        None => (None, [0i64; 4]),
+    };
+    let n = b * h * lq * d;
+    let (lq_i, lk_i, h_i, causal) = (lq as i32, lk as i32, h as i32, op.causal as i32);
+    macro_rules! run {
+        ($t:ty, $variant:ident) => {{
+            let (q, k, v) = (
+                view(s1.as_cuda_slice::<$t>()?, l1)?,
+                view(s2.as_cuda_slice::<$t>()?, l2)?,
+                view(s3.as_cuda_slice::<$t>()?, l3)?,
+            );
+            let out = alloc_out::<$t>(&dev, n)?;
+            let null: u64 = 0;
+            launch(&f, &dev, cfg, |a| {
+                a.arg(&q).arg(&k).arg(&v).arg(&out);
+                match &mask_view {
+                    Some(m) => a.arg(m),
+                    None => a.arg(&null),
+                };
+                a.arg(&h_i).arg(&lq_i).arg(&lk_i).arg(&scale_log2).arg(&causal);
+                a.arg(&ms[0]).arg(&ms[1]).arg(&ms[2]).arg(&ms[3]);
+            })?;
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match s1.dtype() {
+        DType::BF16 => run!(bf16, BF16),
+        _ => run!(f16, F16),
+    };
+    Ok((CudaStorage { slice, device: dev }, Shape::from((b, h, lq, d))))
+}
+
+/// Geometry passed by value to `conv3d_*` (matches `ConvGeom` in conv3d.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConvGeom([i32; 18]);
+// SAFETY: plain old data with the C layout the kernel expects.
+unsafe impl DeviceRepr for ConvGeom {}
+
+pub(crate) fn conv3d_fwd(
+    d: &Conv3dDims,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let [b, c, t, h, w] = d.x;
+    let [o, _, kt, kh, kw] = d.w;
+    let [_, _, to, ho, wo] = d.out;
+    let g = ConvGeom(
+        [
+            b,
+            c,
+            t,
+            h,
+            w,
+            o,
+            kt,
+            kh,
+            kw,
+            d.stride[0],
+            d.stride[1],
+            d.stride[2],
+            d.padding[0],
+            d.padding[1],
+            d.padding[2],
+            to,
+            ho,
+            wo,
+        ]
+        .map(|v| v as i32),
+    );
+    let m = b * to * ho * wo;
+    let cfg = LaunchConfig {
+        grid_dim: (m.div_ceil(64) as u32, o.div_ceil(64) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let n = b * o * to * ho * wo;
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let f = func(&dev, CONV, $name, 0)?;
+            let (x, wv, bv) = (
+                view(s1.as_cuda_slice::<$t>()?, l1)?,
+                view(s2.as_cuda_slice::<$t>()?, l2)?,
+                view(s3.as_cuda_slice::<$t>()?, l3)?,
+            );
+            let out = alloc_out::<$t>(&dev, n)?;
+            launch(&f, &dev, cfg, |a| {
+                a.arg(&x).arg(&wv).arg(&bv).arg(&out).arg(&g);
+            })?;
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match s1.dtype() {
+        DType::BF16 => run!(bf16, BF16, "conv3d_bf16"),
+        DType::F16 => run!(f16, F16, "conv3d_f16"),
+        dt => bail!("conv3d kernel takes bf16/f16, got {dt:?}"),
+    };
+    Ok((CudaStorage { slice, device: dev }, Shape::from(d.out.to_vec())))
+}
+
+/// (b, l, c) element strides of a contiguous operand broadcast to `full`.
+fn bstrides(l: &Layout, full: [usize; 3]) -> Result<[i64; 3]> {
+    let t = Tensor::zeros(l.shape(), DType::F32, &candle_core::Device::Cpu)?;
+    crate::norm::bcast_strides("norm", "operand", &t, full)
+        .map(|s| s.map(|v| v as i64))
+        .map_err(candle_core::Error::wrap)
+}
+
+fn row_block(c: usize) -> u32 {
+    (c.div_ceil(32) * 32).clamp(32, 256) as u32
+}
+
+pub(crate) fn norm_modulate_fwd(
+    op: &NormModulateOp,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (b, l, c) = l1.shape().dims3()?;
+    let (ss, sc) = (bstrides(l2, [b, l, c])?, bstrides(l3, [b, l, c])?);
+    let cfg =
+        LaunchConfig { grid_dim: ((b * l).max(1) as u32, 1, 1), block_dim: (row_block(c), 1, 1), shared_mem_bytes: 0 };
+    let (li, ci, rms) = (l as i32, c as i32, (op.kind == NormKind::Rms) as i32);
+    let shift = view(s2.as_cuda_slice::<f32>()?, l2)?;
+    let scale = view(s3.as_cuda_slice::<f32>()?, l3)?;
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let f = func(&dev, NORM, $name, 0)?;
+            let x = view(s1.as_cuda_slice::<$t>()?, l1)?;
+            let out = alloc_out::<$t>(&dev, b * l * c)?;
+            launch(&f, &dev, cfg, |a| {
+                a.arg(&x).arg(&shift).arg(&scale).arg(&out).arg(&li).arg(&ci);
+                a.arg(&ss[0]).arg(&ss[1]).arg(&ss[2]).arg(&sc[0]).arg(&sc[1]).arg(&sc[2]).arg(&op.eps).arg(&rms);
+            })?;
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match s1.dtype() {
+        DType::F32 => run!(f32, F32, "norm_modulate_f32"),
+        DType::BF16 => run!(bf16, BF16, "norm_modulate_bf16"),
+        DType::F16 => run!(f16, F16, "norm_modulate_f16"),
+        dt => bail!("norm kernel takes f32/bf16/f16, got {dt:?}"),
+    };
+    Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
+}
+
+pub(crate) fn gated_residual_fwd(
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (b, l, c) = l1.shape().dims3()?;
+    let gs = bstrides(l2, [b, l, c])?;
+    let cfg =
+        LaunchConfig { grid_dim: ((b * l).max(1) as u32, 1, 1), block_dim: (row_block(c), 1, 1), shared_mem_bytes: 0 };
+    let (li, ci) = (l as i32, c as i32);
+    let gate = view(s2.as_cuda_slice::<f32>()?, l2)?;
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let f = func(&dev, NORM, $name, 0)?;
+            let (x, y) = (view(s1.as_cuda_slice::<$t>()?, l1)?, view(s3.as_cuda_slice::<$t>()?, l3)?);
+            let out = alloc_out::<$t>(&dev, b * l * c)?;
+            launch(&f, &dev, cfg, |a| {
+                a.arg(&x).arg(&gate).arg(&y).arg(&out).arg(&li).arg(&ci).arg(&gs[0]).arg(&gs[1]).arg(&gs[2]);
+            })?;
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match s1.dtype() {
+        DType::F32 => run!(f32, F32, "gated_residual_f32"),
+        DType::BF16 => run!(bf16, BF16, "gated_residual_bf16"),
+        DType::F16 => run!(f16, F16, "gated_residual_f16"),
+        dt => bail!("gated residual kernel takes f32/bf16/f16, got {dt:?}"),
+    };
+    Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
+}
+
+pub(crate) fn rope_fwd(
+    layout: RopeLayout,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (b, h, l, d) = l1.shape().dims4()?;
+    let pairs = (b * h * l * d / 2) as i64;
+    let cfg = grid1(pairs as usize, 256);
+    let (li, di, il) = (l as i32, d as i32, (layout == RopeLayout::Interleaved) as i32);
+    let (cs, sn) = (view(s2.as_cuda_slice::<f32>()?, l2)?, view(s3.as_cuda_slice::<f32>()?, l3)?);
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let f = func(&dev, ROPE, $name, 0)?;
+            let x = view(s1.as_cuda_slice::<$t>()?, l1)?;
+            let out = alloc_out::<$t>(&dev, b * h * l * d)?;
+            launch(&f, &dev, cfg, |a| {
+                a.arg(&x).arg(&cs).arg(&sn).arg(&out).arg(&pairs).arg(&li).arg(&di).arg(&il);
+            })?;
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match s1.dtype() {
+        DType::F32 => run!(f32, F32, "rope_f32"),
+        DType::BF16 => run!(bf16, BF16, "rope_bf16"),
+        DType::F16 => run!(f16, F16, "rope_f16"),
+        dt => bail!("rope kernel takes f32/bf16/f16, got {dt:?}"),
+    };
+    Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
+}
+
+/// FSQ constants passed by value (matches `FsqParams` in fsq.cu).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FsqParams {
+    d: i32,
+    levels: [i32; 8],
+    half_l: [f32; 8],
+    offset: [f32; 8],
+    shift: [f32; 8],
+    hw: [f32; 8],
+    basis: [f32; 8],
+}
+// SAFETY: plain old data with the C layout the kernel expects.
+unsafe impl DeviceRepr for FsqParams {}
+
+fn fsq_params(levels: &[usize]) -> Result<FsqParams> {
+    if levels.len() > 8 {
+        bail!("fsq kernel supports at most 8 levels, got {levels:?}");
+    }
+    let c = crate::fsq::level_constants(levels).map_err(candle_core::Error::wrap)?;
+    let mut p = FsqParams {
+        d: levels.len() as i32,
+        levels: [1; 8],
+        half_l: [0.; 8],
+        offset: [0.; 8],
+        shift: [0.; 8],
+        hw: [1.; 8],
+        basis: [1.; 8],
+    };
+    for (i, (l, k)) in levels.iter().zip(c).enumerate() {
+        p.levels[i] = *l as i32;
+        [p.half_l[i], p.offset[i], p.shift[i], p.hw[i], p.basis[i]] = k.map(|v| v as f32);
+    }
+    Ok(p)
+}
+
+pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s.device().clone();
+    let p = fsq_params(&op.levels)?;
+    let d = op.levels.len();
+    if op.want == FsqOutput::Decode {
+        let n = l.shape().elem_count();
+        let f = func(&dev, FSQ, "fsq_decode", 0)?;
+        let idx = view(s.as_cuda_slice::<u32>()?, l)?;
+        let out = alloc_out::<f32>(&dev, n * d)?;
+        let ni = n as i64;
+        launch(&f, &dev, grid1(n, 256), |a| {
+            a.arg(&idx).arg(&out).arg(&ni).arg(&p);
+        })?;
+        let mut shape = l.dims().to_vec();
+        shape.push(d);
+        return Ok((CudaStorage { slice: CudaStorageSlice::F32(out), device: dev }, Shape::from(shape)));
+    }
+    let n = l.shape().elem_count() / d;
+    let ni = n as i64;
+    let null: u64 = 0;
+    let want_codes = op.want == FsqOutput::Codes;
+    macro_rules! run {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let f = func(&dev, FSQ, $name, 0)?;
+            let z = view(s.as_cuda_slice::<$t>()?, l)?;
+            if want_codes {
+                let out = alloc_out::<$t>(&dev, n * d)?;
+                launch(&f, &dev, grid1(n, 256), |a| {
+                    a.arg(&z).arg(&out).arg(&null).arg(&ni).arg(&p);
+                })?;
+                CudaStorageSlice::$variant(out)
+            } else {
+                let out = alloc_out::<u32>(&dev, n)?;
+                launch(&f, &dev, grid1(n, 256), |a| {
+                    a.arg(&z).arg(&null).arg(&out).arg(&ni).arg(&p);
+                })?;
+                CudaStorageSlice::U32(out)
+            }
+        }};
+    }
+    let slice = match s.dtype() {
+        DType::F32 => run!(f32, F32, "fsq_f32"),
+        DType::BF16 => run!(bf16, BF16, "fsq_bf16"),
+        DType::F16 => run!(f16, F16, "fsq_f16"),
+        dt => bail!("fsq kernel takes f32/bf16/f16, got {dt:?}"),
+    };
+    let shape = if want_codes { l.shape().clone() } else { Shape::from(l.dims()[..l.dims().len() - 1].to_vec()) };
+    Ok((CudaStorage { slice, device: dev }, shape))
+}
+
+pub(crate) fn vq_fwd(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = s1.device().clone();
+    let (n, d) = l1.shape().dims2()?;
+    let k = l2.shape().dims2()?.0;
+    let tk = (4096 / d).max(1);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(128).max(1) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: (tk * d * 4) as u32,
+    };
+    let (ni, ki, di) = (n as i32, k as i32, d as i32);
+    let out = alloc_out::<u32>(&dev, n)?;
+    macro_rules! run {
+        ($t:ty, $name:literal) => {{
+            let f = func(&dev, VQ, $name, cfg.shared_mem_bytes)?;
+            let (z, cb) = (view(s1.as_cuda_slice::<$t>()?, l1)?, view(s2.as_cuda_slice::<$t>()?, l2)?);
+            launch(&f, &dev, cfg, |a| {
+                a.arg(&z).arg(&cb).arg(&out).arg(&ni).arg(&ki).arg(&di);
+            })?;
+        }};
+    }
+    match s1.dtype() {
+        DType::F32 => run!(f32, "vq_f32"),
+        DType::BF16 => run!(bf16, "vq_bf16"),
+        DType::F16 => run!(f16, "vq_f16"),
+        dt => bail!("vq kernel takes f32/bf16/f16, got {dt:?}"),
+    }
+    Ok((CudaStorage { slice: CudaStorageSlice::U32(out), device: dev }, Shape::from(n)))
+}

@@ -1,0 +1,204 @@
+//! Finite scalar quantisation, exactly as the official VideoWorld 2 `FSQuantizer`
+//! (`videoworld2/latent_dynamics/modules/quantizers.py`): bound with tanh and a half-level offset
+//! for even levels, round (straight-through), normalise by the half width `level / 2` (integer
+//! division), index = sum of `(code * half_width + half_width) * basis` with basis = cumprod of
+//! `[1] + levels[:-1]`. The CUDA path (`kernels/fsq.cu`) fuses bound, round, normalise and index.
+
+use crate::util::{shape_err, storage_f32};
+use crate::Result;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, D};
+
+/// The bound's epsilon in the reference (`half_l = (levels - 1) * (1 + eps) / 2`).
+const BOUND_EPS: f64 = 1e-3;
+
+/// Per-level constants (half_l, offset, shift, half_width, basis), in f64 for exactness.
+pub(crate) fn level_constants(levels: &[usize]) -> Result<Vec<[f64; 5]>> {
+    if levels.is_empty() || levels.iter().any(|&l| l < 2) {
+        return Err(shape_err("fsq", format!("levels {levels:?} must be non-empty and each >= 2")));
+    }
+    let mut basis = 1usize;
+    let mut out = Vec::new();
+    for &l in levels {
+        let half_l = (l as f64 - 1.0) * (1.0 + BOUND_EPS) / 2.0;
+        let offset = if l % 2 == 0 { 0.5 } else { 0.0 };
+        let shift = (offset / half_l).atanh();
+        out.push([half_l, offset, shift, (l / 2) as f64, basis as f64]);
+        basis = basis
+            .checked_mul(l)
+            .ok_or_else(|| shape_err("fsq", format!("codebook size of levels {levels:?} overflows")))?;
+    }
+    if basis > u32::MAX as usize {
+        return Err(shape_err("fsq", format!("codebook size {basis} of levels {levels:?} does not fit u32")));
+    }
+    Ok(out)
+}
+
+/// Number of codes of `levels` (their product).
+pub fn codebook_size(levels: &[usize]) -> usize {
+    levels.iter().product()
+}
+
+fn level_tensor(levels: &[usize], col: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let v: Vec<f32> = level_constants(levels)?.iter().map(|c| c[col] as f32).collect();
+    Ok(Tensor::from_vec(v, levels.len(), dev)?)
+}
+
+/// Quantises z (..., D) with D = levels.len(): returns the straight-through codes in [-1, 1]
+/// (z's dtype; gradient flows through the tanh bound) and the code indices (u32, shape (...)).
+pub fn fsq_quantize(z: &Tensor, levels: &[usize]) -> Result<(Tensor, Tensor)> {
+    let d = *z.dims().last().ok_or_else(|| shape_err("fsq_quantize", "z must have a channel dim"))?;
+    if d != levels.len() {
+        return Err(shape_err(
+            "fsq_quantize",
+            format!("z {:?} has last dim {d}, levels {levels:?} need {}", z.shape(), levels.len()),
+        ));
+    }
+    if z.device().is_cuda() {
+        let codes = z.contiguous()?.apply_op1(FsqOp { levels: levels.to_vec(), want: FsqOutput::Codes })?;
+        let idx = z.contiguous()?.apply_op1_no_bwd(&FsqOp { levels: levels.to_vec(), want: FsqOutput::Indices })?;
+        return Ok((codes, idx));
+    }
+    composed(z, levels)
+}
+
+/// Composed candle FSQ (differentiable codes, straight-through round); indices via f32 sums.
+pub fn composed(z: &Tensor, levels: &[usize]) -> Result<(Tensor, Tensor)> {
+    let dev = z.device();
+    let zf = z.to_dtype(DType::F32)?;
+    let (half_l, offset, shift) =
+        (level_tensor(levels, 0, dev)?, level_tensor(levels, 1, dev)?, level_tensor(levels, 2, dev)?);
+    let (hw, basis) = (level_tensor(levels, 3, dev)?, level_tensor(levels, 4, dev)?);
+    let bounded = zf.broadcast_add(&shift)?.tanh()?.broadcast_mul(&half_l)?.broadcast_sub(&offset)?;
+    let rounded = bounded.detach().round()?;
+    let ste = (&bounded + (&rounded - bounded.detach())?)?;
+    let codes = ste.broadcast_div(&hw)?.to_dtype(z.dtype())?;
+    let idx = rounded.broadcast_add(&hw)?.broadcast_mul(&basis)?.sum(D::Minus1)?.to_dtype(DType::U32)?;
+    Ok((codes, idx))
+}
+
+/// Code vectors (..., D) in [-1, 1] (f32) of indices (...) (any integer dtype).
+pub fn fsq_indices_to_codes(indices: &Tensor, levels: &[usize]) -> Result<Tensor> {
+    level_constants(levels)?;
+    if indices.device().is_cuda() {
+        let idx = indices.to_dtype(DType::U32)?.contiguous()?;
+        return Ok(idx.apply_op1_no_bwd(&FsqOp { levels: levels.to_vec(), want: FsqOutput::Decode })?);
+    }
+    let idx: Vec<u32> = indices.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?;
+    let mut shape = indices.dims().to_vec();
+    shape.push(levels.len());
+    Ok(Tensor::from_vec(reference_decode(&idx, levels)?, shape, indices.device())?)
+}
+
+/// What a [`FsqOp`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsqOutput {
+    /// Normalised codes (z's dtype), straight-through gradient.
+    Codes,
+    /// u32 indices over the last dim.
+    Indices,
+    /// Codes (f32) from u32 indices.
+    Decode,
+}
+
+/// The fused op.
+#[derive(Debug, Clone)]
+pub struct FsqOp {
+    /// Levels per channel.
+    pub levels: Vec<usize>,
+    /// Which output.
+    pub want: FsqOutput,
+}
+
+impl candle_core::CustomOp1 for FsqOp {
+    fn name(&self) -> &'static str {
+        "vw-fsq"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let wrap = candle_core::Error::wrap;
+        let d = self.levels.len();
+        match self.want {
+            FsqOutput::Decode => {
+                let idx: Vec<u32> = match s {
+                    CpuStorage::U32(v) => match l.contiguous_offsets() {
+                        Some((a, b)) => v[a..b].to_vec(),
+                        None => candle_core::bail!("fsq decode takes contiguous indices"),
+                    },
+                    _ => candle_core::bail!("fsq decode expects u32 indices"),
+                };
+                let mut shape = l.dims().to_vec();
+                shape.push(d);
+                Ok((CpuStorage::F32(reference_decode(&idx, &self.levels).map_err(wrap)?), Shape::from(shape)))
+            }
+            want => {
+                let z = storage_f32(s, l)?;
+                let (codes, idx) = reference(&z, &self.levels).map_err(wrap)?;
+                if want == FsqOutput::Codes {
+                    Ok((crate::util::f32_storage(codes, s.dtype())?, l.shape().clone()))
+                } else {
+                    let dims = l.dims();
+                    Ok((CpuStorage::U32(idx), Shape::from(dims[..dims.len() - 1].to_vec())))
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::fsq_fwd(self, s, l)
+    }
+
+    fn bwd(&self, z: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // d codes / dz = half_l * (1 - tanh^2(z + shift)) / half_width (round is straight-through).
+        let f = || -> Result<Tensor> {
+            let dev = z.device();
+            let (half_l, shift, hw) = (
+                level_tensor(&self.levels, 0, dev)?,
+                level_tensor(&self.levels, 2, dev)?,
+                level_tensor(&self.levels, 3, dev)?,
+            );
+            let t = z.to_dtype(DType::F32)?.broadcast_add(&shift)?.tanh()?;
+            let dt = (t.sqr()?.neg()? + 1.0)?.broadcast_mul(&half_l.broadcast_div(&hw)?)?;
+            Ok((dt * grad.to_dtype(DType::F32)?)?.to_dtype(z.dtype())?)
+        };
+        Ok(Some(f().map_err(candle_core::Error::wrap)?))
+    }
+}
+
+/// Plain-Rust reference over a row-major (N, D) buffer: (codes, indices). Rounds half to even, as torch.
+pub fn reference(z: &[f32], levels: &[usize]) -> Result<(Vec<f32>, Vec<u32>)> {
+    let c = level_constants(levels)?;
+    let d = levels.len();
+    let mut codes = vec![0f32; z.len()];
+    let mut idx = vec![0u32; z.len() / d];
+    for (n, row) in z.chunks(d).enumerate() {
+        let mut acc = 0f32;
+        for (i, &v) in row.iter().enumerate() {
+            let [half_l, offset, shift, hw, basis] = c[i].map(|x| x as f32);
+            let r = ((v + shift).tanh() * half_l - offset).round_ties_even();
+            codes[n * d + i] = r / hw;
+            acc += (r + hw) * basis;
+        }
+        idx[n] = acc as u32;
+    }
+    Ok((codes, idx))
+}
+
+/// Plain-Rust decode of indices to normalised codes (row-major (N, D)).
+pub fn reference_decode(idx: &[u32], levels: &[usize]) -> Result<Vec<f32>> {
+    let c = level_constants(levels)?;
+    let mut out = Vec::with_capacity(idx.len() * levels.len());
+    for &i in idx {
+        for (k, &l) in levels.iter().enumerate() {
+            let hw = c[k][3] as f32;
+            let digit = (i as usize / c[k][4] as usize) % l;
+            out.push((digit as f32 - hw) / hw);
+        }
+    }
+    Ok(out)
+}
