@@ -1,5 +1,6 @@
 //! Command-line interface: argument types shared by subcommands and the dispatch.
 
+mod data;
 mod demo;
 mod download;
 mod eval;
@@ -39,6 +40,8 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Print features, devices and versions.
     Info(info::InfoArgs),
+    /// Write datasets to disk (CraftWorld expert episodes).
+    Data(data::DataArgs),
 }
 
 /// `--device` / `--dtype`, shared by every subcommand that computes.
@@ -69,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Download(a) => download::run(a),
         Command::Info(a) => info::run(a),
+        Command::Data(a) => data::run(a),
     }
 }
 

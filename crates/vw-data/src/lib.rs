@@ -3,6 +3,8 @@
 //!
 //! Bottom layer: depends on candle-core for batches only; never on a model crate.
 
+pub mod craftworld;
 pub mod error;
+pub mod image_tensor;
 
 pub use error::{Error, Result};
