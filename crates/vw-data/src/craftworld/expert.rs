@@ -118,7 +118,7 @@ pub(crate) fn step_state(before: &SceneState, recipe: &Recipe, k: usize, s: f32)
     let start = if seg == 0 { 0.0 } else { SEGMENT_END[seg - 1] };
     let t = smoothstep((s - start) / (SEGMENT_END[seg] - start));
     let hand = lerp(points[seg], points[seg + 1], t);
-    let closed = s >= SEGMENT_END[1] - 1e-6 && s < SEGMENT_END[4] - 1e-6;
+    let closed = (SEGMENT_END[1] - 1e-6..SEGMENT_END[4] - 1e-6).contains(&s);
     let mut state = before.clone();
     state.hand = hand;
     state.closed = closed;
