@@ -180,6 +180,16 @@ impl Episode {
         crate::image_tensor::frames_to_tensor(&self.frames, device)
     }
 
+    /// The discrete action label of every frame (`FrameTruth::action_label`, `0..NUM_ACTION_CLASSES`).
+    pub fn action_labels(&self) -> Vec<usize> {
+        self.truth.iter().map(|t| t.action_label).collect()
+    }
+
+    /// The low-level action of every frame as `[dx, dy, grip]` (world units; see [`Action`]).
+    pub fn actions(&self) -> Vec<[f32; 3]> {
+        self.truth.iter().map(|t| [t.action.dx, t.action.dy, t.action.grip as f32]).collect()
+    }
+
     /// The last frame of every step (what the judge scores step by step).
     pub fn step_end_frames(&self) -> Vec<RgbImage> {
         self.steps.iter().map(|s| self.frames[s.end_frame].clone()).collect()

@@ -42,7 +42,11 @@ fn episode_shapes_spans_and_truth_agree() {
     let closes = ep.truth.windows(2).filter(|w| !w[0].scene.closed && w[1].scene.closed).count();
     assert_eq!(closes, k);
     assert_eq!(ep.truth[0].phase, Phase::Rest);
-    assert!(ep.truth.iter().all(|t| t.action_label < NUM_ACTION_CLASSES));
+    assert!(ep.action_labels().iter().all(|&l| l < NUM_ACTION_CLASSES));
+    assert_eq!(ep.actions().len(), ep.frames.len());
+    // Frame 0 reaches toward the first block: a real move with the gripper open.
+    assert_ne!(ep.action_labels()[0] / 2, 0);
+    assert_eq!(ep.actions()[0][2], 0.0);
     // Actions integrate to the next hand pose.
     for w in ep.truth.windows(2) {
         assert!((w[0].scene.hand.0 + w[0].action.dx - w[1].scene.hand.0).abs() < 1e-5);
@@ -246,3 +250,4 @@ fn tolerance_sweep() {
         println!("last block shifted {frac:.1} cell: still counted sideways {side}/{n}, upward {up}/{n}");
     }
 }
+
