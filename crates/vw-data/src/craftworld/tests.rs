@@ -250,4 +250,3 @@ fn tolerance_sweep() {
         println!("last block shifted {frac:.1} cell: still counted sideways {side}/{n}, upward {up}/{n}");
     }
 }
-
