@@ -35,7 +35,7 @@ mod writer;
 pub use expert::{Action, FrameTruth, Phase, StepSpan, NUM_ACTION_CLASSES, STAY_EPS};
 pub use judge::Judge;
 pub use recipe::{BlockId, Cell, Placement, Recipe, Structure, BLOCK_NAMES, GLYPH_NAMES, NUM_BLOCKS, PALETTE_HSV};
-pub use render::render;
+pub use render::{render, Renderer};
 pub use scene::{
     cell_top_left, source_top_left, Appearance, Camera, Distractor, SceneState, TableTexture, WallTexture, CELL,
     TABLE_V,
@@ -265,7 +265,8 @@ pub fn generate_episode(cfg: &CraftConfig, split: Split, seed: u64) -> Result<Ep
     let (recipe, initial) = sample_task(cfg, seed)?;
     let appearance = Appearance::sample(split, seed);
     let (states, truth, steps) = expert::rollout(&initial, &recipe, cfg.frames_per_step);
-    let frames = states.iter().map(|s| render(s, &recipe, &appearance, cfg.image_size)).collect();
+    let renderer = Renderer::new(&recipe, &appearance, cfg.image_size);
+    let frames = states.iter().map(|s| renderer.render(s)).collect();
     Ok(Episode { seed, split, recipe, appearance, frames, truth, steps })
 }
 

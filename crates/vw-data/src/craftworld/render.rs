@@ -21,75 +21,124 @@ const OPEN_SPREAD: f32 = 0.016;
 /// Half width of the arm that holds the gripper from above.
 const ARM_HALF: f32 = 0.012;
 
-/// Draws one frame of a scene at `size`×`size` pixels.
+/// Draws one frame of a scene at `size`×`size` pixels (builds a [`Renderer`]; use one to draw many frames).
 pub fn render(state: &SceneState, recipe: &Recipe, look: &Appearance, size: usize) -> RgbImage {
-    let mut img = RgbImage::new(size as u32, size as u32);
-    let inv = 1.0 / size as f32;
-    // The held block is drawn in front of the others (it is carried in front of the structure).
-    let mut blocks: Vec<(BlockId, f32, f32)> = state.blocks.clone();
-    if let Some(h) = state.held {
-        if let Some(i) = blocks.iter().position(|b| b.0 == h) {
-            let b = blocks.remove(i);
-            blocks.insert(0, b);
-        }
-    }
-    let shader = Shader { state, blocks: &blocks, recipe, look };
-    for y in 0..size {
-        for x in 0..size {
-            let mut acc = [0.0f32; 3];
-            for sy in 0..2 {
-                for sx in 0..2 {
-                    let px = (x as f32 + 0.25 + 0.5 * sx as f32) * inv;
-                    let py = (y as f32 + 0.25 + 0.5 * sy as f32) * inv;
-                    let (u, v) = look.camera.unproject(px, py);
-                    for (a, c) in acc.iter_mut().zip(shader.shade(u, v)) {
-                        *a += c;
+    Renderer::new(recipe, look, size).render(state)
+}
+
+/// Draws frames of one scene. What never moves (wall, table, card, distractors, light) is shaded once
+/// per sample at construction; each frame only shades the hand and the blocks.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    look: Appearance,
+    size: usize,
+    /// 4 samples per pixel, row-major pixels, each with its world point, light and lit static colour.
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    u: f32,
+    v: f32,
+    light: f32,
+    lit: [f32; 3],
+}
+
+impl Renderer {
+    /// Precomputes the static part of the scene of `recipe` seen as `look`, at `size`×`size` pixels.
+    pub fn new(recipe: &Recipe, look: &Appearance, size: usize) -> Self {
+        let inv = 1.0 / size as f32;
+        let mut samples = Vec::with_capacity(size * size * 4);
+        for y in 0..size {
+            for x in 0..size {
+                for sy in 0..2 {
+                    for sx in 0..2 {
+                        let px = (x as f32 + 0.25 + 0.5 * sx as f32) * inv;
+                        let py = (y as f32 + 0.25 + 0.5 * sy as f32) * inv;
+                        let (u, v) = look.camera.unproject(px, py);
+                        let light = light_at(look, u, v);
+                        let lit = apply_light(static_unlit(recipe, look, u, v), look, light);
+                        samples.push(Sample { u, v, light, lit });
                     }
                 }
             }
+        }
+        Self { look: look.clone(), size, samples }
+    }
+
+    /// Draws `state`.
+    pub fn render(&self, state: &SceneState) -> RgbImage {
+        let size = self.size as u32;
+        let mut img = RgbImage::new(size, size);
+        // The held block is drawn in front of the others (it is carried in front of the structure).
+        let mut blocks: Vec<(BlockId, f32, f32)> = state.blocks.clone();
+        if let Some(h) = state.held {
+            if let Some(i) = blocks.iter().position(|b| b.0 == h) {
+                let b = blocks.remove(i);
+                blocks.insert(0, b);
+            }
+        }
+        let shader = Shader { state, blocks: &blocks, look: &self.look };
+        for (i, pixel) in self.samples.chunks_exact(4).enumerate() {
+            let mut acc = [0.0f32; 3];
+            for s in pixel {
+                let c = match shader.dynamic(s.u, s.v) {
+                    Some(base) => apply_light(base, &self.look, s.light),
+                    None => s.lit,
+                };
+                for (a, c) in acc.iter_mut().zip(c) {
+                    *a += c;
+                }
+            }
             let px = acc.map(|c| (c * 0.25 * 255.0).round().clamp(0.0, 255.0) as u8);
-            img.put_pixel(x as u32, y as u32, Rgb(px));
+            img.put_pixel(i as u32 % size, i as u32 / size, Rgb(px));
+        }
+        img
+    }
+}
+
+/// Brightness at world point (u, v): a top-to-bottom falloff and the spotlight.
+fn light_at(look: &Appearance, u: f32, v: f32) -> f32 {
+    let (su, sv, strength) = look.spot;
+    let d2 = (u - su).powi(2) + (v - sv).powi(2);
+    (1.04 - 0.08 * v) * (1.0 + strength * (-d2 / 0.08).exp())
+}
+
+fn apply_light(base: [f32; 3], look: &Appearance, light: f32) -> [f32; 3] {
+    [0, 1, 2].map(|k| (base[k] * look.light_gain[k] * light).clamp(0.0, 1.0))
+}
+
+/// Unlit colour of what never moves: distractors, then the card, then wall and table.
+fn static_unlit(recipe: &Recipe, look: &Appearance, u: f32, v: f32) -> [f32; 3] {
+    for d in &look.distractors {
+        if let Some(c) = distractor(d, u, v) {
+            return c;
         }
     }
-    img
+    if let Some(c) = card(recipe, u, v) {
+        return c;
+    }
+    background(look, u, v)
 }
 
 struct Shader<'a> {
     state: &'a SceneState,
     blocks: &'a [(BlockId, f32, f32)],
-    recipe: &'a Recipe,
     look: &'a Appearance,
 }
 
 impl Shader<'_> {
-    /// Colour of the world point (u, v), lit.
-    fn shade(&self, u: f32, v: f32) -> [f32; 3] {
-        let base = self.unlit(u, v);
-        let look = self.look;
-        let (su, sv, strength) = look.spot;
-        let d2 = (u - su).powi(2) + (v - sv).powi(2);
-        let light = (1.04 - 0.08 * v) * (1.0 + strength * (-d2 / 0.08).exp());
-        [0, 1, 2].map(|k| (base[k] * look.light_gain[k] * light).clamp(0.0, 1.0))
-    }
-
-    fn unlit(&self, u: f32, v: f32) -> [f32; 3] {
+    /// Unlit colour of the hand or a block at (u, v), if one is there.
+    fn dynamic(&self, u: f32, v: f32) -> Option<[f32; 3]> {
         if let Some(c) = self.hand(u, v) {
-            return c;
+            return Some(c);
         }
         for &(id, bu, bv) in self.blocks {
             if u >= bu && u < bu + CELL && v >= bv && v < bv + CELL {
-                return block_rgb(id, (u - bu) / CELL, (v - bv) / CELL, self.look);
+                return Some(block_rgb(id, (u - bu) / CELL, (v - bv) / CELL, self.look));
             }
         }
-        for d in &self.look.distractors {
-            if let Some(c) = distractor(d, u, v) {
-                return c;
-            }
-        }
-        if let Some(c) = self.card(u, v) {
-            return c;
-        }
-        background(self.look, u, v)
+        None
     }
 
     fn hand(&self, u: f32, v: f32) -> Option<[f32; 3]> {
@@ -111,35 +160,36 @@ impl Shader<'_> {
         }
         None
     }
+}
 
-    fn card(&self, u: f32, v: f32) -> Option<[f32; 3]> {
-        let (u0, v0, u1, v1) = CARD;
-        if u < u0 || u >= u1 || v < v0 || v >= v1 {
-            return None;
-        }
-        if (u - u0).min(u1 - u).min(v - v0).min(v1 - v) < 0.006 {
-            return Some([0.25, 0.25, 0.27]);
-        }
-        // The target structure, bottom-centred on the card, above a thin ground line.
-        let w = self.recipe.width_cells() * CARD_CELL;
-        let left = 0.5 * (u0 + u1) - 0.5 * w;
-        let base = v1 - 0.03;
-        if v >= base && v < base + 0.006 && u >= left - 0.01 && u < left + w + 0.01 {
-            return Some([0.3, 0.3, 0.3]);
-        }
-        for p in &self.recipe.placements {
-            let cu = left + p.cell.col * CARD_CELL;
-            let cv = base - (p.cell.level as f32 + 1.0) * CARD_CELL;
-            if u >= cu && u < cu + CARD_CELL && v >= cv && v < cv + CARD_CELL {
-                let a = (u - cu) / CARD_CELL;
-                let b = (v - cv) / CARD_CELL;
-                let (h, s, val) = PALETTE_HSV[p.block];
-                let outline = a.min(1.0 - a).min(b).min(1.0 - b) < 0.1;
-                return Some(hsv_to_rgb(h, s, if outline { val * 0.5 } else { val }));
-            }
-        }
-        Some([0.95, 0.94, 0.90])
+/// The blueprint card: a white card with the target structure in the blocks' colours.
+fn card(recipe: &Recipe, u: f32, v: f32) -> Option<[f32; 3]> {
+    let (u0, v0, u1, v1) = CARD;
+    if u < u0 || u >= u1 || v < v0 || v >= v1 {
+        return None;
     }
+    if (u - u0).min(u1 - u).min(v - v0).min(v1 - v) < 0.006 {
+        return Some([0.25, 0.25, 0.27]);
+    }
+    // The target structure, bottom-centred on the card, above a thin ground line.
+    let w = recipe.width_cells() * CARD_CELL;
+    let left = 0.5 * (u0 + u1) - 0.5 * w;
+    let base = v1 - 0.03;
+    if v >= base && v < base + 0.006 && u >= left - 0.01 && u < left + w + 0.01 {
+        return Some([0.3, 0.3, 0.3]);
+    }
+    for p in &recipe.placements {
+        let cu = left + p.cell.col * CARD_CELL;
+        let cv = base - (p.cell.level as f32 + 1.0) * CARD_CELL;
+        if u >= cu && u < cu + CARD_CELL && v >= cv && v < cv + CARD_CELL {
+            let a = (u - cu) / CARD_CELL;
+            let b = (v - cv) / CARD_CELL;
+            let (h, s, val) = PALETTE_HSV[p.block];
+            let outline = a.min(1.0 - a).min(b).min(1.0 - b) < 0.1;
+            return Some(hsv_to_rgb(h, s, if outline { val * 0.5 } else { val }));
+        }
+    }
+    Some([0.95, 0.94, 0.90])
 }
 
 /// A block's face at local coordinates (a, b) in [0,1)²: outline, face and glyph in one hue.
