@@ -6,6 +6,12 @@ pub enum Error {
     /// A tensor operation inside candle failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A vw-tensor-kernels op rejected its inputs or failed.
+    #[error(transparent)]
+    Kernel(#[from] vw_tensor_kernels::Error),
+    /// A checkpoint tensor is missing or has the wrong shape for the model.
+    #[error("{path}: tensor {key}: {reason}")]
+    Weights { path: std::path::PathBuf, key: String, reason: String },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },

@@ -4,7 +4,16 @@
 //!
 //! Depends on `vw-diffusion`, `vw-tensor-kernels` and `vw-data`; never on the policy, eval or CLI.
 
+pub mod checkpoint_keys;
+pub mod config;
+pub mod decoder;
+pub mod encoder;
 pub mod error;
+pub mod haar;
+pub mod layers3d;
+pub mod qformer;
+pub mod quantizer;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 
