@@ -118,6 +118,22 @@ fn judge_scores_expert_final_frames_fully_and_first_frames_zero() {
 }
 
 #[test]
+fn judge_is_exact_on_clean_frames_at_32_and_128_px() {
+    for size in [32, 128] {
+        let cfg = CraftConfig { image_size: size, frames_per_step: 1, ..CraftConfig::default() };
+        for split in [Split::Train, Split::TestAppearance] {
+            for seed in 300..310 {
+                let ep = generate_episode(&cfg, split, seed).unwrap();
+                let judge = Judge::for_episode(&ep);
+                let want: Vec<bool> = vec![true; ep.num_steps()];
+                assert_eq!(judge.step_success(&ep.step_end_frames(), &ep.recipe), want, "{size} {split} {seed}");
+                assert_eq!(judge.steps_completed(&ep.frames[0], &ep.recipe), 0, "{size} {split} {seed}");
+            }
+        }
+    }
+}
+
+#[test]
 fn judge_survives_blur_and_noise() {
     let cfg = CraftConfig { image_size: 64, frames_per_step: 1, ..CraftConfig::default() };
     for split in [Split::Train, Split::TestAppearance] {
