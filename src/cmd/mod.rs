@@ -6,6 +6,8 @@ mod download;
 mod eval;
 mod generate;
 mod info;
+mod kernel_bench;
+mod kernel_check;
 mod train_dldm;
 mod train_policy;
 
@@ -40,6 +42,10 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Print features, devices and versions.
     Info(info::InfoArgs),
+    /// Check every custom kernel against its CPU reference on random inputs (prints a table).
+    KernelCheck(kernel_check::KernelCheckArgs),
+    /// Time the custom kernels against the composed candle ops and the device ceilings.
+    KernelBench(kernel_bench::KernelBenchArgs),
     /// Write datasets to disk (CraftWorld expert episodes).
     Data(data::DataArgs),
 }
@@ -72,6 +78,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Download(a) => download::run(a),
         Command::Info(a) => info::run(a),
+        Command::KernelCheck(a) => kernel_check::run(a),
+        Command::KernelBench(a) => kernel_bench::run(a),
         Command::Data(a) => data::run(a),
     }
 }

@@ -140,14 +140,24 @@ pub fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: [usize; 3], 
     let [st, sh, sw] = stride;
     let [pt, ph, pw] = padding;
     let mut xp = x.pad_with_zeros(2, pt, pt)?;
-    // candle's conv2d takes one padding and one stride for both spatial dims.
-    let pad2 = if ph == pw {
+    // candle's conv2d takes one padding and one stride for both spatial dims, and its backward
+    // derives the transposed conv's output padding from H alone: with a spatial stride, pad (or
+    // trim unused trailing input) by hand so each dim is exactly the extent the windows read.
+    let stride2 = if sh == sw { sh } else { 1 };
+    let pad2 = if stride2 > 1 {
+        for (dim, p, k, s, o) in [(3, ph, d.w[3], sh, ho), (4, pw, d.w[4], sw, wo)] {
+            let need = (o - 1) * s + k;
+            xp = xp.pad_with_zeros(dim, p, 0)?;
+            let have = xp.dim(dim)?;
+            xp = if have >= need { xp.narrow(dim, 0, need)? } else { xp.pad_with_zeros(dim, 0, need - have)? };
+        }
+        0
+    } else if ph == pw {
         ph
     } else {
         xp = xp.pad_with_zeros(3, ph, ph)?.pad_with_zeros(4, pw, pw)?;
         0
     };
-    let stride2 = if sh == sw { sh } else { 1 };
     let mut acc: Option<Tensor> = None;
     for i in 0..kt {
         let frames = if st == 1 {

@@ -10,13 +10,13 @@ use crate::norm::{NormKind, NormModulateOp};
 use crate::rope::RopeLayout;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    self, CudaFunction, CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    self, CudaFunction, CudaModule, CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, CudaStorageSlice, WrapErr};
 use candle_core::{bail, DType, Layout, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 macro_rules! ptx {
     ($name:literal) => {
@@ -44,8 +44,21 @@ fn func(dev: &CudaDevice, ptx: &'static str, name: &'static str, smem: u32) -> R
     if let Some(f) = cache.get(&key) {
         return Ok(f.clone());
     }
-    let ctx = dev.cuda_stream().context().clone();
-    let module = ctx.load_module(candle_core::cuda_backend::cudarc::nvrtc::Ptx::from_src(ptx)).w()?;
+    static MODULES: OnceLock<Mutex<HashMap<(String, usize), Arc<CudaModule>>>> = OnceLock::new();
+    let mkey = (key.0.clone(), ptx.as_ptr() as usize);
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("module cache poisoned".into()))?;
+    let module = match modules.get(&mkey) {
+        Some(m) => m.clone(),
+        None => {
+            let ctx = dev.cuda_stream().context().clone();
+            let m = ctx.load_module(candle_core::cuda_backend::cudarc::nvrtc::Ptx::from_src(ptx)).w()?;
+            modules.insert(mkey, m.clone());
+            m
+        }
+    };
     let f = module.load_function(name).w()?;
     if smem > 48 * 1024 {
         use driver::sys::CUfunction_attribute_enum as A;
@@ -76,18 +89,15 @@ fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> Result<CudaView<'a, T>> {
     }
 }
 
-fn launch(
-    f: &CudaFunction,
-    dev: &CudaDevice,
-    cfg: LaunchConfig,
-    args: impl FnOnce(&mut driver::LaunchArgs<'_>),
-) -> Result<()> {
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(f);
-    args(&mut b);
-    // SAFETY: argument lists match the kernel signatures in kernels/*.cu.
-    unsafe { b.launch(cfg) }.w()?;
-    Ok(())
+/// Launches `f` with the listed arguments (references that outlive the launch).
+macro_rules! launch {
+    ($f:expr, $dev:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let stream = $dev.cuda_stream();
+        let mut b = stream.launch_builder(&$f);
+        $( b.arg($arg); )*
+        // SAFETY: argument lists match the kernel signatures in kernels/*.cu.
+        unsafe { b.launch($cfg) }.w()?;
+    }};
 }
 
 fn grid1(n: usize, block: u32) -> LaunchConfig {
@@ -166,15 +176,10 @@ pub(crate) fn flash_attn_fwd(
             );
             let out = alloc_out::<$t>(&dev, n)?;
             let null: u64 = 0;
-            launch(&f, &dev, cfg, |a| {
-                a.arg(&q).arg(&k).arg(&v).arg(&out);
-                match &mask_view {
-                    Some(m) => a.arg(m),
-                    None => a.arg(&null),
-                };
-                a.arg(&h_i).arg(&lq_i).arg(&lk_i).arg(&scale_log2).arg(&causal);
-                a.arg(&ms[0]).arg(&ms[1]).arg(&ms[2]).arg(&ms[3]);
-            })?;
+            match &mask_view {
+                Some(m) => launch!(f, dev, cfg; &q, &k, &v, &out, m, &h_i, &lq_i, &lk_i, &scale_log2, &causal, &ms[0], &ms[1], &ms[2], &ms[3]),
+                None => launch!(f, dev, cfg; &q, &k, &v, &out, &null, &h_i, &lq_i, &lk_i, &scale_log2, &causal, &ms[0], &ms[1], &ms[2], &ms[3]),
+            }
             CudaStorageSlice::$variant(out)
         }};
     }
@@ -244,9 +249,7 @@ pub(crate) fn conv3d_fwd(
                 view(s3.as_cuda_slice::<$t>()?, l3)?,
             );
             let out = alloc_out::<$t>(&dev, n)?;
-            launch(&f, &dev, cfg, |a| {
-                a.arg(&x).arg(&wv).arg(&bv).arg(&out).arg(&g);
-            })?;
+            launch!(f, dev, cfg; &x, &wv, &bv, &out, &g);
             CudaStorageSlice::$variant(out)
         }};
     }
@@ -292,10 +295,7 @@ pub(crate) fn norm_modulate_fwd(
             let f = func(&dev, NORM, $name, 0)?;
             let x = view(s1.as_cuda_slice::<$t>()?, l1)?;
             let out = alloc_out::<$t>(&dev, b * l * c)?;
-            launch(&f, &dev, cfg, |a| {
-                a.arg(&x).arg(&shift).arg(&scale).arg(&out).arg(&li).arg(&ci);
-                a.arg(&ss[0]).arg(&ss[1]).arg(&ss[2]).arg(&sc[0]).arg(&sc[1]).arg(&sc[2]).arg(&op.eps).arg(&rms);
-            })?;
+            launch!(f, dev, cfg; &x, &shift, &scale, &out, &li, &ci, &ss[0], &ss[1], &ss[2], &sc[0], &sc[1], &sc[2], &op.eps, &rms);
             CudaStorageSlice::$variant(out)
         }};
     }
@@ -328,9 +328,7 @@ pub(crate) fn gated_residual_fwd(
             let f = func(&dev, NORM, $name, 0)?;
             let (x, y) = (view(s1.as_cuda_slice::<$t>()?, l1)?, view(s3.as_cuda_slice::<$t>()?, l3)?);
             let out = alloc_out::<$t>(&dev, b * l * c)?;
-            launch(&f, &dev, cfg, |a| {
-                a.arg(&x).arg(&gate).arg(&y).arg(&out).arg(&li).arg(&ci).arg(&gs[0]).arg(&gs[1]).arg(&gs[2]);
-            })?;
+            launch!(f, dev, cfg; &x, &gate, &y, &out, &li, &ci, &gs[0], &gs[1], &gs[2]);
             CudaStorageSlice::$variant(out)
         }};
     }
@@ -363,9 +361,7 @@ pub(crate) fn rope_fwd(
             let f = func(&dev, ROPE, $name, 0)?;
             let x = view(s1.as_cuda_slice::<$t>()?, l1)?;
             let out = alloc_out::<$t>(&dev, b * h * l * d)?;
-            launch(&f, &dev, cfg, |a| {
-                a.arg(&x).arg(&cs).arg(&sn).arg(&out).arg(&pairs).arg(&li).arg(&di).arg(&il);
-            })?;
+            launch!(f, dev, cfg; &x, &cs, &sn, &out, &pairs, &li, &di, &il);
             CudaStorageSlice::$variant(out)
         }};
     }
@@ -424,9 +420,7 @@ pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
         let idx = view(s.as_cuda_slice::<u32>()?, l)?;
         let out = alloc_out::<f32>(&dev, n * d)?;
         let ni = n as i64;
-        launch(&f, &dev, grid1(n, 256), |a| {
-            a.arg(&idx).arg(&out).arg(&ni).arg(&p);
-        })?;
+        launch!(f, dev, grid1(n, 256); &idx, &out, &ni, &p);
         let mut shape = l.dims().to_vec();
         shape.push(d);
         return Ok((CudaStorage { slice: CudaStorageSlice::F32(out), device: dev }, Shape::from(shape)));
@@ -441,15 +435,11 @@ pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
             let z = view(s.as_cuda_slice::<$t>()?, l)?;
             if want_codes {
                 let out = alloc_out::<$t>(&dev, n * d)?;
-                launch(&f, &dev, grid1(n, 256), |a| {
-                    a.arg(&z).arg(&out).arg(&null).arg(&ni).arg(&p);
-                })?;
+                launch!(f, dev, grid1(n, 256); &z, &out, &null, &ni, &p);
                 CudaStorageSlice::$variant(out)
             } else {
                 let out = alloc_out::<u32>(&dev, n)?;
-                launch(&f, &dev, grid1(n, 256), |a| {
-                    a.arg(&z).arg(&null).arg(&out).arg(&ni).arg(&p);
-                })?;
+                launch!(f, dev, grid1(n, 256); &z, &null, &out, &ni, &p);
                 CudaStorageSlice::U32(out)
             }
         }};
@@ -480,9 +470,7 @@ pub(crate) fn vq_fwd(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layou
         ($t:ty, $name:literal) => {{
             let f = func(&dev, VQ, $name, cfg.shared_mem_bytes)?;
             let (z, cb) = (view(s1.as_cuda_slice::<$t>()?, l1)?, view(s2.as_cuda_slice::<$t>()?, l2)?);
-            launch(&f, &dev, cfg, |a| {
-                a.arg(&z).arg(&cb).arg(&out).arg(&ni).arg(&ki).arg(&di);
-            })?;
+            launch!(f, dev, cfg; &z, &cb, &out, &ni, &ki, &di);
         }};
     }
     match s1.dtype() {

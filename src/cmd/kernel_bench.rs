@@ -1,0 +1,152 @@
+//! `vw kernel-bench`: times each vw-tensor-kernels op against the composed candle ops it replaces,
+//! at the shapes the video models run (Cosmos-Predict2 2B attention, Wan-VAE decoder convs), plus
+//! the copy and matmul ceilings of the same device. Wall time around `synchronize`, median of runs.
+
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use std::time::Instant;
+use vw_tensor_kernels::{attention, conv3d, fsq, norm, rope, DeviceSpec};
+
+/// Arguments of `vw kernel-bench`.
+#[derive(Debug, Args)]
+pub struct KernelBenchArgs {
+    /// Device to time on.
+    #[arg(long, default_value = "cuda:0")]
+    pub device: DeviceSpec,
+    /// Timed repetitions per case (median reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Only the smallest shapes (a quick smoke run).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Median seconds of `f` over `iters` runs after one warm-up, synchronising the device around each.
+fn time(dev: &Device, iters: usize, mut f: impl FnMut() -> anyhow::Result<Tensor>) -> anyhow::Result<f64> {
+    drop(f()?);
+    dev.synchronize()?;
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t0 = Instant::now();
+        let out = f()?;
+        dev.synchronize()?;
+        ts.push(t0.elapsed().as_secs_f64());
+        drop(out);
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok(ts[ts.len() / 2])
+}
+
+fn rand(shape: &[usize], dt: DType, dev: &Device) -> anyhow::Result<Tensor> {
+    // Uniform values generated on the device (no host transfer of GBs).
+    Ok(Tensor::rand(-1f32, 1f32, shape, dev)?.to_dtype(dt)?)
+}
+
+fn row(name: &str, shape: &str, ours: f64, composed: Option<f64>, work: f64, unit: &str) {
+    let per = |t: f64| work / t / 1e12 * if unit == "GB/s" { 1e3 } else { 1.0 };
+    let c = composed.map_or("-".to_string(), |c| format!("{:.3} ms ({:.1} {unit})", c * 1e3, per(c)));
+    let speedup = composed.map_or("-".to_string(), |c| format!("{:.2}x", c / ours));
+    println!("| {name} | {shape} | {:.3} ms | {:.1} {unit} | {c} | {speedup} |", ours * 1e3, per(ours));
+}
+
+/// Runs the benchmark and prints a markdown table.
+pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
+    let dev = args.device.open()?;
+    let it = args.iters;
+    println!("vw kernel-bench on {} ({} timed runs, median)", args.device, it);
+    println!("| op | shape | ours | ours rate | composed candle | speedup |");
+    println!("|---|---|---|---|---|---|");
+
+    // Ceilings.
+    let big = rand(&[256 << 20], DType::BF16, &dev)?; // 512 MiB
+    let t = time(&dev, it, || Ok(big.copy()?))?;
+    row("copy (dtod) ceiling", "512 MiB bf16", t, None, 2.0 * 512.0 * (1 << 20) as f64, "GB/s");
+    drop(big);
+    let n = if args.quick { 2048 } else { 8192 };
+    let (a, b) = (rand(&[n, n], DType::BF16, &dev)?, rand(&[n, n], DType::BF16, &dev)?);
+    let t = time(&dev, it, || Ok(a.matmul(&b)?))?;
+    row("matmul (cuBLAS) ceiling", &format!("{n}^3 bf16"), t, None, 2.0 * (n as f64).powi(3), "TFLOP/s");
+    drop((a, b));
+
+    // Flash attention, Cosmos-Predict2 2B heads: B=1, H=16, D=128, bf16.
+    let seqs: &[usize] = if args.quick { &[1024] } else { &[4096, 16384, 37440] };
+    for &l in seqs {
+        let q = rand(&[1, 16, l, 128], DType::BF16, &dev)?;
+        let k = rand(&[1, 16, l, 128], DType::BF16, &dev)?;
+        let v = rand(&[1, 16, l, 128], DType::BF16, &dev)?;
+        for causal in [false, true] {
+            let scale = 1.0 / (128f32).sqrt();
+            let ours = time(&dev, it, || Ok(attention::flash_attn(&q, &k, &v, scale, causal, None)?))?;
+            let comp = if l <= 4096 {
+                Some(time(&dev, it.min(3), || Ok(attention::composed(&q, &k, &v, scale, causal, None)?))?)
+            } else {
+                None
+            };
+            let flops = 4.0 * 16.0 * (l as f64) * (l as f64) * 128.0 * if causal { 0.5 } else { 1.0 };
+            row(
+                &format!("flash_attn{}", if causal { " causal" } else { "" }),
+                &format!("1x16x{l}x128"),
+                ours,
+                comp,
+                flops,
+                "TFLOP/s",
+            );
+        }
+    }
+
+    // conv3d at Wan-VAE decoder shapes (k=3, padding 1, 4 frames), bf16.
+    let convs: &[(usize, usize, usize)] =
+        if args.quick { &[(96, 60, 104)] } else { &[(384, 60, 104), (192, 240, 416), (96, 480, 832)] };
+    for &(c, h, w) in convs {
+        let x = rand(&[1, c, 4, h, w], DType::BF16, &dev)?;
+        let wt = (rand(&[c, c, 3, 3, 3], DType::BF16, &dev)? * 0.05)?;
+        let bias = rand(&[c], DType::BF16, &dev)?;
+        let dims = conv3d::Conv3dDims::new(&x, &wt, Some(&bias), [1, 1, 1], [1, 1, 1])?;
+        let ours = time(&dev, it, || Ok(conv3d::conv3d(&x, &wt, Some(&bias), [1, 1, 1], [1, 1, 1])?))?;
+        let comp = time(&dev, it.min(3), || Ok(conv3d::composed(&x, &wt, Some(&bias), [1, 1, 1], [1, 1, 1])?))?;
+        row("conv3d", &format!("1x{c}x4x{h}x{w} k3"), ours, Some(comp), 2.0 * dims.macs() as f64, "TFLOP/s");
+    }
+
+    // Bandwidth-bound ops at the DiT's token count (37440 tokens x 2048 channels), bf16.
+    let l = if args.quick { 4096 } else { 37440 };
+    let x = rand(&[1, l, 2048], DType::BF16, &dev)?;
+    let y = rand(&[1, l, 2048], DType::BF16, &dev)?;
+    let (sh, sc) = (rand(&[1, 1, 2048], DType::F32, &dev)?, rand(&[1, 1, 2048], DType::F32, &dev)?);
+    let bytes = (l * 2048 * 2) as f64;
+    let ours = time(&dev, it, || Ok(norm::layer_norm_modulate(&x, &sh, &sc, 1e-6)?))?;
+    let comp = time(&dev, it, || Ok(norm::composed(&x, None, &sh, &sc, 1e-6, norm::NormKind::Layer)?))?;
+    row("layer_norm_modulate", &format!("1x{l}x2048"), ours, Some(comp), 2.0 * bytes, "GB/s");
+    let ours = time(&dev, it, || Ok(norm::rms_norm_modulate(&x, None, &sh, &sc, 1e-6)?))?;
+    let comp = time(&dev, it, || Ok(norm::composed(&x, None, &sh, &sc, 1e-6, norm::NormKind::Rms)?))?;
+    row("rms_norm_modulate", &format!("1x{l}x2048"), ours, Some(comp), 2.0 * bytes, "GB/s");
+    let ours = time(&dev, it, || Ok(norm::gated_residual(&x, &sh, &y)?))?;
+    let comp = time(&dev, it, || Ok(norm::gated_residual_composed(&x, &sh, &y)?))?;
+    row("gated_residual", &format!("1x{l}x2048"), ours, Some(comp), 3.0 * bytes, "GB/s");
+    drop((x, y));
+
+    let xr = rand(&[1, 16, l, 128], DType::BF16, &dev)?;
+    let ang = rand(&[l, 64], DType::F32, &dev)?;
+    let (cos, sin) = (ang.cos()?, ang.sin()?);
+    for layout in [rope::RopeLayout::Half, rope::RopeLayout::Interleaved] {
+        let ours = time(&dev, it, || Ok(rope::apply(&xr, &cos, &sin, layout)?))?;
+        let comp = time(&dev, it, || Ok(rope::composed(&xr, &cos, &sin, layout)?))?;
+        row(
+            &format!("rope {layout:?}"),
+            &format!("1x16x{l}x128"),
+            ours,
+            Some(comp),
+            2.0 * (16 * l * 128 * 2) as f64,
+            "GB/s",
+        );
+    }
+    drop(xr);
+
+    let n = if args.quick { 1 << 18 } else { 1 << 22 };
+    let z = rand(&[n, 4], DType::F32, &dev)?;
+    let levels = [8, 5, 5, 5];
+    let ours = time(&dev, it, || Ok(fsq::fsq_quantize(&z, &levels)?.0))?;
+    let comp = time(&dev, it, || Ok(fsq::composed(&z, &levels)?.0))?;
+    // Codes path reads z and writes codes (the index launch is timed with it: 2 kernels).
+    row("fsq_quantize (codes+idx)", &format!("{n}x4 f32"), ours, Some(comp), (n * (16 + 16 + 16 + 4)) as f64, "GB/s");
+    Ok(())
+}
