@@ -112,7 +112,7 @@ def gen_dit(name="dit", extra_pos_embed_type=None, num_layers=2, seed=0):
             model.register_to_config(controlnet_block_every_n=1)
             ntok = t * (h // 2) * (w // 2)
             res = [torch.randn(b, ntok, 48, generator=g) * 0.5 for _ in range(num_layers)]
-            out = model(latents, ts5, text, block_controlnet_hidden_states=res, fps=16, condition_mask=cond_mask,
+            out = model(latents, io["t5d0"], text, block_controlnet_hidden_states=res, fps=16, condition_mask=cond_mask,
                         padding_mask=padding_mask, return_dict=False)[0]
             for k, r in enumerate(res):
                 io[f"control_res{k}"] = r

@@ -1,11 +1,13 @@
 //! Command-line interface: argument types shared by subcommands and the dispatch.
 
 mod data;
+mod bench_dit;
 mod demo;
 mod download;
 mod eval;
 mod generate;
 mod info;
+mod parity;
 mod kernel_bench;
 mod kernel_check;
 mod train_dldm;
@@ -42,6 +44,12 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Print features, devices and versions.
     Info(info::InfoArgs),
+    /// Run one diffusion component on named tensors, for comparison with PyTorch.
+    Parity(parity::ParityArgs),
+    /// Time one Cosmos DiT forward (random weights).
+    BenchDit(bench_dit::BenchDitArgs),
+    /// Time one Wan VAE decode (random weights).
+    BenchVaeDecode(bench_dit::BenchVaeArgs),
     /// Check every custom kernel against its CPU reference on random inputs (prints a table).
     KernelCheck(kernel_check::KernelCheckArgs),
     /// Time the custom kernels against the composed candle ops and the device ceilings.
@@ -78,6 +86,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Download(a) => download::run(a),
         Command::Info(a) => info::run(a),
+        Command::Parity(a) => parity::run(a),
+        Command::BenchDit(a) => bench_dit::run(a),
+        Command::BenchVaeDecode(a) => bench_dit::run_vae(a),
         Command::KernelCheck(a) => kernel_check::run(a),
         Command::KernelBench(a) => kernel_bench::run(a),
         Command::Data(a) => data::run(a),
