@@ -40,7 +40,7 @@ pub fn kernel_supports(q: &Tensor, head_dim: usize) -> bool {
 }
 
 /// A contiguous tensor whose data starts 16-byte aligned (the kernel loads 16-byte chunks).
-fn aligned(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn aligned(t: &Tensor) -> Result<Tensor> {
     let t = t.contiguous()?;
     if t.layout().start_offset() % 8 == 0 {
         return Ok(t);

@@ -85,7 +85,8 @@ pub fn gated_residual(x: &Tensor, gate: &Tensor, y: &Tensor) -> Result<Tensor> {
     }
     if x.device().is_cuda() {
         let gate = gate.to_dtype(DType::F32)?.contiguous()?;
-        return Ok(x.contiguous()?.apply_op3(&gate, &y.to_dtype(x.dtype())?.contiguous()?, GatedResidualOp)?);
+        let y = crate::attention::aligned(&y.to_dtype(x.dtype())?)?;
+        return Ok(crate::attention::aligned(x)?.apply_op3(&gate, &y, GatedResidualOp)?);
     }
     gated_residual_composed(x, gate, y)
 }
@@ -99,7 +100,8 @@ pub fn gated_residual_composed(x: &Tensor, gate: &Tensor, y: &Tensor) -> Result<
 fn fused(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64, kind: NormKind) -> Result<Tensor> {
     let f = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.contiguous()?) };
     let op = NormModulateOp { eps: eps as f32, kind };
-    Ok(x.contiguous()?.apply_op3(&f(shift)?, &f(scale)?, op)?)
+    // The kernel's fast path loads 16-byte vectors.
+    Ok(crate::attention::aligned(x)?.apply_op3(&f(shift)?, &f(scale)?, op)?)
 }
 
 /// Composed norm + modulation in f32 (differentiable), returned in x's dtype.
