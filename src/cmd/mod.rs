@@ -1,11 +1,13 @@
 //! Command-line interface: argument types shared by subcommands and the dispatch.
 
+mod bench_ar;
 mod data;
 mod bench_dit;
 mod demo;
 mod download;
 mod eval;
 mod generate;
+mod generate_policy;
 mod info;
 mod parity;
 mod kernel_bench;
@@ -56,6 +58,8 @@ pub enum Command {
     KernelBench(kernel_bench::KernelBenchArgs),
     /// Write datasets to disk (CraftWorld expert episodes).
     Data(data::DataArgs),
+    /// Time KV-cached decoding of the AR policy transformer (random weights).
+    BenchAr(bench_ar::BenchArArgs),
 }
 
 /// `--device` / `--dtype`, shared by every subcommand that computes.
@@ -92,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::KernelCheck(a) => kernel_check::run(a),
         Command::KernelBench(a) => kernel_bench::run(a),
         Command::Data(a) => data::run(a),
+        Command::BenchAr(a) => bench_ar::run(a),
     }
 }
 

@@ -6,6 +6,18 @@ pub enum Error {
     /// A tensor operation inside candle failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A workspace kernel (attention, rotary embedding) rejected its inputs.
+    #[error(transparent)]
+    Kernels(#[from] vw_tensor_kernels::Error),
+    /// The dLDM, or the training machinery it shares, failed.
+    #[error(transparent)]
+    Dldm(#[from] vw_dldm::Error),
+    /// Reading CraftWorld episodes or images failed.
+    #[error(transparent)]
+    Data(#[from] vw_data::Error),
+    /// A checkpoint is missing or does not fit the model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: std::path::PathBuf, reason: String },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
