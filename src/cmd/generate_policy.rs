@@ -56,7 +56,8 @@ pub fn run(args: &PolicyArgs, image: &Path, out: &Path, device: &super::DeviceAr
         "transitions_per_step": policy.config().transitions_per_step,
         "steps": plan.steps[0],
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("planned {} steps from {}; codes written to {}", plan.steps[0].len(), image.display(), path.display());
     Ok(())
 }

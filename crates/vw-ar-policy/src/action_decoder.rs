@@ -55,7 +55,8 @@ impl ActionDecoder {
     /// obs: `(B, C, H, W)`, codes: `(B, codes_per_step)` u32 -> actions `(B, chunk_len, action_dim)`.
     pub fn forward(&self, obs: &Tensor, codes: &Tensor) -> Result<Tensor> {
         let c = &self.cfg;
-        let (b, ch, h, w) = obs.dims4().map_err(|_| Error::Invalid(format!("obs must be 4-D, found {:?}", obs.shape())))?;
+        let (b, ch, h, w) =
+            obs.dims4().map_err(|_| Error::Invalid(format!("obs must be 4-D, found {:?}", obs.shape())))?;
         if (ch, h, w) != (c.in_channels, c.image_size, c.image_size) {
             return Err(Error::Invalid(format!(
                 "obs must be (B, {}, {}, {}), found {:?}",
@@ -66,7 +67,11 @@ impl ActionDecoder {
             )));
         }
         if codes.dims() != [b, c.codes_per_step] {
-            return Err(Error::Invalid(format!("codes must be ({b}, {}), found {:?}", c.codes_per_step, codes.shape())));
+            return Err(Error::Invalid(format!(
+                "codes must be ({b}, {}), found {:?}",
+                c.codes_per_step,
+                codes.shape()
+            )));
         }
         let mut x = obs.clone();
         for conv in &self.convs {

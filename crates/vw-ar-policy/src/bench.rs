@@ -40,7 +40,8 @@ pub fn decode_throughput(policy: &Policy, shape: DecodeBench, device: &Device, s
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let prompt: Vec<u32> = (0..shape.batch * shape.prompt_len).map(|_| rng.random_range(0..vocab)).collect();
     let prompt = Tensor::from_vec(prompt, (shape.batch, shape.prompt_len), device)?;
-    let mut cache = policy.new_cache(shape.prompt_len, shape.new_tokens.div_ceil(policy.config().codes_per_step() + 2) + 1);
+    let mut cache =
+        policy.new_cache(shape.prompt_len, shape.new_tokens.div_ceil(policy.config().codes_per_step() + 2) + 1);
     device.synchronize()?;
     let t0 = Instant::now();
     let logits = policy.step(&policy.token_embeddings(&prompt)?, &mut cache)?;

@@ -68,7 +68,9 @@ impl ObsEncoderConfig {
         match self {
             Self::Conv { in_channels, channels, image_size } => {
                 if *in_channels == 0 || channels.is_empty() || channels.contains(&0) {
-                    return Err(Error::Invalid(format!("obs_encoder conv: bad channels {in_channels} -> {channels:?}")));
+                    return Err(Error::Invalid(format!(
+                        "obs_encoder conv: bad channels {in_channels} -> {channels:?}"
+                    )));
                 }
                 if *image_size == 0 || image_size % (1 << channels.len()) != 0 {
                     return Err(Error::Invalid(format!(

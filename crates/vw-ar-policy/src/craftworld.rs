@@ -9,7 +9,11 @@ use vw_dldm::LatentDynamics;
 
 /// Codes of every transition of each episode: `(S, Q)` per episode, encoded one episode at a time
 /// (the whole episode is one causal clip, so a step's codes see only its own and earlier frames).
-pub fn episode_codes(dynamics: &dyn LatentDynamics, episodes: &[Episode], device: &Device) -> Result<Vec<Vec<Vec<u32>>>> {
+pub fn episode_codes(
+    dynamics: &dyn LatentDynamics,
+    episodes: &[Episode],
+    device: &Device,
+) -> Result<Vec<Vec<Vec<u32>>>> {
     episodes
         .iter()
         .map(|ep| {
@@ -73,9 +77,9 @@ pub fn action_dataset(
             if *chunk_len.get_or_insert(len) != len {
                 return Err(Error::Invalid("episodes must share one frames-per-step".into()));
             }
-            let cs = c.get(k * transitions_per_step..(k + 1) * transitions_per_step).ok_or_else(|| {
-                Error::Invalid(format!("episode {}: no codes for step {k}", ep.seed))
-            })?;
+            let cs = c
+                .get(k * transitions_per_step..(k + 1) * transitions_per_step)
+                .ok_or_else(|| Error::Invalid(format!("episode {}: no codes for step {k}", ep.seed)))?;
             obs.push(vw_data::image_tensor::image_to_tensor(&ep.frames[start], &Device::Cpu)?);
             step_codes.extend(cs.iter().flatten().copied());
             for f in start..span.end_frame {

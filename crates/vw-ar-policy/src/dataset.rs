@@ -34,7 +34,10 @@ impl CodeDataset {
         codes_per_step: usize,
         code_vocab_size: usize,
     ) -> Result<Self> {
-        let n = frames.dims4().map_err(|_| Error::Invalid(format!("frames must be (N, C, H, W), found {:?}", frames.shape())))?.0;
+        let n = frames
+            .dims4()
+            .map_err(|_| Error::Invalid(format!("frames must be (N, C, H, W), found {:?}", frames.shape())))?
+            .0;
         let text = if text.is_empty() { vec![Vec::new(); n] } else { text };
         if steps.len() != n || text.len() != n {
             return Err(Error::Invalid(format!(
@@ -43,7 +46,13 @@ impl CodeDataset {
                 text.len()
             )));
         }
-        let ds = Self { frames: frames.to_dtype(DType::F32)?.to_device(&Device::Cpu)?, text, steps, codes_per_step, code_vocab_size };
+        let ds = Self {
+            frames: frames.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            text,
+            steps,
+            codes_per_step,
+            code_vocab_size,
+        };
         let vocab = Vocab::new(code_vocab_size);
         for (e, s) in ds.steps.iter().enumerate() {
             if s.is_empty() {
@@ -67,7 +76,9 @@ impl CodeDataset {
         let steps = codes
             .iter()
             .map(|e| {
-                e.chunks_exact(transitions_per_step).map(|c| c.iter().flatten().copied().collect::<Vec<u32>>()).collect()
+                e.chunks_exact(transitions_per_step)
+                    .map(|c| c.iter().flatten().copied().collect::<Vec<u32>>())
+                    .collect()
             })
             .collect();
         Self::new(frames, Vec::new(), steps, q * transitions_per_step, code_vocab_size)
@@ -94,9 +105,11 @@ impl CodeDataset {
         if let Some(&i) = idx.iter().find(|&&i| i >= self.len()) {
             return Err(Error::Invalid(format!("episode index {i} out of range 0..{}", self.len())));
         }
-        let seqs = idx.iter().map(|&i| vocab.encode_task(&self.steps[i], self.codes_per_step)).collect::<Result<Vec<_>>>()?;
+        let seqs =
+            idx.iter().map(|&i| vocab.encode_task(&self.steps[i], self.codes_per_step)).collect::<Result<Vec<_>>>()?;
         let n = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-        let flat: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(vocab.pad(), n - s.len()))).collect();
+        let flat: Vec<u32> =
+            seqs.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(vocab.pad(), n - s.len()))).collect();
         let tokens = Tensor::from_vec(flat, (idx.len(), n), device)?;
         let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
         let obs = self.frames.index_select(&ids, 0)?.to_device(device)?.to_dtype(dtype)?;
@@ -195,10 +208,13 @@ pub struct ActionDataset {
 impl ActionDataset {
     /// Builds and validates the triple set (all on the CPU).
     pub fn new(obs: Tensor, codes: Tensor, actions: Tensor) -> Result<Self> {
-        let n = obs.dims4().map_err(|_| Error::Invalid(format!("obs must be (N, C, H, W), found {:?}", obs.shape())))?.0;
-        let (nc, _) = codes.dims2().map_err(|_| Error::Invalid(format!("codes must be (N, L), found {:?}", codes.shape())))?;
-        let (na, _, _) =
-            actions.dims3().map_err(|_| Error::Invalid(format!("actions must be (N, T, A), found {:?}", actions.shape())))?;
+        let n =
+            obs.dims4().map_err(|_| Error::Invalid(format!("obs must be (N, C, H, W), found {:?}", obs.shape())))?.0;
+        let (nc, _) =
+            codes.dims2().map_err(|_| Error::Invalid(format!("codes must be (N, L), found {:?}", codes.shape())))?;
+        let (na, _, _) = actions
+            .dims3()
+            .map_err(|_| Error::Invalid(format!("actions must be (N, T, A), found {:?}", actions.shape())))?;
         if nc != n || na != n {
             return Err(Error::Invalid(format!("{n} observations, {nc} code rows, {na} action chunks")));
         }

@@ -29,7 +29,6 @@ pub mod tokens;
 pub mod train;
 pub mod transformer;
 
-
 pub use action_decoder::ActionDecoder;
 pub use config::{ActionDecoderConfig, ObsEncoderConfig, PolicyConfig};
 pub use error::{Error, Result};

@@ -74,10 +74,11 @@ impl ObsEncoder {
             }
             Self::Patch { proj, patch, .. } => {
                 let p = *patch;
-                let x = obs
-                    .reshape((b, c, h / p, p, w / p, p))?
-                    .permute([0, 2, 4, 1, 3, 5])?
-                    .reshape((b, (h / p) * (w / p), c * p * p))?;
+                let x = obs.reshape((b, c, h / p, p, w / p, p))?.permute([0, 2, 4, 1, 3, 5])?.reshape((
+                    b,
+                    (h / p) * (w / p),
+                    c * p * p,
+                ))?;
                 Ok(proj.forward(&x)?)
             }
         }

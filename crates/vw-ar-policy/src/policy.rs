@@ -92,9 +92,9 @@ impl Policy {
         match (text, &self.text_embed) {
             (None, _) => Ok(o),
             (Some(t), Some(e)) => Ok(Tensor::cat(&[&o, &e.forward(t)?], 1)?),
-            (Some(_), None) => Err(Error::Invalid(
-                "task text given but the policy has no text embedding (text_vocab_size = 0)".into(),
-            )),
+            (Some(_), None) => {
+                Err(Error::Invalid("task text given but the policy has no text embedding (text_vocab_size = 0)".into()))
+            }
         }
     }
 

@@ -94,9 +94,8 @@ pub fn render_plan(
 /// Reads an image file as a `(1, 3, side, side)` frame in `[-1, 1]` (resized with a triangle filter
 /// when its size differs), the input [`rollout`] and [`Policy::generate`] take.
 pub fn load_frame(path: &std::path::Path, side: usize, device: &candle_core::Device) -> Result<Tensor> {
-    let img = image::open(path)
-        .map_err(|e| Error::Invalid(format!("{}: cannot read image: {e}", path.display())))?
-        .to_rgb8();
+    let img =
+        image::open(path).map_err(|e| Error::Invalid(format!("{}: cannot read image: {e}", path.display())))?.to_rgb8();
     let img = if (img.width() as usize, img.height() as usize) != (side, side) {
         image::imageops::resize(&img, side as u32, side as u32, image::imageops::FilterType::Triangle)
     } else {

@@ -145,7 +145,11 @@ fn sampling_is_reproducible_and_greedy_follows_full_argmax() {
         }
         // A batch row decodes as it would alone.
         let alone = p
-            .generate(&obs.narrow(0, r, 1).unwrap(), None, &GenerateOptions { sampling: SamplingConfig::greedy(), max_steps: 3 })
+            .generate(
+                &obs.narrow(0, r, 1).unwrap(),
+                None,
+                &GenerateOptions { sampling: SamplingConfig::greedy(), max_steps: 3 },
+            )
             .unwrap();
         assert_eq!(alone.tokens[0], *toks);
     }
@@ -170,7 +174,14 @@ fn conditional_dataset() -> CodeDataset {
 }
 
 fn quick_train(total: u64) -> TrainConfig {
-    let mut t = TrainConfig { total_steps: total, warmup_steps: 5, batch_size: 8, seed: 3, checkpoint_every: 1000, ..Default::default() };
+    let mut t = TrainConfig {
+        total_steps: total,
+        warmup_steps: 5,
+        batch_size: 8,
+        seed: 3,
+        checkpoint_every: 1000,
+        ..Default::default()
+    };
     t.optim.lr = 3e-3;
     t.optim.weight_decay = 0.0;
     t
@@ -202,10 +213,15 @@ fn resumed_training_equals_uninterrupted_training() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let quiet = TrainOptions { progress: false, ..Default::default() };
     let straight = train_policy(&cfg, &quick_train(6), &data, a.path(), &quiet).unwrap();
-    train_policy(&cfg, &quick_train(6), &data, b.path(), &TrainOptions { max_steps_now: Some(3), ..quiet.clone() }).unwrap();
-    let resumed = train_policy(&cfg, &quick_train(6), &data, b.path(), &TrainOptions { resume: true, ..quiet }).unwrap();
+    train_policy(&cfg, &quick_train(6), &data, b.path(), &TrainOptions { max_steps_now: Some(3), ..quiet.clone() })
+        .unwrap();
+    let resumed =
+        train_policy(&cfg, &quick_train(6), &data, b.path(), &TrainOptions { resume: true, ..quiet }).unwrap();
     let batch = data.batch(&[0, 1, 2], &Device::Cpu, DType::F32).unwrap();
-    let d = max_diff(&straight.forward(&batch, Mode::Inference).unwrap(), &resumed.forward(&batch, Mode::Inference).unwrap());
+    let d = max_diff(
+        &straight.forward(&batch, Mode::Inference).unwrap(),
+        &resumed.forward(&batch, Mode::Inference).unwrap(),
+    );
     assert!(d < 1e-6, "resumed run differs by {d}");
 }
 
@@ -246,7 +262,10 @@ fn rollout_renders_steps_clip_by_clip_from_the_last_frame() {
     let cfg = small_cfg();
     let p = build(&cfg, 9);
     let first = Tensor::zeros((2, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
-    let opts = GenerateOptions { sampling: SamplingConfig { temperature: 1.0, top_k: None, top_p: None, seed: 5 }, max_steps: 4 };
+    let opts = GenerateOptions {
+        sampling: SamplingConfig { temperature: 1.0, top_k: None, top_p: None, seed: 5 },
+        max_steps: 4,
+    };
     let r = rollout(&p, &MockDynamics, &first, None, &opts).unwrap();
     let max_steps = r.steps.iter().map(|s| s.len()).max().unwrap();
     assert_eq!(r.video.dims(), &[2, 3, 1 + 2 * max_steps, 16, 16]);
@@ -320,7 +339,8 @@ fn action_decoder_learns_code_and_scene_dependent_actions() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = quick_train(200);
     t.batch_size = 16;
-    let m = train_action_decoder(&cfg, &t, &data, dir.path(), &TrainOptions { progress: false, ..Default::default() }).unwrap();
+    let m = train_action_decoder(&cfg, &t, &data, dir.path(), &TrainOptions { progress: false, ..Default::default() })
+        .unwrap();
     let all: Vec<usize> = (0..n).collect();
     let (o, c, a) = data.batch(&all, &cpu, DType::F32).unwrap();
     let mse = m.loss(&o, &c, &a).unwrap().to_scalar::<f32>().unwrap();
