@@ -12,6 +12,7 @@ mod info;
 mod parity;
 mod kernel_bench;
 mod kernel_check;
+mod encode_codes;
 mod train_dldm;
 mod train_policy;
 
@@ -38,6 +39,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Train the dLDM (stage 1 warm-up or stage 2 with the video diffusion model).
     TrainDldm(train_dldm::TrainDldmArgs),
+    /// Write the dLDM codes of every clip of a dataset (with episode ids and action labels).
+    EncodeCodes(encode_codes::EncodeCodesArgs),
     /// Train the autoregressive policy over latent codes (or the action decoder).
     TrainPolicy(train_policy::TrainPolicyArgs),
     /// Evaluate checkpoints and write a report folder.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a),
         Command::Generate(a) => generate::run(a),
         Command::TrainDldm(a) => train_dldm::run(a),
+        Command::EncodeCodes(a) => encode_codes::run(a),
         Command::TrainPolicy(a) => train_policy::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Download(a) => download::run(a),

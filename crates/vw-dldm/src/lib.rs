@@ -4,8 +4,10 @@
 //!
 //! Depends on `vw-diffusion`, `vw-tensor-kernels` and `vw-data`; never on the policy, eval or CLI.
 
+pub mod baseline;
 pub mod checkpoint_keys;
 pub mod config;
+pub mod control;
 pub mod decoder;
 pub mod encoder;
 pub mod error;
@@ -14,6 +16,7 @@ pub mod layers3d;
 pub mod qformer;
 pub mod quantizer;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,369 @@
+//! A small latent dynamics model for CPU experiments, with two renderers — the ablation the paper's
+//! claim rests on:
+//!
+//! - [`RendererKind::CodesOnly`] is the **VideoWorld-1-style plain LDM**: the pixel decoder rebuilds
+//!   the next frame from the codes alone, so the codes must carry appearance (scene, textures) as
+//!   well as dynamics.
+//! - [`RendererKind::FrameConditioned`] is the dLDM's warm-up renderer in miniature: the decoder sees
+//!   the current frame (a strong appearance model, as the VDM is in stage 2), so the codes only need
+//!   to carry the change.
+//!
+//! Both share the same encoder and quantizer: a strided-conv encoder of the frame pair
+//! `(x_t, x_{t+1}, x_{t+1} - x_t)`, a one-layer Q-Former (`act_embedding_num` learned queries
+//! cross-attending to the spatial tokens, as the official `QFormerAdjacentFSingleQ` attends to
+//! adjacent latent frames) and FSQ with straight-through rounding. One code step = one frame
+//! transition (temporal compression 1), so every code step has exactly one ground-truth action.
+//!
+//! This is not the official tokenizer (that is `tokenizer.rs`, 142 M parameters at the official
+//! size); it exists because the official architecture does not train on 2 CPU cores in minutes.
+
+use crate::{LatentDynamics, Result};
+use candle_core::{Module, Tensor};
+use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use vw_tensor_kernels::fsq;
+
+/// Which renderer turns codes back into frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RendererKind {
+    /// Next frame from the current frame + codes (dLDM warm-up renderer).
+    FrameConditioned,
+    /// Next frame from the codes alone (VideoWorld-1-style plain LDM).
+    CodesOnly,
+}
+
+/// Hyperparameters of [`TinyLdm`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TinyLdmConfig {
+    /// Side of the square frames (divisible by 8).
+    pub image_size: usize,
+    /// Channels of the three stride-2 conv stages.
+    pub channels: [usize; 3],
+    /// Width of the Q-Former.
+    pub dim: usize,
+    /// Learned queries = codes per transition.
+    pub act_embedding_num: usize,
+    /// FSQ levels (the code dim is their count, the vocabulary their product).
+    pub levels: Vec<usize>,
+    /// The renderer.
+    pub renderer: RendererKind,
+}
+
+impl Default for TinyLdmConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 64,
+            channels: [16, 32, 48],
+            dim: 64,
+            act_embedding_num: 2,
+            levels: vec![8, 5, 5, 5],
+            renderer: RendererKind::FrameConditioned,
+        }
+    }
+}
+
+impl TinyLdmConfig {
+    /// The CPU CraftWorld config of the dLDM side of the probe.
+    pub fn tiny() -> Self {
+        Self::default()
+    }
+
+    /// The same with the VideoWorld-1-style codes-only renderer.
+    pub fn tiny_vw1() -> Self {
+        Self { renderer: RendererKind::CodesOnly, ..Self::default() }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.image_size == 0 || self.image_size % 8 != 0 {
+            return Err(crate::Error::Invalid(format!(
+                "TinyLdm: image_size {} must be a multiple of 8",
+                self.image_size
+            )));
+        }
+        if self.levels.is_empty() || self.act_embedding_num == 0 {
+            return Err(crate::Error::Invalid("TinyLdm: need FSQ levels and at least one query".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Kernel-crate errors carry their own context; keep their message.
+pub(crate) fn kernel_err(e: vw_tensor_kernels::Error) -> crate::Error {
+    crate::Error::Invalid(e.to_string())
+}
+
+fn conv(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    Ok(conv2d(cin, cout, 3, Conv2dConfig { padding: 1, stride, ..Default::default() }, vb)?)
+}
+
+/// Three stride-2 3x3 convs with SiLU; returns the features of every scale (finest first).
+struct Pyramid {
+    convs: Vec<Conv2d>,
+}
+
+impl Pyramid {
+    fn new(cin: usize, ch: [usize; 3], vb: VarBuilder) -> Result<Self> {
+        let ins = [cin, ch[0], ch[1]];
+        let convs = (0..3).map(|i| conv(ins[i], ch[i], 2, vb.pp(i))).collect::<Result<_>>()?;
+        Ok(Self { convs })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(3);
+        let mut h = x.clone();
+        for c in &self.convs {
+            h = c.forward(&h)?.silu()?;
+            out.push(h.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// Encoder + Q-Former + FSQ.
+struct Encoder {
+    pyramid: Pyramid,
+    to_tokens: Linear,
+    pos: Tensor,
+    queries: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    mlp_in: Linear,
+    mlp_out: Linear,
+    to_code: Linear,
+    dim: usize,
+}
+
+impl Encoder {
+    fn new(cfg: &TinyLdmConfig, vb: VarBuilder) -> Result<Self> {
+        let n = (cfg.image_size / 8).pow(2);
+        let d = cfg.dim;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        Ok(Self {
+            pyramid: Pyramid::new(9, cfg.channels, vb.pp("conv"))?,
+            to_tokens: linear(cfg.channels[2], d, vb.pp("to_tokens"))?,
+            pos: vb.get_with_hints((n, d), "pos_embed", init)?,
+            queries: vb.get_with_hints((cfg.act_embedding_num, d), "queries", init)?,
+            q: linear(d, d, vb.pp("qformer.q"))?,
+            k: linear(d, d, vb.pp("qformer.k"))?,
+            v: linear(d, d, vb.pp("qformer.v"))?,
+            mlp_in: linear(d, 2 * d, vb.pp("qformer.mlp_in"))?,
+            mlp_out: linear(2 * d, d, vb.pp("qformer.mlp_out"))?,
+            to_code: linear(d, cfg.levels.len(), vb.pp("to_code"))?,
+            dim: d,
+        })
+    }
+
+    /// x_t, x_next: (N, 3, H, W) -> pre-quantisation latents (N, Q, code_dim).
+    fn forward(&self, x_t: &Tensor, x_next: &Tensor) -> Result<Tensor> {
+        let diff = (x_next - x_t)?;
+        let inp = Tensor::cat(&[x_t, x_next, &diff], 1)?;
+        let f = self.pyramid.forward(&inp)?.pop().ok_or_else(|| crate::Error::Invalid("empty pyramid".into()))?;
+        let (n, c, h, w) = f.dims4()?;
+        let tokens = f.reshape((n, c, h * w))?.transpose(1, 2)?;
+        let tokens = self.to_tokens.forward(&tokens)?.broadcast_add(&self.pos)?;
+        let q = self
+            .q
+            .forward(&self.queries)?
+            .unsqueeze(0)?
+            .broadcast_as((n, self.queries.dim(0)?, self.dim))?
+            .contiguous()?;
+        let k = self.k.forward(&tokens)?;
+        let v = self.v.forward(&tokens)?;
+        let att = (q.matmul(&k.transpose(1, 2)?)? / (self.dim as f64).sqrt())?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let z = (self.queries.unsqueeze(0)?.broadcast_add(&att.matmul(&v)?))?;
+        let z = (&z + self.mlp_out.forward(&self.mlp_in.forward(&z)?.gelu_erf()?)?)?;
+        Ok(self.to_code.forward(&z)?)
+    }
+}
+
+/// Renders x_{t+1} from codes (and x_t for the frame-conditioned kind).
+struct Renderer {
+    kind: RendererKind,
+    ctx: Option<Pyramid>,
+    code_map: Linear,
+    film: Linear,
+    up: Vec<Conv2d>,
+    out: Conv2d,
+    ch: [usize; 3],
+    side: usize,
+}
+
+impl Renderer {
+    fn new(cfg: &TinyLdmConfig, vb: VarBuilder) -> Result<Self> {
+        let ch = cfg.channels;
+        let side = cfg.image_size / 8;
+        let code_in = cfg.act_embedding_num * cfg.levels.len();
+        let ctx = match cfg.renderer {
+            RendererKind::FrameConditioned => Some(Pyramid::new(3, ch, vb.pp("ctx"))?),
+            RendererKind::CodesOnly => None,
+        };
+        Ok(Self {
+            kind: cfg.renderer,
+            ctx,
+            code_map: linear(code_in, ch[2] * side * side, vb.pp("code_map"))?,
+            film: linear(code_in, 2 * ch[2], vb.pp("film"))?,
+            up: vec![conv(ch[2], ch[1], 1, vb.pp("up.0"))?, conv(ch[1], ch[0], 1, vb.pp("up.1"))?],
+            out: conv(ch[0], 3, 1, vb.pp("out"))?,
+            ch,
+            side,
+        })
+    }
+
+    /// x_t: (N, 3, H, W), codes: (N, Q, code_dim) -> x_{t+1} (N, 3, H, W).
+    fn forward(&self, x_t: &Tensor, codes: &Tensor) -> Result<Tensor> {
+        let n = codes.dim(0)?;
+        let c = codes.flatten_from(1)?;
+        let map = self.code_map.forward(&c)?.reshape((n, self.ch[2], self.side, self.side))?;
+        let film = self.film.forward(&c)?.reshape((n, 2 * self.ch[2], 1, 1))?;
+        let (scale, shift) = (film.narrow(1, 0, self.ch[2])?, film.narrow(1, self.ch[2], self.ch[2])?);
+        let skips = match &self.ctx {
+            Some(p) => Some(p.forward(x_t)?),
+            None => None,
+        };
+        let mut h = match &skips {
+            Some(s) => s[2].broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?.add(&map)?,
+            None => map.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?,
+        };
+        for (i, up) in self.up.iter().enumerate() {
+            let (_, _, hh, ww) = h.dims4()?;
+            h = up.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?.silu()?;
+            if let Some(s) = &skips {
+                h = (h + &s[1 - i])?;
+            }
+        }
+        let (_, _, hh, ww) = h.dims4()?;
+        let y = self.out.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+        Ok(match self.kind {
+            RendererKind::FrameConditioned => (x_t + y)?,
+            RendererKind::CodesOnly => y.tanh()?,
+        })
+    }
+}
+
+/// Encoder + quantizer + renderer; see the module doc.
+pub struct TinyLdm {
+    cfg: TinyLdmConfig,
+    encoder: Encoder,
+    renderer: Renderer,
+}
+
+/// Frames `t` and `t + 1` of every transition of a clip, flattened: (B*(T-1), C, H, W) each.
+pub fn transition_pairs(frames: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, c, t, h, w) = frames.dims5()?;
+    if t < 2 {
+        return Err(crate::Error::Invalid(format!("a clip needs at least 2 frames, got {t}")));
+    }
+    let flat = |x: Tensor| -> Result<Tensor> { Ok(x.permute((0, 2, 1, 3, 4))?.reshape((b * (t - 1), c, h, w))?) };
+    Ok((flat(frames.narrow(2, 0, t - 1)?)?, flat(frames.narrow(2, 1, t - 1)?)?))
+}
+
+impl TinyLdm {
+    /// Builds under `vb` (`encoder.*`, `renderer.*`).
+    pub fn new(cfg: &TinyLdmConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            renderer: Renderer::new(cfg, vb.pp("renderer"))?,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TinyLdmConfig {
+        &self.cfg
+    }
+
+    /// Quantised codes of transitions: x_t, x_next (N, 3, H, W) -> (straight-through code vectors
+    /// (N, Q, code_dim), indices (N, Q) u32).
+    pub fn quantize_pairs(&self, x_t: &Tensor, x_next: &Tensor) -> Result<(Tensor, Tensor)> {
+        let z = self.encoder.forward(x_t, x_next)?;
+        fsq::fsq_quantize(&z, &self.cfg.levels).map_err(kernel_err)
+    }
+
+    /// Renders x_{t+1} (N, 3, H, W) from x_t and code vectors (N, Q, code_dim).
+    pub fn render_pairs(&self, x_t: &Tensor, codes: &Tensor) -> Result<Tensor> {
+        self.renderer.forward(x_t, codes)
+    }
+
+    /// Stage-1 loss of transitions: mean L1 between the rendered and the true next frames.
+    pub fn pair_loss(&self, x_t: &Tensor, x_next: &Tensor) -> Result<Tensor> {
+        let (codes, _) = self.quantize_pairs(x_t, x_next)?;
+        let pred = self.render_pairs(x_t, &codes)?;
+        Ok((pred - x_next)?.abs()?.mean_all()?)
+    }
+}
+
+impl LatentDynamics for TinyLdm {
+    fn encode_codes(&self, frames: &Tensor) -> Result<Tensor> {
+        let (b, _, t, _, _) = frames.dims5()?;
+        let (x_t, x_next) = transition_pairs(frames)?;
+        let (_, idx) = self.quantize_pairs(&x_t, &x_next)?;
+        Ok(idx.reshape((b, t - 1, self.cfg.act_embedding_num))?)
+    }
+
+    fn render(&self, context: &Tensor, codes: &Tensor) -> Result<Tensor> {
+        let tc = context.dim(2)?;
+        let mut cur = context.narrow(2, tc - 1, 1)?.squeeze(2)?;
+        let (_, s, _) = codes.dims3()?;
+        let mut out = Vec::with_capacity(s);
+        for i in 0..s {
+            let idx = codes.narrow(1, i, 1)?.squeeze(1)?;
+            let vecs = fsq::fsq_indices_to_codes(&idx, &self.cfg.levels).map_err(kernel_err)?.to_dtype(cur.dtype())?;
+            cur = self.render_pairs(&cur, &vecs)?.clamp(-1f32, 1f32)?;
+            out.push(cur.unsqueeze(2)?);
+        }
+        Ok(Tensor::cat(&out, 2)?)
+    }
+
+    fn codes_per_step(&self) -> usize {
+        self.cfg.act_embedding_num
+    }
+
+    fn vocab_size(&self) -> usize {
+        fsq::codebook_size(&self.cfg.levels)
+    }
+
+    fn frames_per_code_step(&self) -> usize {
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn clip(t: usize, seed: u64) -> Result<Tensor> {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+        Ok(crate::train::rand_from(&mut rng, -1.0, 1.0, (2, 3, t, 16, 16), &Device::Cpu)?)
+    }
+
+    fn small(kind: RendererKind) -> TinyLdmConfig {
+        TinyLdmConfig { image_size: 16, channels: [4, 8, 8], dim: 16, renderer: kind, ..Default::default() }
+    }
+
+    #[test]
+    fn shapes_and_causality() -> Result<()> {
+        for kind in [RendererKind::FrameConditioned, RendererKind::CodesOnly] {
+            let vm = VarMap::new();
+            let m = TinyLdm::new(&small(kind), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+            let x = clip(4, 1)?;
+            let codes = m.encode_codes(&x)?;
+            assert_eq!(codes.dims(), &[2, 3, 2]);
+            let max = codes.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+            assert!((max as usize) < m.vocab_size());
+            // Changing the last frame changes only the last transition's codes.
+            let x2 = Tensor::cat(&[x.narrow(2, 0, 3)?, clip(1, 9)?], 2)?;
+            let c2 = m.encode_codes(&x2)?;
+            assert_eq!(codes.narrow(1, 0, 2)?.to_vec3::<u32>()?, c2.narrow(1, 0, 2)?.to_vec3::<u32>()?);
+            let r = m.render(&x.narrow(2, 0, 1)?, &codes)?;
+            assert_eq!(r.dims(), &[2, 3, 3, 16, 16]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Stage 1 (warm-up): train an LDM to reconstruct the next frame through its codes (L1 loss, FSQ
+//! straight-through) on CraftWorld transitions. No perceptual loss: there is no pretrained
+//! perceptual network available offline on CPU, so the L1 term is used alone.
+
+use super::craft::{CraftData, Transitions};
+use super::{fit, RunDir, TrainConfig, Trainer};
+use crate::baseline::{TinyLdm, TinyLdmConfig};
+use crate::{Error, Result};
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Everything a stage-1 run needs; serialised into its checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stage1Config {
+    /// The model.
+    pub model: TinyLdmConfig,
+    /// Optimisation.
+    pub train: TrainConfig,
+    /// The training episodes (CraftWorld train split).
+    pub data: CraftData,
+    /// Seed of the weight initialisation.
+    pub init_seed: u64,
+}
+
+impl Default for Stage1Config {
+    fn default() -> Self {
+        Self::tiny()
+    }
+}
+
+impl Stage1Config {
+    /// The CPU config of the dLDM side of the probe.
+    pub fn tiny() -> Self {
+        let mut data = CraftData::default();
+        data.world.image_size = 64;
+        Self {
+            model: TinyLdmConfig::tiny(),
+            train: TrainConfig {
+                optim: super::AdamWConfig { lr: 2e-3, weight_decay: 0.0, ..Default::default() },
+                warmup_steps: 50,
+                total_steps: 1500,
+                decay: super::Decay::Cosine { min_ratio: 0.05 },
+                grad_clip: Some(1.0),
+                ema_decay: None,
+                seed: 0,
+                checkpoint_every: 500,
+                log_every: 10,
+                batch_size: 32,
+            },
+            data,
+            init_seed: 0,
+        }
+    }
+
+    /// The same with the VideoWorld-1-style codes-only renderer.
+    pub fn tiny_vw1() -> Self {
+        Self { model: TinyLdmConfig::tiny_vw1(), ..Self::tiny() }
+    }
+
+    /// As a JSON value (for checkpoints).
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| Error::Invalid(format!("serialising the run config: {e}")))
+    }
+}
+
+/// Builds the model with seeded weights (candle's initialisers use a global RNG, which would make
+/// two runs differ): every variable is redrawn from a ChaCha stream with its initialiser's scale.
+pub fn build_model(cfg: &TinyLdmConfig, init_seed: u64, device: &Device) -> Result<(VarMap, TinyLdm)> {
+    let varmap = VarMap::new();
+    let model = TinyLdm::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    reseed(&varmap, init_seed)?;
+    Ok((varmap, model))
+}
+
+/// Redraws every variable of `varmap` deterministically: uniform with the variable's current
+/// standard deviation (what candle's kaiming/uniform initialisers produced), zeros stay zeros.
+pub fn reseed(varmap: &VarMap, seed: u64) -> Result<()> {
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    for (_, v) in super::named_vars(varmap) {
+        let t = v.as_tensor();
+        let n = t.elem_count() as f64;
+        let mean = t.sum_all()?.to_scalar::<f32>()? as f64 / n;
+        let var = t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / n - mean * mean;
+        let std = var.max(0.0).sqrt();
+        if std == 0.0 {
+            continue;
+        }
+        let r = super::rand_from(&mut rng, -1.0, 1.0, t.shape().clone(), t.device())?;
+        v.set(&((r * (std * 3f64.sqrt()))? + mean)?)?;
+    }
+    Ok(())
+}
+
+/// Trains (or resumes) a stage-1 run in `run_dir`. Returns the trained model.
+pub fn train_stage1(
+    cfg: &Stage1Config,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+) -> Result<TinyLdm> {
+    let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
+    let (varmap, model) = build_model(&cfg.model, cfg.init_seed, device)?;
+    let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?;
+    let resumed = if resume { trainer.resume(run_dir)? } else { None };
+    if let Some(saved) = &resumed {
+        // Model and data must match; optimisation settings may be changed on resume (e.g. more steps).
+        let now = cfg.to_json()?;
+        if saved.get("model") != now.get("model") || saved.get("data") != now.get("data") {
+            return Err(Error::Checkpoint {
+                path: run_dir.join(super::checkpoint::STATE_FILE),
+                reason: "was written with a different config; resume with the same config or use a new --out".into(),
+            });
+        }
+    }
+    let mut run = RunDir::open(run_dir, resumed.map(|_| trainer.step), cfg.train.total_steps, progress)?;
+    let bs = cfg.train.batch_size;
+    fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
+        let (x_t, x_next) = data.sample(ctx.rng, bs)?;
+        *ctx.data_pos += bs as u64;
+        model.pair_loss(&x_t, &x_next)
+    })?;
+    Ok(model)
+}
+
+/// Loads a trained stage-1 model from a run folder (its committed checkpoint and recorded config).
+pub fn load_stage1(run_dir: &Path, device: &Device) -> Result<(Stage1Config, TinyLdm)> {
+    let state = super::checkpoint::read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
+        path: run_dir.join(super::checkpoint::STATE_FILE),
+        reason: "no checkpoint in this run folder".into(),
+    })?;
+    let cfg: Stage1Config = serde_json::from_value(state.config.clone()).map_err(|e| Error::Checkpoint {
+        path: run_dir.join(super::checkpoint::STATE_FILE),
+        reason: format!("config is not a stage-1 config: {e}"),
+    })?;
+    let path = run_dir.join(&state.tensors_file);
+    // SAFETY: the checkpoint file is ours and not modified while mapped.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };
+    let model = TinyLdm::new(&cfg.model, vb)?;
+    Ok((cfg, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_few_craftworld_steps_reduce_the_reconstruction_loss_and_reload() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let mut cfg = Stage1Config::tiny();
+        cfg.model.image_size = 32;
+        cfg.model.channels = [8, 16, 16];
+        cfg.model.dim = 32;
+        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
+        cfg.data.episodes = 3;
+        cfg.train.total_steps = 40;
+        cfg.train.warmup_steps = 5;
+        cfg.train.log_every = 1;
+        cfg.train.batch_size = 8;
+        let dev = Device::Cpu;
+        let model = train_stage1(&cfg, dir.path(), false, &dev, false)?;
+        let text = std::fs::read_to_string(dir.path().join(super::super::run::METRICS_FILE))
+            .map_err(|e| Error::io(dir.path(), e))?;
+        let losses: Vec<f64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<super::super::MetricsRecord>(l).map(|r| r.loss))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        assert_eq!(losses.len(), 40);
+        let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+        let tail: f64 = losses[35..].iter().sum::<f64>() / 5.0;
+        assert!(tail < 0.7 * head, "L1 {head:.4} -> {tail:.4}");
+        // The committed checkpoint reloads into the same codes.
+        let (_, loaded) = load_stage1(dir.path(), &dev)?;
+        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
+        let clip = data.episode_clip(0)?;
+        use crate::LatentDynamics;
+        assert_eq!(model.encode_codes(&clip)?.to_vec3::<u32>()?, loaded.encode_codes(&clip)?.to_vec3::<u32>()?);
+        Ok(())
+    }
+}
