@@ -73,7 +73,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             let tok = src.component(Component::Tokenizer)?;
             let mut enc = T5TextEncoder::load(&te, Some(&tok), dtype, &device)?;
             let max = vw_diffusion::t5::MAX_SEQUENCE_LENGTH;
-            let pos = enc.encode(&[&args.prompt], max)?;
+            let pos = enc.encode(&[args.prompt.as_str()], max)?;
             let neg = if cfg_on {
                 let n = args.negative_prompt.as_deref().unwrap_or(DEFAULT_NEGATIVE_PROMPT);
                 Some(enc.encode(&[n], max)?)
