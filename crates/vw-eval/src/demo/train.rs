@@ -1,0 +1,378 @@
+//! Training every stage of the demo into a checkpoint folder, and evaluating such a folder.
+//!
+//! Checkpoint folder layout (what `checkpoints/craftworld/` commits):
+//! `demo.json` (the [`DemoConfig`]), `dldm/` and `vw1-ldm/` (vw-dldm stage-1 run folders),
+//! `policy-dldm/`, `policy-vw1-ldm/`, `actions-dldm/`, `actions-vw1-ldm/` (run folders of
+//! vw-ar-policy with the optimizer state stripped), `no-codes/` (`model.safetensors`,
+//! `config.json`), and `metrics/<stage>.jsonl` (the training loss logs).
+
+use super::evaluate::{data_err, frame_of, score_method, ExpertVideo, RepeatFirstFrame};
+use super::ldm::{load_ldm, stage1_config, train_ldm, BoxedLdm, LdmKind};
+use super::methods::{policy_err, transition_labels, CodePolicyController, NoCodes, PlanAndRender};
+use super::{episodes, DemoConfig, DemoOutcome, DEMO_CONFIG_FILE};
+use crate::baseline::{l1_loss, ClipPairs, FramePredictor};
+use crate::chain::{evaluate_chains, ChainConfig};
+use crate::report::{read_metrics_jsonl, write_gif_strip, write_json, Curve, EvalReport};
+use crate::{codebook_usage, probe_accuracy, Error, ProbeConfig, ProbeFeatures, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::path::Path;
+use std::time::Instant;
+use vw_ar_policy::action_decoder::ActionDecoder;
+use vw_ar_policy::craftworld::{action_dataset, code_dataset, episode_codes};
+use vw_ar_policy::train::{load_action_decoder, load_policy, train_action_decoder, train_policy, TrainOptions};
+use vw_ar_policy::{ActionDecoderConfig, GenerateOptions, Policy, PolicyConfig};
+use vw_data::craftworld::{Episode, Split};
+use vw_dldm::train::checkpoint::{self, EMA_PREFIX, OPTIM_PREFIX};
+use vw_dldm::train::{fit, RunDir, TrainConfig, Trainer};
+use vw_dldm::LatentDynamics;
+
+const KINDS: [LdmKind; 2] = [LdmKind::Dldm, LdmKind::Vw1];
+
+fn stage(progress: bool, msg: &str) {
+    if progress {
+        eprintln!("==> {msg}");
+    }
+}
+
+fn transitions_per_step(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<usize> {
+    let fpc = ldm.frames_per_code_step();
+    if fpc == 0 || cfg.craft.frames_per_step % fpc != 0 {
+        return Err(Error::Invalid(format!(
+            "CraftWorld frames_per_step {} is not a multiple of the model's {fpc} frames per code step",
+            cfg.craft.frames_per_step
+        )));
+    }
+    Ok(cfg.craft.frames_per_step / fpc)
+}
+
+/// The policy config for one latent dynamics model and the demo's frames.
+fn policy_config(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<PolicyConfig> {
+    let mut p = PolicyConfig::tiny();
+    p.code_vocab_size = ldm.vocab_size();
+    p.codes_per_transition = ldm.codes_per_step();
+    p.transitions_per_step = transitions_per_step(cfg, ldm)?;
+    let size = cfg.craft.image_size;
+    // Keep the observation grid at 4x4 tokens whatever the frame size.
+    let convs = (size / 4).max(1).ilog2() as usize;
+    let channels: Vec<usize> = [16, 32, 64, 64, 64, 64].into_iter().take(convs.max(1)).collect();
+    p.obs_encoder = vw_ar_policy::config::ObsEncoderConfig::Conv { in_channels: 3, channels, image_size: size };
+    Ok(p)
+}
+
+fn action_config(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<ActionDecoderConfig> {
+    let mut a = ActionDecoderConfig::tiny();
+    a.image_size = cfg.craft.image_size;
+    let convs = (cfg.craft.image_size / 4).max(1).ilog2() as usize;
+    a.channels = [16, 32, 32, 32, 32, 32].into_iter().take(convs.max(1)).collect();
+    a.code_vocab_size = ldm.vocab_size();
+    a.codes_per_step = ldm.codes_per_step() * transitions_per_step(cfg, ldm)?;
+    a.chunk_len = cfg.craft.frames_per_step;
+    a.action_dim = 3;
+    Ok(a)
+}
+
+fn train_config(steps: u64, batch: usize, lr: f64, seed: u64) -> TrainConfig {
+    let mut t = TrainConfig {
+        total_steps: steps,
+        warmup_steps: (steps / 10).max(1),
+        batch_size: batch,
+        seed,
+        checkpoint_every: steps.max(1),
+        log_every: 1,
+        ..Default::default()
+    };
+    t.optim.lr = lr;
+    t
+}
+
+/// Copies a vw-dldm run folder's committed checkpoint without optimizer / EMA state, so only what
+/// inference needs is committed.
+fn strip_run(src: &Path, dst: &Path) -> Result<()> {
+    let state = checkpoint::read_state(src)
+        .map_err(super::methods::dldm_err)?
+        .ok_or_else(|| Error::Invalid(format!("{}: no checkpoint", src.display())))?;
+    let tensors = checkpoint::load_tensors(src, &state, &Device::Cpu).map_err(super::methods::dldm_err)?;
+    let mut keep: Vec<(String, Tensor)> =
+        tensors.into_iter().filter(|(k, _)| !k.starts_with(OPTIM_PREFIX) && !k.starts_with(EMA_PREFIX)).collect();
+    keep.sort_by(|a, b| a.0.cmp(&b.0));
+    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    checkpoint::save_tensors_atomic(&dst.join(&state.tensors_file), &keep).map_err(super::methods::dldm_err)?;
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Invalid(e.to_string()))?;
+    checkpoint::write_atomic(&dst.join(checkpoint::STATE_FILE), &json).map_err(super::methods::dldm_err)
+}
+
+fn keep_metrics(run: &Path, root: &Path, name: &str) -> Result<()> {
+    let src = run.join("metrics.jsonl");
+    let dir = root.join("metrics");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let dst = dir.join(format!("{name}.jsonl"));
+    std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+    Ok(())
+}
+
+/// Trains every stage on freshly generated training episodes and writes the checkpoint folder.
+pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool) -> Result<()> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    let runs = root.join("runs");
+    stage(progress, &format!("generating {} training episodes", cfg.train_episodes));
+    let train = episodes(cfg, Split::Train, cfg.train_episodes, progress)?;
+    let opts = TrainOptions { device: device.clone(), dtype: DType::F32, resume: false, max_steps_now: None, progress };
+    for (i, kind) in KINDS.into_iter().enumerate() {
+        let name = kind.dir_name();
+        stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
+        let run = runs.join(name);
+        let s1 = stage1_config(
+            kind,
+            &cfg.ldm,
+            &cfg.craft,
+            cfg.train_episodes,
+            cfg.train_seed(0),
+            cfg.seed + 11 * (i as u64 + 1),
+        );
+        let ldm = train_ldm(&s1, &run, device, progress)?;
+        strip_run(&run, &root.join(name))?;
+        keep_metrics(&run, root, name)?;
+        stage(progress, &format!("encoding the codes of {} training episodes", train.len()));
+        let tps = transitions_per_step(cfg, ldm.as_ref())?;
+        let data = code_dataset(ldm.as_ref(), &train, tps, device).map_err(policy_err)?;
+        let pname = format!("policy-{name}");
+        stage(progress, &format!("training the AR policy on the {} ({} steps)", kind.label(), cfg.policy_steps));
+        let pc = policy_config(cfg, ldm.as_ref())?;
+        let prun = runs.join(&pname);
+        let _ = std::fs::remove_dir_all(&prun);
+        train_policy(
+            &pc,
+            &train_config(cfg.policy_steps, cfg.policy_batch, cfg.policy_lr, cfg.seed + 101 + i as u64),
+            &data,
+            &prun,
+            &opts,
+        )
+        .map_err(policy_err)?;
+        strip_run(&prun, &root.join(&pname))?;
+        keep_metrics(&prun, root, &pname)?;
+        let aname = format!("actions-{name}");
+        stage(progress, &format!("training the action decoder on the {} ({} steps)", kind.label(), cfg.decoder_steps));
+        let ad = action_dataset(ldm.as_ref(), &train, tps, device).map_err(policy_err)?;
+        let arun = runs.join(&aname);
+        let _ = std::fs::remove_dir_all(&arun);
+        let ac = action_config(cfg, ldm.as_ref())?;
+        train_action_decoder(
+            &ac,
+            &train_config(cfg.decoder_steps, 32, cfg.decoder_lr, cfg.seed + 201 + i as u64),
+            &ad,
+            &arun,
+            &opts,
+        )
+        .map_err(policy_err)?;
+        strip_run(&arun, &root.join(&aname))?;
+        keep_metrics(&arun, root, &aname)?;
+    }
+    stage(progress, &format!("training the no-codes frame predictor ({} steps)", cfg.baseline_steps));
+    train_baseline(cfg, &train, &runs.join("no-codes"), &root.join("no-codes"), device, progress)?;
+    keep_metrics(&runs.join("no-codes"), root, "no-codes")?;
+    let _ = std::fs::remove_dir_all(&runs);
+    write_json(&root.join(DEMO_CONFIG_FILE), cfg)
+}
+
+fn train_baseline(
+    cfg: &DemoConfig,
+    train: &[Episode],
+    run_dir: &Path,
+    out: &Path,
+    device: &Device,
+    progress: bool,
+) -> Result<FramePredictor> {
+    let varmap = VarMap::new();
+    let model = FramePredictor::new(&cfg.baseline, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    let videos: Vec<Tensor> =
+        train.iter().map(|e| e.frames_tensor(device)).collect::<std::result::Result<_, _>>().map_err(data_err)?;
+    let pairs = ClipPairs::new(videos, cfg.baseline.frames_out)?;
+    let tc = train_config(cfg.baseline_steps, cfg.baseline_batch, cfg.baseline_lr, cfg.seed + 301);
+    let mut trainer = Trainer::from_varmap(&varmap, tc.clone()).map_err(super::methods::dldm_err)?;
+    let _ = std::fs::remove_dir_all(run_dir);
+    let mut run = RunDir::open(run_dir, None, tc.total_steps, progress).map_err(super::methods::dldm_err)?;
+    let record = serde_json::json!({ "model": cfg.baseline, "train": tc });
+    fit(&mut trainer, &mut run, &record, None, |ctx| {
+        let (x, y) = pairs.batch(ctx.rng, cfg.baseline_batch).map_err(|e| vw_dldm::Error::Invalid(e.to_string()))?;
+        l1_loss(&model, &x, &y).map_err(|e| vw_dldm::Error::Invalid(e.to_string()))
+    })
+    .map_err(super::methods::dldm_err)?;
+    FramePredictor::save(&varmap, &cfg.baseline, out)?;
+    Ok(model)
+}
+
+struct Loaded {
+    kind: LdmKind,
+    ldm: BoxedLdm,
+    policy: Policy,
+    decoder: ActionDecoder,
+}
+
+fn load_kind(kind: LdmKind, root: &Path, device: &Device) -> Result<Loaded> {
+    let name = kind.dir_name();
+    let ldm = load_ldm(&root.join(name), device)?;
+    let policy = load_policy(&root.join(format!("policy-{name}")), device, DType::F32).map_err(policy_err)?;
+    let decoder = load_action_decoder(&root.join(format!("actions-{name}")), device, DType::F32).map_err(policy_err)?;
+    Ok(Loaded { kind, ldm, policy, decoder })
+}
+
+/// Loads the checkpoint folder, evaluates every method on held-out-appearance episodes and writes
+/// the report into `out`.
+pub fn evaluate_checkpoints(
+    cfg: &DemoConfig,
+    root: &Path,
+    out: &Path,
+    device: &Device,
+    progress: bool,
+    mut timings: Vec<(String, f64)>,
+) -> Result<DemoOutcome> {
+    let t = Instant::now();
+    stage(progress, &format!("loading checkpoints from {}", root.display()));
+    let models: Vec<Loaded> = KINDS.into_iter().map(|k| load_kind(k, root, device)).collect::<Result<_>>()?;
+    let baseline = FramePredictor::load(&root.join("no-codes"), device)?;
+    timings.push(("loading checkpoints".into(), t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    stage(progress, &format!("generating {} held-out-appearance episodes", cfg.test_episodes));
+    let test = episodes(cfg, Split::TestAppearance, cfg.test_episodes, progress)?;
+    let probe_train = episodes(cfg, Split::Train, cfg.probe_train_episodes, false)?;
+    timings.push(("generating episodes".into(), t.elapsed().as_secs_f64()));
+
+    let fps = cfg.craft.frames_per_step;
+    let keep = cfg.gif_episodes;
+    let t = Instant::now();
+    stage(progress, "judging the expert videos and the repeated first frame (judge checks)");
+    let expert = score_method(&mut ExpertVideo { episodes: &test, next: 0 }, &test, fps, keep, device)?;
+    let still = score_method(&mut RepeatFirstFrame, &test, fps, 0, device)?;
+    let mut methods = Vec::new();
+    let mut videos = Vec::new();
+    let opts = GenerateOptions { max_steps: cfg.craft.max_steps + 2, ..Default::default() };
+    for m in &models {
+        stage(progress, &format!("{}: predicting codes from each first frame, rendering, judging", m.kind.label()));
+        let mut p = PlanAndRender {
+            name: m.kind.label().into(),
+            description: match m.kind {
+                LdmKind::Dldm => "AR policy over dLDM codes predicted from the first frame, rendered clip by clip by the dLDM's pixel decoder (stage 1).".into(),
+                LdmKind::Vw1 => "The same AR policy and rollout over the codes of the VideoWorld-1-style plain LDM.".into(),
+            },
+            policy: &m.policy,
+            dynamics: m.ldm.as_ref(),
+            opts,
+            codes_seen: Vec::new(),
+        };
+        let mut s = score_method(&mut p, &test, fps, keep, device)?;
+        s.result.codebook = Some(codebook_usage(&p.codes_seen, m.ldm.vocab_size())?);
+        s.result.probe = Some(code_probe(m.ldm.as_ref(), &probe_train, &test, device)?);
+        stage(progress, &format!("{}: closed-loop chains (policy -> action decoder -> CraftWorld)", m.kind.label()));
+        s.result.chain = Some(chains(cfg, m, device)?);
+        videos.push(s.videos.clone());
+        methods.push(s.result);
+    }
+    stage(progress, "no-codes baseline: rolling out from each first frame, judging");
+    let s = score_method(&mut NoCodes { model: &baseline }, &test, fps, keep, device)?;
+    videos.push(s.videos);
+    methods.push(s.result);
+    timings.push(("evaluation".into(), t.elapsed().as_secs_f64()));
+
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut gifs = Vec::new();
+    let mut gif_entries = Vec::new();
+    for (i, ev) in expert.videos.iter().enumerate() {
+        let mut row = vec![ev.iter().map(frame_of).collect::<Vec<_>>()];
+        for v in &videos {
+            if let Some(f) = v.get(i) {
+                row.push(f.iter().map(frame_of).collect());
+            }
+        }
+        let file = format!("episode-{i}.gif");
+        write_gif_strip(&out.join(&file), &row, 12, 2)?;
+        gif_entries.push((
+            file.clone(),
+            format!(
+                "Held-out episode {i} ({}): expert | {}",
+                test[i].recipe.structure.name(),
+                methods.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(" | ")
+            ),
+        ));
+        gifs.push(out.join(file));
+    }
+
+    let mut loss_curves = Vec::new();
+    let mdir = root.join("metrics");
+    for name in ["dldm", "vw1-ldm", "policy-dldm", "policy-vw1-ldm", "no-codes"] {
+        let p = mdir.join(format!("{name}.jsonl"));
+        if p.exists() {
+            loss_curves.push(Curve { name: name.into(), points: read_metrics_jsonl(&p, "loss")? });
+        }
+    }
+    let report = EvalReport {
+        title: "VideoWorld 2 demo on CraftWorld (held-out appearance)".into(),
+        notes: vec![
+            format!("{} held-out-appearance episodes (recipes of {}..={} steps, {}x{} frames, {} frames per step); checkpoints from `{}`.", cfg.test_episodes, cfg.craft.min_steps, cfg.craft.max_steps, cfg.craft.image_size, cfg.craft.image_size, fps, root.display()),
+            format!("Trained on {} training-appearance episodes; master seed {}.", cfg.train_episodes, cfg.seed),
+        ],
+        sanity: vec![expert.result, still.result],
+        methods,
+        loss_curves,
+        gifs: gif_entries,
+        timings,
+        extra: serde_json::json!({ "config": cfg }),
+    };
+    let paths = report.write(out)?;
+    Ok(DemoOutcome { report, paths, gifs })
+}
+
+/// Linear probe from each transition's codes to the ground-truth action label of that transition:
+/// fit on training-appearance episodes, scored on the held-out ones.
+fn code_probe(
+    ldm: &dyn LatentDynamics,
+    train: &[Episode],
+    test: &[Episode],
+    device: &Device,
+) -> Result<crate::ProbeReport> {
+    let fpc = ldm.frames_per_code_step();
+    let collect = |eps: &[Episode]| -> Result<(Vec<Vec<u32>>, Vec<usize>)> {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let all = episode_codes(ldm, eps, device).map_err(policy_err)?;
+        for (e, codes) in eps.iter().zip(all) {
+            let labels = transition_labels(e, fpc);
+            for (c, l) in codes.into_iter().zip(labels) {
+                x.push(c);
+                y.push(l);
+            }
+        }
+        Ok((x, y))
+    };
+    let (xtr, ytr) = collect(train)?;
+    let (xte, yte) = collect(test)?;
+    let v = ldm.vocab_size();
+    probe_accuracy(
+        (&ProbeFeatures::one_hot(&xtr, v)?, &ytr[..]),
+        (&ProbeFeatures::one_hot(&xte, v)?, &yte[..]),
+        vw_data::craftworld::NUM_ACTION_CLASSES,
+        ProbeConfig::default(),
+    )
+}
+
+fn chains(cfg: &DemoConfig, m: &Loaded, device: &Device) -> Result<crate::ChainResult> {
+    let chain_cfg = CraftConfigFor::chain(cfg);
+    let mut env = crate::craft_env::CraftWorldEnv::new(chain_cfg, Split::TestAppearance);
+    let opts = GenerateOptions { max_steps: cfg.craft.max_steps + 2, ..Default::default() };
+    let mut ctl = CodePolicyController::new(&m.policy, &m.decoder, device.clone(), opts);
+    let seeds: Vec<u64> = (0..cfg.chain_episodes).map(|i| cfg.test_seed(i)).collect();
+    let c = ChainConfig { chain_length: 5, max_steps_per_subtask: 2 * cfg.craft.frames_per_step };
+    evaluate_chains(&mut env, &mut ctl, &seeds, c)
+}
+
+struct CraftConfigFor;
+
+impl CraftConfigFor {
+    /// Chains need 5 subtasks: recipes of at least 5 steps (capped by the demo's longest).
+    fn chain(cfg: &DemoConfig) -> vw_data::craftworld::CraftConfig {
+        let mut c = cfg.craft.clone();
+        c.min_steps = 5.min(c.max_steps);
+        c.max_steps = c.max_steps.max(5);
+        c
+    }
+}
