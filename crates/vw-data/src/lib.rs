@@ -4,7 +4,10 @@
 //! Bottom layer: depends on candle-core for batches only; never on a model crate.
 
 pub mod craftworld;
+pub mod dataset;
 pub mod error;
 pub mod image_tensor;
+pub mod readers;
 
+pub use dataset::{Batch, Clip, ClipDataset, ClipSpec, Loader, LoaderConfig};
 pub use error::{Error, Result};
