@@ -266,3 +266,24 @@ fn tolerance_sweep() {
         println!("last block shifted {frac:.1} cell: still counted sideways {side}/{n}, upward {up}/{n}");
     }
 }
+
+#[test]
+fn image_sequence_reader_reads_written_episodes() {
+    // The shared layout: the readers' image-sequence path sees our frames, actions and recipe name.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CraftConfig::tiny();
+    let ep = generate_episode(&cfg, Split::Train, 9).unwrap();
+    write_episode(dir.path(), &ep).unwrap();
+    let seq = crate::readers::video::ImageSequence::open(dir.path()).unwrap();
+    assert_eq!(seq.frames.len(), ep.frames.len());
+    assert_eq!(seq.language.as_deref(), Some(ep.recipe.structure.name()));
+    let fps = cfg.frames_per_step as f32;
+    let spec = crate::ClipSpec { num_frames: ep.frames.len(), height: 32, width: 32, fps, pad_short: false };
+    let clip = seq.read_clip(&spec, 0, fps).unwrap();
+    let raw: Vec<u8> = ep.frames.iter().flat_map(|f| f.as_raw().iter().copied()).collect();
+    assert_eq!(clip.frames, raw);
+    assert_eq!(clip.action_dim, 3);
+    let acts = clip.actions.unwrap();
+    let t = &ep.truth[3].action;
+    assert_eq!(&acts[9..12], &[t.dx, t.dy, t.grip as f32]);
+}
