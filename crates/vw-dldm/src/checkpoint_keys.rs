@@ -136,9 +136,18 @@ mod tests {
 
     #[test]
     fn prefixes_and_buffers() {
-        assert_eq!(official_to_ours("network.encoder.conv_in.0.conv3d.weight").as_deref(), Some("encoder.conv_in.0.conv3d.weight"));
-        assert_eq!(official_to_ours("module.ldm_net.network.quant_conv.conv3d.bias").as_deref(), Some("quant_conv.conv3d.bias"));
-        assert_eq!(official_to_ours("decoder.mid.attn_1.0.kv_proj.weight").as_deref(), Some("decoder.mid.attn_1.0.kv_proj.weight"));
+        assert_eq!(
+            official_to_ours("network.encoder.conv_in.0.conv3d.weight").as_deref(),
+            Some("encoder.conv_in.0.conv3d.weight")
+        );
+        assert_eq!(
+            official_to_ours("module.ldm_net.network.quant_conv.conv3d.bias").as_deref(),
+            Some("quant_conv.conv3d.bias")
+        );
+        assert_eq!(
+            official_to_ours("decoder.mid.attn_1.0.kv_proj.weight").as_deref(),
+            Some("decoder.mid.attn_1.0.kv_proj.weight")
+        );
         assert_eq!(official_to_ours("network.encoder.patcher3d.wavelets"), None);
         assert_eq!(official_to_ours("quantizer.implicit_codebook"), None);
     }

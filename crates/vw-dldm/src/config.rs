@@ -113,7 +113,7 @@ impl Config {
     }
 
     /// A small model with the official layout that trains on 32x32 or 64x64 clips on a 2-core CPU
-    /// (about 0.2 M parameters; 64x64 clips give 4x4 latents, 32x32 give 2x2).
+    /// (widths 8/16/32, one res block per level; 64x64 clips give 4x4 latents, 32x32 give 2x2).
     pub fn tiny() -> Self {
         Self {
             channels: 8,
@@ -169,14 +169,20 @@ impl Config {
             ));
         }
         if self.qformer_heads == 0 || (self.qformer_dim / 2) % self.qformer_heads != 0 {
-            return bad(format!("qformer_heads {} must divide qformer_dim / 2 = {}", self.qformer_heads, self.qformer_dim / 2));
+            return bad(format!(
+                "qformer_heads {} must divide qformer_dim / 2 = {}",
+                self.qformer_heads,
+                self.qformer_dim / 2
+            ));
         }
         if self.qformer_dim % 4 != 0 {
             return bad(format!("qformer_dim {} must be a multiple of 4", self.qformer_dim));
         }
-        for (name, v) in
-            [("patch_size", self.patch_size), ("spatial_compression", self.spatial_compression), ("temporal_compression", self.temporal_compression)]
-        {
+        for (name, v) in [
+            ("patch_size", self.patch_size),
+            ("spatial_compression", self.spatial_compression),
+            ("temporal_compression", self.temporal_compression),
+        ] {
             if !is_pow2(v) {
                 return bad(format!("{name} {v} must be a power of two"));
             }
@@ -192,7 +198,10 @@ impl Config {
         match self.quantizer.as_str() {
             "FSQ" => {
                 if self.levels.len() != self.embedding_dim || self.levels.iter().any(|&l| l < 2) {
-                    return bad(format!("FSQ levels {:?} must have embedding_dim {} entries >= 2", self.levels, self.embedding_dim));
+                    return bad(format!(
+                        "FSQ levels {:?} must have embedding_dim {} entries >= 2",
+                        self.levels, self.embedding_dim
+                    ));
                 }
             }
             "VQ" => {

@@ -98,7 +98,8 @@ impl LdmDecoderV2 {
             }
             let upsample = if i != 0 {
                 let rev = levels - i - 1;
-                let temporal = if cfg.legacy_mode { rev < num_temporal_ups } else { 0 < rev && rev < num_temporal_ups + 1 };
+                let temporal =
+                    if cfg.legacy_mode { rev < num_temporal_ups } else { 0 < rev && rev < num_temporal_ups + 1 };
                 let spatial = temporal || (rev < num_spatial_ups && num_spatial_ups > num_temporal_ups);
                 curr_res *= 2;
                 Some(HybridUpsample::new(block_in, spatial, temporal, vl.pp("upsample"))?)
@@ -107,7 +108,10 @@ impl LdmDecoderV2 {
             };
             up[i] = Some(UpLevel { blocks, attn, upsample });
         }
-        let up = up.into_iter().map(|l| l.ok_or_else(|| Error::Invalid("decoder level not built".into()))).collect::<Result<Vec<_>>>()?;
+        let up = up
+            .into_iter()
+            .map(|l| l.ok_or_else(|| Error::Invalid("decoder level not built".into())))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_size: p,
             act_embedding_num: cfg.act_embedding_num,
@@ -128,7 +132,10 @@ impl LdmDecoderV2 {
         let (b, c, n, _, _) = z.dims5()?;
         let z = z.reshape((b, c, ()))?.transpose(1, 2)?.contiguous()?; // (B, S*Q, C)
         if n % self.act_embedding_num != 0 {
-            return Err(Error::Invalid(format!("{n} code tokens is not a multiple of {} per step", self.act_embedding_num)));
+            return Err(Error::Invalid(format!(
+                "{n} code tokens is not a multiple of {} per step",
+                self.act_embedding_num
+            )));
         }
         let frames = n / self.act_embedding_num + 1;
         let (eb, ec, _, eh, ew) = encoded.dims5()?;

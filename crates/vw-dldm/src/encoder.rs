@@ -81,7 +81,12 @@ impl LdmEncoder {
                 }
             }
             let downsample = if i + 1 != levels {
-                let ds = HybridDownsample::new(block_in, i < num_spatial_downs, i < num_temporal_downs, vl.pp("downsample"))?;
+                let ds = HybridDownsample::new(
+                    block_in,
+                    i < num_spatial_downs,
+                    i < num_temporal_downs,
+                    vl.pp("downsample"),
+                )?;
                 curr_res /= 2;
                 Some(ds)
             } else {
@@ -100,7 +105,11 @@ impl LdmEncoder {
             mid_block_2: ResnetBlockFactorized::new(block_in, block_in, vm.pp("block_2"))?,
             norm_out: CausalNormalize::new(block_in, vb.pp("norm_out"))?,
             pos_embedding: PositionEmbeddingRandom::new(dim / 2, vb.pp("pos_embedding"))?,
-            act: vb.pp("act").get_with_hints((cfg.act_embedding_num, dim), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?,
+            act: vb.pp("act").get_with_hints(
+                (cfg.act_embedding_num, dim),
+                "weight",
+                Init::Randn { mean: 0.0, stdev: 1.0 },
+            )?,
             qformer_ldm: QFormerAdjacentFSingleQ::new(cfg.qformer_depth, dim, cfg.qformer_heads, vb.pp("qformer_ldm"))?,
             outproj_ldm: CausalConv3d::pointwise(dim, cfg.z_channels * cfg.z_factor, vb.pp("outproj_ldm"))?,
         })
@@ -131,7 +140,10 @@ impl LdmEncoder {
         let (b, c, t, hh, ww) = h.dims5()?;
         let pe = self.pos_embedding.forward(hh, ww)?.to_dtype(h.dtype())?; // (C, h, w)
         if pe.dim(0)? != c {
-            return Err(Error::Invalid(format!("encoder features have {c} channels, the Q-Former expects {}", pe.dim(0)?)));
+            return Err(Error::Invalid(format!(
+                "encoder features have {c} channels, the Q-Former expects {}",
+                pe.dim(0)?
+            )));
         }
         let pe = pe.unsqueeze(1)?.unsqueeze(0)?.broadcast_as((b, c, t, hh, ww))?;
         let q = self.act.unsqueeze(0)?.broadcast_as((b, self.act.dim(0)?, c))?;

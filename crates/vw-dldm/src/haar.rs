@@ -132,7 +132,8 @@ mod tests {
         let mean = v.iter().sum::<f32>() / 8.0;
         assert!((band0 - mean).abs() < 1e-6);
         // the highest band is the alternating sum over all three axes
-        let alt: f32 = v.iter().enumerate().map(|(i, x)| if i.count_ones() % 2 == 0 { *x } else { -x }).sum::<f32>() / 8.0;
+        let alt: f32 =
+            v.iter().enumerate().map(|(i, x)| if i.count_ones() % 2 == 0 { *x } else { -x }).sum::<f32>() / 8.0;
         let band7 = d.flatten_all().unwrap().to_vec1::<f32>().unwrap()[7];
         assert!((band7 - alt).abs() < 1e-6, "{band7} vs {alt}");
     }

@@ -55,7 +55,8 @@ impl CausalConv3d {
     ) -> Result<Self> {
         let vb = vb.pp("conv3d");
         let fan_in = cin * kernel.iter().product::<usize>();
-        let weight = vb.get_with_hints((cout, cin, kernel[0], kernel[1], kernel[2]), "weight", torch_uniform(fan_in))?;
+        let weight =
+            vb.get_with_hints((cout, cin, kernel[0], kernel[1], kernel[2]), "weight", torch_uniform(fan_in))?;
         let bias = vb.get_with_hints(cout, "bias", torch_uniform(fan_in))?;
         // time_pad = (kt - 1) + (1 - time_stride), as the reference (dilation 1)
         let time_pad = kernel[0].saturating_sub(time_stride);
@@ -153,7 +154,11 @@ impl ResnetBlockFactorized {
             conv1: FactorizedConv::new(cin, cout, vb.pp("conv1"))?,
             norm2: CausalNormalize::new(cout, vb.pp("norm2"))?,
             conv2: FactorizedConv::new(cout, cout, vb.pp("conv2"))?,
-            nin_shortcut: if cin != cout { Some(CausalConv3d::pointwise(cin, cout, vb.pp("nin_shortcut"))?) } else { None },
+            nin_shortcut: if cin != cout {
+                Some(CausalConv3d::pointwise(cin, cout, vb.pp("nin_shortcut"))?)
+            } else {
+                None
+            },
         })
     }
 
@@ -272,7 +277,9 @@ impl CrossAttention {
         let (b, c, t, h, w) = x.dims5()?;
         let tc = context.dim(1)?;
         if t == 0 || tc % t != 0 {
-            return Err(crate::Error::Invalid(format!("cross attention: context length {tc} is not a multiple of {t} frames")));
+            return Err(crate::Error::Invalid(format!(
+                "cross attention: context length {tc} is not a multiple of {t} frames"
+            )));
         }
         let n = tc / t;
         let q = self.q_proj.forward(&self.norm.forward(x)?)?;
@@ -322,7 +329,7 @@ impl HybridDownsample {
             let pooled = xp
                 .narrow(3, 0, 2 * ho)?
                 .narrow(4, 0, 2 * wo)?
-                .reshape((b, c, t, ho, 2, wo, 2))?
+                .reshape(vec![b, c, t, ho, 2, wo, 2])?
                 .mean(6)?
                 .mean(4)?;
             x = (conv1.forward(&xp)? + pooled)?;

@@ -42,10 +42,11 @@ pub struct PositionEmbeddingRandom {
 impl PositionEmbeddingRandom {
     /// `num_pos_feats` = half the embedding width.
     pub fn new(num_pos_feats: usize, vb: VarBuilder) -> Result<Self> {
-        let gaussian = vb.get_with_hints((2, num_pos_feats), "positional_encoding_gaussian_matrix", Init::Randn {
-            mean: 0.0,
-            stdev: 1.0,
-        })?;
+        let gaussian = vb.get_with_hints(
+            (2, num_pos_feats),
+            "positional_encoding_gaussian_matrix",
+            Init::Randn { mean: 0.0, stdev: 1.0 },
+        )?;
         Ok(Self { gaussian })
     }
 

@@ -60,8 +60,11 @@ impl Quantizer {
             "VQ" => {
                 let k = cfg.num_embeddings.unwrap_or(0);
                 let b = 1.0 / k.max(1) as f64;
-                let embedding =
-                    vb.pp("embedding").get_with_hints((k, cfg.embedding_dim), "weight", Init::Uniform { lo: -b, up: b })?;
+                let embedding = vb.pp("embedding").get_with_hints(
+                    (k, cfg.embedding_dim),
+                    "weight",
+                    Init::Uniform { lo: -b, up: b },
+                )?;
                 Ok(Self::Vq { embedding })
             }
             q => Err(Error::Invalid(format!("quantizer {q:?} not implemented (FSQ or VQ)"))),

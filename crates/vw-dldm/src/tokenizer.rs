@@ -116,7 +116,8 @@ impl CausalDiscreteVideoLatentDynamicTokenizer {
     pub fn encode(&self, x: &Tensor) -> Result<Encoded> {
         self.check_clip(x, 1)?;
         let (features, query) = self.encoder.forward(x)?;
-        let query = query.ok_or_else(|| Error::Invalid("clip has a single latent frame: no transition to encode".into()))?;
+        let query =
+            query.ok_or_else(|| Error::Invalid("clip has a single latent frame: no transition to encode".into()))?;
         let query = self.quant_conv.forward(&query)?;
         let q = self.quantizer.forward(&query)?;
         Ok(Encoded { features, query, indices: q.indices, codes: q.codes, quant_loss: q.loss })
@@ -199,7 +200,7 @@ impl LatentDynamics for CausalDiscreteVideoLatentDynamicTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, D};
+    use candle_core::Device;
     use candle_nn::VarMap;
 
     fn tiny() -> (Tokenizer, VarMap) {
@@ -217,7 +218,8 @@ mod tests {
                 for ti in 0..t {
                     for y in 0..h {
                         for x in 0..w {
-                            let a = 0.3 * x as f32 * (1 + bi) as f32 + 0.2 * y as f32 * (1 + c) as f32 + phase * ti as f32;
+                            let a =
+                                0.3 * x as f32 * (1 + bi) as f32 + 0.2 * y as f32 * (1 + c) as f32 + phase * ti as f32;
                             v.push((2.0 * a.sin()).tanh());
                         }
                     }
@@ -272,13 +274,19 @@ mod tests {
         let q = 4;
         let step = |t: &Tensor, s: usize| t.narrow(2, s * q, q).unwrap();
         assert!(max_abs_diff(&step(&enc.query, 0), &step(&enc2.query, 0)) < 1e-5);
-        assert_eq!(step(&enc.indices, 0).flatten_all().unwrap().to_vec1::<u32>().unwrap(), step(&enc2.indices, 0).flatten_all().unwrap().to_vec1::<u32>().unwrap());
+        assert_eq!(
+            enc.indices.narrow(1, 0, q).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+            enc2.indices.narrow(1, 0, q).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap()
+        );
         // the perturbation does reach the later transitions (so the check above can fail)
         assert!(max_abs_diff(&step(&enc.query, 1), &step(&enc2.query, 1)) > 1e-3);
         // the decoder is causal in the codes: changing the codes of step 1 leaves frames 1..=4 alone
         let codes = tok.encode_codes(&x).unwrap(); // (1, 3, 4)
-        let other = ((codes.narrow(1, 1, 2).unwrap() + 37u32 as f64).unwrap() % 1000.0).unwrap();
-        let codes2 = Tensor::cat(&[&codes.narrow(1, 0, 1).unwrap(), &other.to_dtype(DType::U32).unwrap()], 1).unwrap();
+        let mut v: Vec<u32> = codes.flatten_all().unwrap().to_vec1().unwrap();
+        for c in v.iter_mut().skip(4) {
+            *c = (*c + 37) % 1000;
+        }
+        let codes2 = Tensor::from_vec(v, codes.dims(), &Device::Cpu).unwrap();
         let ctx = x.narrow(2, 0, 1).unwrap();
         let r1 = tok.render(&ctx, &codes).unwrap();
         let r2 = tok.render(&ctx, &codes2).unwrap();
@@ -292,11 +300,21 @@ mod tests {
         let enc = tok.encode(&clip(2, 9, 32, 32, 1.1)).unwrap();
         let back = tok.quantizer().indices_to_codes(&enc.indices, DType::F32).unwrap();
         assert_eq!(max_abs_diff(&back, &enc.codes), 0.0);
-        // every index -> code -> index
+        // every index -> code vector -> index, with the official index formula sum((c*hw + hw) * basis)
         let all = Tensor::arange(0u32, 1000, &Device::Cpu).unwrap().reshape((1, 1000, 1, 1)).unwrap();
-        let codes = tok.quantizer().indices_to_codes(&all, DType::F32).unwrap();
-        let q = tok.quantizer().forward(&codes).unwrap();
-        assert_eq!(q.indices.flatten_all().unwrap().to_vec1::<u32>().unwrap(), (0..1000).collect::<Vec<u32>>());
+        let codes = tok.quantizer().indices_to_codes(&all, DType::F32).unwrap(); // (1, 4, 1000, 1, 1)
+        let codes: Vec<Vec<f32>> =
+            codes.squeeze(4).unwrap().squeeze(3).unwrap().squeeze(0).unwrap().t().unwrap().to_vec2().unwrap();
+        let (levels, basis) = ([8usize, 5, 5, 5], [1usize, 8, 40, 200]);
+        for (i, c) in codes.iter().enumerate() {
+            let idx: usize = (0..4)
+                .map(|d| {
+                    let hw = (levels[d] / 2) as f32;
+                    (c[d] * hw + hw).round() as usize * basis[d]
+                })
+                .sum();
+            assert_eq!(idx, i, "code {c:?}");
+        }
         // decoding from indices equals decoding from the quantized vectors
         let a = tok.decode(&enc.features, &enc.codes).unwrap();
         let b = tok.decode_code(&enc.features, &enc.indices).unwrap();
@@ -312,7 +330,8 @@ mod tests {
         let path = dir.path().join("dldm.safetensors");
         varmap.save(&path).unwrap();
         let mut varmap2 = VarMap::new();
-        let tok2 = Tokenizer::new(&Config::tiny(), VarBuilder::from_varmap(&varmap2, DType::F32, &Device::Cpu)).unwrap();
+        let tok2 =
+            Tokenizer::new(&Config::tiny(), VarBuilder::from_varmap(&varmap2, DType::F32, &Device::Cpu)).unwrap();
         let (recon_fresh, _) = tok2.forward(&x).unwrap();
         assert!(max_abs_diff(&recon, &recon_fresh) > 1e-4, "a fresh init should differ");
         varmap2.load(&path).unwrap();
@@ -344,6 +363,5 @@ mod tests {
         }
         // the random-Fourier buffer is not trained
         assert!(grads.get(data["encoder.pos_embedding.positional_encoding_gaussian_matrix"].as_tensor()).is_none());
-        let _ = D::Minus1;
     }
 }
