@@ -72,7 +72,7 @@ impl ObsEncoderConfig {
                         "obs_encoder conv: bad channels {in_channels} -> {channels:?}"
                     )));
                 }
-                if *image_size == 0 || image_size % (1 << channels.len()) != 0 {
+                if *image_size == 0 || !image_size.is_multiple_of(1 << channels.len()) {
                     return Err(Error::Invalid(format!(
                         "obs_encoder conv: image_size {image_size} must be a positive multiple of 2^{}",
                         channels.len()
@@ -80,7 +80,11 @@ impl ObsEncoderConfig {
                 }
             }
             Self::Patch { in_channels, patch_size, latent_size } => {
-                if *in_channels == 0 || *patch_size == 0 || *latent_size == 0 || latent_size % patch_size != 0 {
+                if *in_channels == 0
+                    || *patch_size == 0
+                    || *latent_size == 0
+                    || !latent_size.is_multiple_of(*patch_size)
+                {
                     return Err(Error::Invalid(format!(
                         "obs_encoder patch: latent_size {latent_size} must be a positive multiple of patch_size \
                          {patch_size} (in_channels {in_channels})"
@@ -200,13 +204,16 @@ impl PolicyConfig {
     /// Checks the numbers fit together, so a bad config fails here and not deep in a matmul.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.hidden_size == 0
+            || self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} must be a positive multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for rotary embeddings", self.head_dim()));
         }
         if self.intermediate_size == 0 || self.num_hidden_layers == 0 {
@@ -279,7 +286,7 @@ impl ActionDecoderConfig {
             && !self.channels.is_empty()
             && !self.channels.contains(&0)
             && self.image_size > 0
-            && self.image_size % (1 << self.channels.len()) == 0
+            && self.image_size.is_multiple_of(1 << self.channels.len())
             && self.code_vocab_size > 0
             && self.code_embed_dim > 0
             && self.hidden_size > 0
