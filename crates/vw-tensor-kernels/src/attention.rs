@@ -166,6 +166,7 @@ pub(crate) fn composed_rows(
 }
 
 /// Gradients (dq, dk, dv) of attention, recomputed chunk by chunk with composed ops (f32).
+#[allow(clippy::too_many_arguments)] // the op's full state; a struct would only rename it
 fn backward(
     q: &Tensor,
     k: &Tensor,
@@ -323,7 +324,7 @@ pub fn reference(
                 while j0 < kend {
                     let jn = TILE.min(kend - j0);
                     let mut tmax = f32::NEG_INFINITY;
-                    for t in 0..jn {
+                    for (t, st) in s[..jn].iter_mut().enumerate() {
                         let j = j0 + t;
                         let kj = &k[kb + j * d..kb + (j + 1) * d];
                         let mut dot = qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f32>() * scale;
@@ -331,7 +332,7 @@ pub fn reference(
                             let idx = (((bi % m0) * m1 + hi % m1) * m2 + i % m2) * m3 + j % m3;
                             dot += mv[idx];
                         }
-                        s[t] = dot;
+                        *st = dot;
                         tmax = tmax.max(dot);
                     }
                     let mnew = m.max(tmax);
@@ -342,8 +343,8 @@ pub fn reference(
                     let corr = (m - mnew).exp();
                     l *= corr;
                     acc.iter_mut().for_each(|a| *a *= corr);
-                    for t in 0..jn {
-                        let p = (s[t] - mnew).exp();
+                    for (t, &st) in s[..jn].iter().enumerate() {
+                        let p = (st - mnew).exp();
                         l += p;
                         let vj = &v[kb + (j0 + t) * d..kb + (j0 + t + 1) * d];
                         acc.iter_mut().zip(vj).for_each(|(a, &x)| *a += p * x);

@@ -191,7 +191,7 @@ pub fn rope3d_freqs(
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let bands = cfg.band_dims();
-    if cfg.head_dim % 2 != 0 || bands.iter().any(|&b| b < 4 || b % 2 != 0) {
+    if !cfg.head_dim.is_multiple_of(2) || bands.iter().any(|&b| b < 4 || !b.is_multiple_of(2)) {
         return Err(shape_err(
             "rope3d_freqs",
             format!("head dim {} gives bands {bands:?}; need even bands >= 4", cfg.head_dim),
