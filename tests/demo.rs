@@ -1,0 +1,82 @@
+//! The reduced end-to-end demo: trains every stage for a few steps on a handful of CraftWorld
+//! episodes, evaluates, and checks that the judge, the metrics and the report files are produced
+//! and agree with each other.
+
+use videoworld::eval::demo::{run_demo, DemoConfig, DemoOptions};
+
+#[test]
+fn reduced_demo_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig::test();
+    let opts = DemoOptions {
+        out: dir.path().join("report"),
+        checkpoints: dir.path().join("checkpoints"),
+        retrain: true,
+        device: candle_core::Device::Cpu,
+        progress: false,
+        test_episodes: None,
+    };
+    let out = run_demo(&cfg, &opts).unwrap();
+    let r = &out.report;
+
+    // The judge: the expert's own video is complete at every step, the first frame repeated at none.
+    let expert = &r.sanity[0].success;
+    assert!(expert.rate.iter().all(|&x| x == 1.0), "expert video: {expert:?}");
+    assert_eq!(expert.full_task, 1.0);
+    let still = &r.sanity[1].success;
+    assert!(still.rate.iter().all(|&x| x == 0.0), "first frame repeated: {still:?}");
+    assert_eq!(still.mean_completed, 0.0);
+    // The expert video is the reference of the quality metrics: identical frames.
+    let q = r.sanity[0].quality.unwrap();
+    assert_eq!((q.psnr, q.ssim), (f64::INFINITY, 1.0));
+
+    // Three methods, each scored on every episode, rates are fractions of the episode counts.
+    assert_eq!(r.methods.len(), 3);
+    for m in r.sanity.iter().chain(&r.methods) {
+        assert_eq!(m.success.episodes[0], cfg.test_episodes, "{}", m.name);
+        for (rate, n) in m.success.rate.iter().zip(&m.success.episodes) {
+            let k = rate * *n as f64;
+            assert!((k - k.round()).abs() < 1e-9, "{}: rate {rate} of {n} episodes", m.name);
+        }
+        // Success can only fall from one step to the next when every episode has that step.
+        assert!(m.success.full_task <= m.success.rate[0] + 1e-12);
+    }
+    for m in &r.methods[..2] {
+        let cb = m.codebook.as_ref().unwrap();
+        assert!(cb.used >= 1 && cb.used <= cb.vocab && cb.total > 0, "{cb:?}");
+        let p = m.probe.unwrap();
+        assert!((0.0..=1.0).contains(&p.test_accuracy));
+        let c = m.chain.as_ref().unwrap();
+        assert_eq!(c.lengths.len(), cfg.chain_episodes);
+        assert_eq!(c.success_at.len(), 5);
+    }
+
+    // The files, and that metrics.json says what report.md says.
+    for p in [&out.paths.report, &out.paths.metrics, &out.paths.success_plot] {
+        assert!(p.exists(), "{}", p.display());
+    }
+    assert!(out.paths.loss_plot.as_ref().is_some_and(|p| p.exists()));
+    assert_eq!(out.gifs.len(), cfg.gif_episodes);
+    assert!(out.gifs.iter().all(|g| g.exists()));
+    let md = std::fs::read_to_string(&out.paths.report).unwrap();
+    assert!(md.contains(&r.headline_table()));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out.paths.metrics).unwrap()).unwrap();
+    for (i, m) in r.methods.iter().enumerate() {
+        let rates: Vec<f64> =
+            json["methods"][i]["success"]["rate"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(rates, m.success.rate);
+    }
+    // The checkpoint folder can be evaluated again and gives the same numbers (determinism).
+    let again = videoworld::eval::demo::train::evaluate_checkpoints(
+        &cfg,
+        &opts.checkpoints,
+        &dir.path().join("again"),
+        &candle_core::Device::Cpu,
+        false,
+        Vec::new(),
+    )
+    .unwrap();
+    for (a, b) in again.report.methods.iter().zip(&r.methods) {
+        assert_eq!(a.success, b.success, "{}", a.name);
+    }
+}
