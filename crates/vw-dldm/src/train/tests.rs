@@ -4,7 +4,7 @@ use super::*;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder, VarMap};
 
-/// A two-layer MLP fitting y = sin(x0) + x1 * x2.
+/// A two-layer MLP fitting y = 0.5 x0 - x1 + sin(x2).
 struct Toy {
     l1: candle_nn::Linear,
     l2: candle_nn::Linear,
@@ -17,7 +17,7 @@ impl Toy {
     fn loss(&self, ctx: &mut StepCtx) -> crate::Result<Tensor> {
         let x = randn_from(ctx.rng, (32, 3), &Device::Cpu)?;
         *ctx.data_pos += 32;
-        let y = (x.narrow(1, 0, 1)?.sin()? + (x.narrow(1, 1, 1)? * x.narrow(1, 2, 1)?)?)?;
+        let y = (((x.narrow(1, 0, 1)? * 0.5)? - x.narrow(1, 1, 1)?)? + x.narrow(1, 2, 1)?.sin()?)?;
         let pred = self.l2.forward(&self.l1.forward(&x)?.tanh()?)?;
         Ok((pred - y)?.sqr()?.mean_all()?)
     }
@@ -164,9 +164,10 @@ fn nan_loss_stops_with_step_and_tensor() -> crate::Result<()> {
     assert!(matches!(err, crate::Error::NonFinite { step: 4, .. }), "{err}");
     assert!(err.to_string().contains("loss"), "{err}");
     assert_eq!(params_of(&vm)?, after3, "a rejected step must not touch the weights");
-    // A finite loss (sqrt(0) = 0) whose gradient is not: d sqrt(u)/du = inf at 0, times du/dw = 0.
+    // A finite loss (sqrt(0^2) = 0) whose gradient is not: d sqrt(u)/du = inf at u = 0, times 2 * 0.
     let w = &named_vars(&vm)[0].1;
-    let big = (w.as_tensor().sum_all()? * 0.0)?.sqrt()?;
+    let d = (w.as_tensor() - w.as_tensor().detach())?;
+    let big = d.sqr()?.sqrt()?.sum_all()?;
     match tr.step(&big) {
         Err(crate::Error::NonFinite { step: 4, tensor }) => assert!(tensor.contains(&named_vars(&vm)[0].0), "{tensor}"),
         other => panic!("expected a non-finite gradient error, got {other:?}"),
