@@ -112,14 +112,14 @@ impl Video2WorldPipeline {
         noise: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, _, tc, h, w) = cond_video.dims5()?;
-        if opts.height % 16 != 0 || opts.width % 16 != 0 || (h, w) != (opts.height, opts.width) {
+        if !opts.height.is_multiple_of(16) || !opts.width.is_multiple_of(16) || (h, w) != (opts.height, opts.width) {
             return Err(Error::Invalid(format!(
                 "video2world: frames are {h}x{w}, expected {}x{} (multiples of 16)",
                 opts.height, opts.width
             )));
         }
         let tf = self.vae.config().temporal_factor();
-        if opts.num_frames == 0 || (opts.num_frames - 1) % tf != 0 {
+        if opts.num_frames == 0 || !(opts.num_frames - 1).is_multiple_of(tf) {
             return Err(Error::Invalid(format!("video2world: num_frames {} must be 1 + {tf}k", opts.num_frames)));
         }
         let device = cond_video.device().clone();
