@@ -184,7 +184,7 @@ fn parse_feature(bytes: &[u8]) -> std::result::Result<Feature, String> {
                     match list.tag()? {
                         (1, 2) => {
                             let packed = list.bytes()?;
-                            if packed.len() % 4 != 0 {
+                            if !packed.len().is_multiple_of(4) {
                                 return Err(format!("packed float list of {} bytes", packed.len()));
                             }
                             v.extend(packed.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));

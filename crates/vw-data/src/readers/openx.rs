@@ -76,7 +76,7 @@ impl OpenXEpisode {
                 Some(other) => return Err(mismatch(what, key, "float_list", other.kind())),
                 None => return Err(missing(key)),
             };
-            if v.len() % steps != 0 {
+            if !v.len().is_multiple_of(steps) {
                 return Err(Error::Mismatch {
                     what: what.to_string(),
                     key: key.clone(),

@@ -213,7 +213,7 @@ impl<'a> Unpickler<'a> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> R<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("odd number of dict items".into());
         }
         let Value::Dict(d) = self.top()? else { return Err("setitem on a non-dict".into()) };
