@@ -112,7 +112,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10).measurement_time(std::time::Duration::from_secs(30));
     g.throughput(Throughput::Elements(4 * official.num_frames as u64));
     g.bench_function("4 mp4 clips -> 4 batches (1,3,93,480,832) f32, 2 workers", |b| {
-        b.iter(|| loader.epoch(0).map(|b| b.expect("batch")).count())
+        b.iter(|| loader.epoch(0).inspect(|b| assert!(b.is_ok(), "batch failed")).count())
     });
     g.finish();
 }

@@ -11,6 +11,9 @@ use vw_diffusion::{GenerateOptions, T5TextEncoder, Video2WorldPipeline};
 pub struct GenerateArgs {
     #[command(flatten)]
     pub device: super::DeviceArgs,
+    /// `--policy CKPT`: plan the task's latent codes with an AR policy instead of running the diffusion model.
+    #[command(flatten)]
+    pub policy: super::generate_policy::PolicyArgs,
     /// Model: a local diffusers folder or a Hub repo id.
     #[arg(long, default_value = "nvidia/Cosmos-Predict2-2B-Video2World")]
     pub model: String,
@@ -57,6 +60,9 @@ const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a series of frames sho
 
 /// Runs `vw generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    if args.policy.policy.is_some() {
+        return super::generate_policy::run(&args.policy, &args.image, &args.out, &args.device);
+    }
     let device = args.device.open()?;
     let dtype = args.device.dtype.dtype();
     let src = ModelSource::parse(&args.model);

@@ -99,6 +99,7 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
 
     // conv3d / causal conv3d: the kernel takes bf16/f16.
     let conv_dtypes: &[DType] = if dev.is_cuda() { &[DType::BF16, DType::F16] } else { &[DType::F32] };
+    #[allow(clippy::type_complexity)]
     let conv_cases: [([usize; 5], [usize; 5], [usize; 3], [usize; 3]); 4] = [
         ([1, 16, 5, 20, 18], [24, 16, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
         ([2, 12, 4, 17, 15], [40, 12, 3, 3, 3], [1, 2, 2], [0, 1, 1]),

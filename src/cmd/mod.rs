@@ -1,18 +1,18 @@
 //! Command-line interface: argument types shared by subcommands and the dispatch.
 
 mod bench_ar;
-mod data;
 mod bench_dit;
+mod data;
 mod demo;
 mod download;
+mod encode_codes;
 mod eval;
 mod generate;
 mod generate_policy;
 mod info;
-mod parity;
 mod kernel_bench;
 mod kernel_check;
-mod encode_codes;
+mod parity;
 mod train_dldm;
 mod train_policy;
 
@@ -49,18 +49,18 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// Print features, devices and versions.
     Info(info::InfoArgs),
-    /// Run one diffusion component on named tensors, for comparison with PyTorch.
-    Parity(parity::ParityArgs),
-    /// Time one Cosmos DiT forward (random weights).
-    BenchDit(bench_dit::BenchDitArgs),
-    /// Time one Wan VAE decode (random weights).
-    BenchVaeDecode(bench_dit::BenchVaeArgs),
     /// Check every custom kernel against its CPU reference on random inputs (prints a table).
     KernelCheck(kernel_check::KernelCheckArgs),
     /// Time the custom kernels against the composed candle ops and the device ceilings.
     KernelBench(kernel_bench::KernelBenchArgs),
     /// Write datasets to disk (CraftWorld expert episodes).
     Data(data::DataArgs),
+    /// Run one diffusion component on named tensors, for comparison with PyTorch.
+    Parity(parity::ParityArgs),
+    /// Time one Cosmos DiT forward (random weights).
+    BenchDit(bench_dit::BenchDitArgs),
+    /// Time one Wan VAE decode (random weights).
+    BenchVaeDecode(bench_dit::BenchVaeArgs),
     /// Time KV-cached decoding of the AR policy transformer (random weights).
     BenchAr(bench_ar::BenchArArgs),
 }
@@ -94,17 +94,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Download(a) => download::run(a),
         Command::Info(a) => info::run(a),
-        Command::Parity(a) => parity::run(a),
-        Command::BenchDit(a) => bench_dit::run(a),
-        Command::BenchVaeDecode(a) => bench_dit::run_vae(a),
         Command::KernelCheck(a) => kernel_check::run(a),
         Command::KernelBench(a) => kernel_bench::run(a),
         Command::Data(a) => data::run(a),
         Command::BenchAr(a) => bench_ar::run(a),
+        Command::Parity(a) => parity::run(a),
+        Command::BenchDit(a) => bench_dit::run(a),
+        Command::BenchVaeDecode(a) => bench_dit::run_vae(a),
     }
-}
-
-/// The error of a subcommand that a later piece of work fills in.
-pub fn not_yet(what: &str, issue: u32) -> anyhow::Error {
-    anyhow::anyhow!("`vw {what}` is not implemented yet (tracked in issue #{issue})")
 }

@@ -168,14 +168,14 @@ impl Config {
                 self.encoder_out_channels()
             ));
         }
-        if self.qformer_heads == 0 || (self.qformer_dim / 2) % self.qformer_heads != 0 {
+        if self.qformer_heads == 0 || !(self.qformer_dim / 2).is_multiple_of(self.qformer_heads) {
             return bad(format!(
                 "qformer_heads {} must divide qformer_dim / 2 = {}",
                 self.qformer_heads,
                 self.qformer_dim / 2
             ));
         }
-        if self.qformer_dim % 4 != 0 {
+        if !self.qformer_dim.is_multiple_of(4) {
             return bad(format!("qformer_dim {} must be a multiple of 4", self.qformer_dim));
         }
         for (name, v) in [

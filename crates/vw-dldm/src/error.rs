@@ -19,7 +19,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     /// A loss, gradient or parameter became NaN or infinite during training.
-    #[error("non-finite value at step {step} in {tensor}; training stopped (lower the learning rate or clip gradients)")]
+    #[error(
+        "non-finite value at step {step} in {tensor}; training stopped (lower the learning rate or clip gradients)"
+    )]
     NonFinite { step: u64, tensor: String },
     /// A training checkpoint is missing a tensor or disagrees with the run it should resume.
     #[error("checkpoint {path}: {reason}")]

@@ -96,10 +96,10 @@ impl CausalDiscreteVideoLatentDynamicTokenizer {
         let dims = x.dims();
         let ok = dims.len() == 5
             && dims[1] == c.in_channels
-            && dims[2] >= 1 + c.temporal_compression * min_steps
-            && (dims[2] - 1) % c.temporal_compression == 0
-            && dims[3] % c.spatial_compression == 0
-            && dims[4] % c.spatial_compression == 0;
+            && dims[2] > c.temporal_compression * min_steps
+            && (dims[2] - 1).is_multiple_of(c.temporal_compression)
+            && dims[3].is_multiple_of(c.spatial_compression)
+            && dims[4].is_multiple_of(c.spatial_compression);
         if !ok {
             return Err(Error::Invalid(format!(
                 "dLDM clip {:?}: expected (B, {}, 1 + {}*S with S >= {min_steps}, H, W) with H and W multiples of {}",

@@ -145,6 +145,8 @@ fn official_pt_checkpoint_loads() {
 }
 
 /// `formula_weight` of the generator: scale * sin(0.7071 i + 1.618 index), norm scales + 1.
+// 0.7071 is the generator's literal, not 1/sqrt(2): the Rust side must reproduce it bit for bit.
+#[allow(clippy::approx_constant)]
 fn formula_weight(index: usize, name: &str, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
     let scale = if shape.len() > 1 { 1.0 / ((n / shape[0]).max(1) as f64).sqrt() } else { 0.1 };

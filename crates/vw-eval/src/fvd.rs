@@ -64,7 +64,7 @@ const MIXED: [(&str, [usize; 6]); 9] = [
 
 /// TF "SAME" padding (front, back) of one dimension.
 fn same_pad(size: usize, k: usize, s: usize) -> (usize, usize) {
-    let total = if size % s == 0 { k.saturating_sub(s) } else { k.saturating_sub(size % s) };
+    let total = if size.is_multiple_of(s) { k.saturating_sub(s) } else { k.saturating_sub(size % s) };
     (total / 2, total - total / 2)
 }
 

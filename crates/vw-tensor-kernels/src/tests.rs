@@ -94,6 +94,7 @@ fn attention_op_backward_matches_autograd() -> R {
 
 #[test]
 fn conv3d_composed_matches_reference() -> R {
+    #[allow(clippy::type_complexity)]
     let cases: [([usize; 5], [usize; 5], [usize; 3], [usize; 3]); 5] = [
         ([2, 3, 5, 7, 6], [4, 3, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
         ([1, 5, 7, 9, 8], [3, 5, 3, 3, 3], [1, 2, 2], [0, 1, 1]),
@@ -306,8 +307,8 @@ fn fsq_matches_official_formula() -> R {
     assert_eq!(c.to_vec2::<f32>()?[1], vec![0.75, 1.0, -1.0, 0.0]);
     assert_eq!(c.to_vec2::<f32>()?[2], vec![-1.0, -1.0, 1.0, 0.0]);
     // Straight-through gradient: d code / dz = half_l (1 - tanh^2(z + shift)) / half_width.
-    let want = grads_of(&[z.clone()], 72, |t| Ok(fsq::composed(&t[0], &levels)?.0));
-    let got = grads_of(&[z.clone()], 72, |t| {
+    let want = grads_of(std::slice::from_ref(&z), 72, |t| Ok(fsq::composed(&t[0], &levels)?.0));
+    let got = grads_of(std::slice::from_ref(&z), 72, |t| {
         Ok(t[0].apply_op1(fsq::FsqOp { levels: levels.to_vec(), want: fsq::FsqOutput::Codes })?)
     });
     assert_close(&got[0], &want[0], 1e-5, "fsq grads");

@@ -277,7 +277,7 @@ where
         let extra = std::mem::take(&mut ctx.extra);
         let stats = trainer.step(&loss)?;
         let s = trainer.step;
-        if s % trainer.cfg.log_every.max(1) == 0 || s == stop_at {
+        if s.is_multiple_of(trainer.cfg.log_every.max(1)) || s == stop_at {
             run.log(MetricsRecord {
                 step: s,
                 loss: stats.loss,
@@ -287,7 +287,7 @@ where
                 extra,
             })?;
         }
-        if s % trainer.cfg.checkpoint_every.max(1) == 0 && s != stop_at {
+        if s.is_multiple_of(trainer.cfg.checkpoint_every.max(1)) && s != stop_at {
             trainer.save(run.dir(), config)?;
             run.plot()?;
         }

@@ -37,7 +37,7 @@ fn stage(progress: bool, msg: &str) {
 
 fn transitions_per_step(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<usize> {
     let fpc = ldm.frames_per_code_step();
-    if fpc == 0 || cfg.craft.frames_per_step % fpc != 0 {
+    if fpc == 0 || !cfg.craft.frames_per_step.is_multiple_of(fpc) {
         return Err(Error::Invalid(format!(
             "CraftWorld frames_per_step {} is not a multiple of the model's {fpc} frames per code step",
             cfg.craft.frames_per_step
