@@ -262,7 +262,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "the sensitivity guard (perturbed frames must move transition 1's query by > 1e-3) fails at the tiny random init; the causality asserts before it pass - diagnose the query layout before re-enabling"]
     fn future_frames_never_change_earlier_codes() {
         let (tok, _) = tiny();
         let x = clip(1, 13, 32, 32, 0.7); // 3 transitions
@@ -274,13 +273,15 @@ mod tests {
         let enc2 = tok.encode(&y).unwrap();
         let q = 4;
         let step = |t: &Tensor, s: usize| t.narrow(2, s * q, q).unwrap();
-        assert!(max_abs_diff(&step(&enc.query, 0), &step(&enc2.query, 0)) < 1e-5);
+        assert!(max_abs_diff(&step(&enc.query, 0), &step(&enc2.query, 0)) < 1e-7);
         assert_eq!(
             enc.indices.narrow(1, 0, q).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap(),
             enc2.indices.narrow(1, 0, q).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap()
         );
-        // the perturbation does reach the later transitions (so the check above can fail)
-        assert!(max_abs_diff(&step(&enc.query, 1), &step(&enc2.query, 1)) > 1e-3);
+        // the perturbation does reach the later transitions (so the check above can fail): at this
+        // tiny random init transition 0 moves by exactly 0, transitions 1 and 2 by 1.6e-4 and 4.1e-4
+        assert!(max_abs_diff(&step(&enc.query, 1), &step(&enc2.query, 1)) > 1e-5);
+        assert!(max_abs_diff(&step(&enc.query, 2), &step(&enc2.query, 2)) > 1e-5);
         // the decoder is causal in the codes: changing the codes of step 1 leaves frames 1..=4 alone
         let codes = tok.encode_codes(&x).unwrap(); // (1, 3, 4)
         let mut v: Vec<u32> = codes.flatten_all().unwrap().to_vec1().unwrap();
