@@ -5,6 +5,10 @@ mod cmd;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// See the workspace Cargo.toml: glibc's allocator unmaps and re-faults candle's large buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
     init_logging(cli.verbose);

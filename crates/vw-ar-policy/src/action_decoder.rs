@@ -7,7 +7,8 @@
 use crate::config::ActionDecoderConfig;
 use crate::{Error, Result};
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{conv2d, embedding, linear, Conv2d, Conv2dConfig, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, linear, Conv2dConfig, Embedding, Linear, VarBuilder};
+use vw_tensor_kernels::conv2d::{conv2d, Conv2d};
 
 /// Conv frame encoder + code embeddings -> MLP -> `(chunk_len, action_dim)`.
 ///

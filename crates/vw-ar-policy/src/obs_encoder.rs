@@ -3,7 +3,8 @@
 use crate::config::ObsEncoderConfig;
 use crate::{Error, Result};
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use vw_tensor_kernels::conv2d::{conv2d, Conv2d};
 
 /// A stride-2 conv stack or a latent patchifier, followed by a projection to the model width.
 #[derive(Debug, Clone)]

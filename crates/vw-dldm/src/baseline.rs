@@ -8,7 +8,7 @@
 //!   the current frame (a strong appearance model, as the VDM is in stage 2), so the codes only need
 //!   to carry the change.
 //!
-//! Both share the same encoder and quantizer: a strided-conv encoder of the frame pair
+//! Both share the same encoder and quantizer: a patch-conv encoder of the frame pair
 //! `(x_t, x_{t+1}, x_{t+1} - x_t)`, a one-layer Q-Former (`act_embedding_num` learned queries
 //! cross-attending to the spatial tokens, as the official `QFormerAdjacentFSingleQ` attends to
 //! adjacent latent frames) and FSQ with straight-through rounding. One code step = one frame
@@ -19,8 +19,9 @@
 
 use crate::{LatentDynamics, Result};
 use candle_core::{Module, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
+use vw_tensor_kernels::conv2d::{conv2d, depth_to_space, Conv2d};
 use vw_tensor_kernels::fsq;
 
 /// Which renderer turns codes back into frames.
@@ -94,11 +95,14 @@ pub(crate) fn kernel_err(e: vw_tensor_kernels::Error) -> crate::Error {
     crate::Error::Invalid(e.to_string())
 }
 
-fn conv(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    Ok(conv2d(cin, cout, 3, Conv2dConfig { padding: 1, stride, ..Default::default() }, vb)?)
+/// A patch convolution: kernel = stride = `k`, no padding (k = 1 is a per-pixel linear map). These
+/// run as reshape + matmul (see `vw_tensor_kernels::conv2d`): a 3x3 conv stack trained at ~1.5 s per
+/// step of 32 transitions on 2 CPU cores, the patch version in a fraction of that.
+fn patch_conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> Result<Conv2d> {
+    Ok(conv2d(cin, cout, k, Conv2dConfig { stride: k, ..Default::default() }, vb)?)
 }
 
-/// Three stride-2 3x3 convs with SiLU; returns the features of every scale (finest first).
+/// Three 2x2 stride-2 patch convs with SiLU; returns the features of every scale (finest first).
 struct Pyramid {
     convs: Vec<Conv2d>,
 }
@@ -106,7 +110,7 @@ struct Pyramid {
 impl Pyramid {
     fn new(cin: usize, ch: [usize; 3], vb: VarBuilder) -> Result<Self> {
         let ins = [cin, ch[0], ch[1]];
-        let convs = (0..3).map(|i| conv(ins[i], ch[i], 2, vb.pp(i))).collect::<Result<_>>()?;
+        let convs = (0..3).map(|i| patch_conv(ins[i], ch[i], 2, vb.pp(i))).collect::<Result<_>>()?;
         Ok(Self { convs })
     }
 
@@ -206,8 +210,8 @@ impl Renderer {
             ctx,
             code_map: linear(code_in, ch[2] * side * side, vb.pp("code_map"))?,
             film: linear(code_in, 2 * ch[2], vb.pp("film"))?,
-            up: vec![conv(ch[2], ch[1], 1, vb.pp("up.0"))?, conv(ch[1], ch[0], 1, vb.pp("up.1"))?],
-            out: conv(ch[0], 3, 1, vb.pp("out"))?,
+            up: vec![patch_conv(ch[2], 4 * ch[1], 1, vb.pp("up.0"))?, patch_conv(ch[1], 4 * ch[0], 1, vb.pp("up.1"))?],
+            out: patch_conv(ch[0], 4 * 3, 1, vb.pp("out"))?,
             ch,
             side,
         })
@@ -228,15 +232,15 @@ impl Renderer {
             Some(s) => s[2].broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?.add(&map)?,
             None => map.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(&shift)?,
         };
+        // Each upsampling stage is a 1x1 conv to 4x the channels + pixel shuffle (a 2x2 stride-2
+        // transposed conv).
         for (i, up) in self.up.iter().enumerate() {
-            let (_, _, hh, ww) = h.dims4()?;
-            h = up.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?.silu()?;
+            h = depth_to_space(&up.forward(&h)?, 2).map_err(kernel_err)?.silu()?;
             if let Some(s) = &skips {
                 h = (h + &s[1 - i])?;
             }
         }
-        let (_, _, hh, ww) = h.dims4()?;
-        let y = self.out.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
+        let y = depth_to_space(&self.out.forward(&h)?, 2).map_err(kernel_err)?;
         Ok(match self.kind {
             RendererKind::FrameConditioned => (x_t + y)?,
             RendererKind::CodesOnly => y.tanh()?,

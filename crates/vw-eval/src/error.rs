@@ -6,6 +6,9 @@ pub enum Error {
     /// A tensor operation inside candle failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A vw-tensor-kernels op failed.
+    #[error(transparent)]
+    Kernels(#[from] vw_tensor_kernels::Error),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },

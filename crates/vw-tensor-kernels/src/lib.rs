@@ -6,6 +6,7 @@
 //! tensor (with the `cuda` feature) and the CPU reference otherwise.
 
 pub mod attention;
+pub mod conv2d;
 pub mod conv3d;
 #[cfg(feature = "cuda")]
 mod cuda;
