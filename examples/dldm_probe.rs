@@ -28,11 +28,19 @@ struct Args {
     seed: u64,
     steps: Option<u64>,
     test_episodes: usize,
+    motion_weight: Option<f64>,
 }
 
 fn parse() -> anyhow::Result<Args> {
-    let mut a =
-        Args { out: "runs/dldm_probe".into(), reuse: false, stage2: false, seed: 0, steps: None, test_episodes: 24 };
+    let mut a = Args {
+        out: "runs/dldm_probe".into(),
+        reuse: false,
+        stage2: false,
+        seed: 0,
+        steps: None,
+        test_episodes: 24,
+        motion_weight: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().with_context(|| format!("{k} needs a value"));
@@ -43,6 +51,7 @@ fn parse() -> anyhow::Result<Args> {
             "--seed" => a.seed = val()?.parse()?,
             "--steps" => a.steps = Some(val()?.parse()?),
             "--test-episodes" => a.test_episodes = val()?.parse()?,
+            "--motion-weight" => a.motion_weight = Some(val()?.parse()?),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -107,6 +116,9 @@ fn main() -> anyhow::Result<()> {
         cfg.init_seed = args.seed;
         if let Some(s) = args.steps {
             cfg.train.total_steps = s;
+        }
+        if let Some(w) = args.motion_weight {
+            cfg.model.motion_weight = w;
         }
         let dir = args.out.join(name);
         let t0 = Instant::now();
