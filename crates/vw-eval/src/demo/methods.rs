@@ -56,6 +56,43 @@ impl VideoPredictor for PlanAndRender<'_> {
     }
 }
 
+/// Diagnostic upper bound of [`PlanAndRender`]: the codes the latent dynamics model extracts from
+/// the expert's own video, rendered by the same model from the first frame. It separates "the
+/// renderer cannot reproduce an execution from its codes" from "the policy predicts the wrong codes".
+pub struct ExpertCodes<'a> {
+    /// Row label.
+    pub name: String,
+    /// The model that encodes the expert video and renders its codes.
+    pub dynamics: &'a dyn LatentDynamics,
+    /// Episodes in the order they will be asked for.
+    pub episodes: &'a [Episode],
+    /// Next episode to encode.
+    pub next: usize,
+}
+
+impl VideoPredictor for ExpertCodes<'_> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn description(&self) -> String {
+        "Diagnostic: the codes this model extracts from the expert's video (no policy), rendered by the same model from the first frame — the best the policy row could reach.".into()
+    }
+    fn predict(&mut self, first: &Tensor, frames: usize) -> Result<Tensor> {
+        let ep = self
+            .episodes
+            .get(self.next)
+            .ok_or_else(|| crate::Error::Invalid("ExpertCodes: no more episodes".into()))?;
+        self.next += 1;
+        let video = ep.frames_tensor(first.device()).map_err(data_err)?.unsqueeze(0)?; // (1, 3, T, H, W)
+        let codes = self.dynamics.encode_codes(&video).map_err(dldm_err)?;
+        let fpc = self.dynamics.frames_per_code_step().max(1);
+        let context = first.unsqueeze(0)?.unsqueeze(2)?; // (1, 3, 1, H, W)
+        let v = self.dynamics.render(&context, &codes).map_err(dldm_err)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let t = v.dim(1)?.min(frames).min(codes.dim(1)? * fpc);
+        Ok(v.narrow(1, 0, t)?)
+    }
+}
+
 /// The no-codes baseline rolled out clip by clip from the first frame.
 pub struct NoCodes<'a> {
     /// The trained frame predictor.

@@ -8,7 +8,7 @@
 
 use super::evaluate::{data_err, frame_of, score_method, ExpertVideo, RepeatFirstFrame};
 use super::ldm::{load_ldm, stage1_config, train_ldm, BoxedLdm, LdmKind};
-use super::methods::{policy_err, transition_labels, CodePolicyController, NoCodes, PlanAndRender};
+use super::methods::{policy_err, transition_labels, CodePolicyController, ExpertCodes, NoCodes, PlanAndRender};
 use super::{episodes, DemoConfig, DemoOutcome, DEMO_CONFIG_FILE};
 use crate::baseline::{l1_loss, ClipPairs, FramePredictor};
 use crate::chain::{evaluate_chains, ChainConfig};
@@ -247,6 +247,7 @@ pub fn evaluate_checkpoints(
     let still = score_method(&mut RepeatFirstFrame, &test, fps, 0, device)?;
     let mut methods = Vec::new();
     let mut videos = Vec::new();
+    let mut diagnostics = Vec::new();
     let opts = GenerateOptions { max_steps: cfg.craft.max_steps + 2, ..Default::default() };
     for m in &models {
         stage(progress, &format!("{}: predicting codes from each first frame, rendering, judging", m.kind.label()));
@@ -268,6 +269,14 @@ pub fn evaluate_checkpoints(
         s.result.chain = Some(chains(cfg, m, device)?);
         videos.push(s.videos.clone());
         methods.push(s.result);
+        stage(progress, &format!("{}: re-rendering the codes of the expert videos (diagnostic)", m.kind.label()));
+        let mut rec = ExpertCodes {
+            name: format!("{}: expert's codes re-rendered (diagnostic)", m.kind.label()),
+            dynamics: m.ldm.as_ref(),
+            episodes: &test,
+            next: 0,
+        };
+        diagnostics.push(score_method(&mut rec, &test, fps, 0, device)?.result);
     }
     stage(progress, "no-codes baseline: rolling out from each first frame, judging");
     let s = score_method(&mut NoCodes { model: &baseline }, &test, fps, keep, device)?;
@@ -312,7 +321,7 @@ pub fn evaluate_checkpoints(
             format!("{} held-out-appearance episodes (recipes of {}..={} steps, {}x{} frames, {} frames per step); checkpoints from `{}`.", cfg.test_episodes, cfg.craft.min_steps, cfg.craft.max_steps, cfg.craft.image_size, cfg.craft.image_size, fps, root.display()),
             format!("Trained on {} training-appearance episodes; master seed {}.", cfg.train_episodes, cfg.seed),
         ],
-        sanity: vec![expert.result, still.result],
+        sanity: [vec![expert.result, still.result], diagnostics].concat(),
         methods,
         loss_curves,
         gifs: gif_entries,

@@ -33,7 +33,8 @@ pub struct EvalReport {
     pub title: String,
     /// Free-form lines under the heading (setup, seed, commands).
     pub notes: Vec<String>,
-    /// Judge sanity rows: the expert video and the first frame repeated.
+    /// Sanity rows: the expert video and the first frame repeated (judge checks), then any
+    /// diagnostic rows (e.g. the expert's own codes re-rendered by a latent dynamics model).
     pub sanity: Vec<MethodResult>,
     /// The compared methods.
     pub methods: Vec<MethodResult>,
