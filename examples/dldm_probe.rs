@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--reuse] [--stage2]
+//!     [--steps N] [--test-episodes N] [--motion-weight W]
 //! ```
 
 use anyhow::Context;
@@ -20,6 +21,11 @@ use vw_dldm::train::stage1::{load_stage1, train_stage1, Stage1Config};
 use vw_dldm::train::stage2::{load_stage2, train_stage2, Stage2Config};
 use vw_dldm::LatentDynamics;
 use vw_eval::probe::{probe_accuracy, ProbeConfig, ProbeFeatures, ProbeReport};
+
+/// The `vw` binary's allocator (see the workspace Cargo.toml): with glibc's, a third of a training
+/// step was page faults.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Args {
     out: PathBuf,
