@@ -301,8 +301,17 @@ impl TinyLdm {
 
     /// Stage-1 loss of transitions: mean L1 between the rendered and the true next frames.
     pub fn pair_loss(&self, x_t: &Tensor, x_next: &Tensor) -> Result<Tensor> {
-        let (codes, _) = self.quantize_pairs(x_t, x_next)?;
-        let pred = self.render_pairs(x_t, &codes)?;
+        Ok(self.pair_loss_and_codes(x_t, x_next)?.0)
+    }
+
+    /// [`TinyLdm::pair_loss`] and the code indices (N, Q) it quantised to, for code-usage logging.
+    pub fn pair_loss_and_codes(&self, x_t: &Tensor, x_next: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (codes, idx) = self.quantize_pairs(x_t, x_next)?;
+        Ok((self.reconstruction_loss(x_t, x_next, &codes)?, idx))
+    }
+
+    fn reconstruction_loss(&self, x_t: &Tensor, x_next: &Tensor, codes: &Tensor) -> Result<Tensor> {
+        let pred = self.render_pairs(x_t, codes)?;
         let err = (pred - x_next)?.abs()?;
         if self.cfg.motion_weight == 0.0 {
             return Ok(err.mean_all()?);

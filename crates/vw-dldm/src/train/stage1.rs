@@ -121,7 +121,11 @@ pub fn train_stage1(
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         let (x_t, x_next) = data.sample(ctx.rng, bs)?;
         *ctx.data_pos += bs as u64;
-        model.pair_loss(&x_t, &x_next)
+        let (loss, idx) = model.pair_loss_and_codes(&x_t, &x_next)?;
+        // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).
+        let used: std::collections::HashSet<u32> = idx.flatten_all()?.to_vec1::<u32>()?.into_iter().collect();
+        ctx.extra.insert("codes_used".into(), used.len().into());
+        Ok(loss)
     })?;
     Ok(model)
 }
@@ -170,6 +174,12 @@ mod tests {
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| Error::Invalid(e.to_string()))?;
         assert_eq!(losses.len(), 40);
+        // Every record counts the distinct codes of its batch (8 transitions x 2 queries).
+        for l in text.lines() {
+            let r: super::super::MetricsRecord = serde_json::from_str(l).map_err(|e| Error::Invalid(e.to_string()))?;
+            let used = r.extra.get("codes_used").and_then(|v| v.as_u64()).ok_or_else(|| Error::Invalid(l.into()))?;
+            assert!((1..=16).contains(&used), "{l}");
+        }
         let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
         let tail: f64 = losses[35..].iter().sum::<f64>() / 5.0;
         assert!(tail < 0.7 * head, "L1 {head:.4} -> {tail:.4}");
