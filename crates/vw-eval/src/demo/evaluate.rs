@@ -28,6 +28,13 @@ pub struct ExpertVideo<'a> {
     pub next: usize,
 }
 
+/// `episodes[*next]`, advancing the cursor: predictors that replay one episode per call use it.
+pub(crate) fn next_episode<'a>(episodes: &'a [Episode], next: &mut usize, who: &str) -> Result<&'a Episode> {
+    let ep = episodes.get(*next).ok_or_else(|| crate::Error::Invalid(format!("{who}: no more episodes")))?;
+    *next += 1;
+    Ok(ep)
+}
+
 impl VideoPredictor for ExpertVideo<'_> {
     fn name(&self) -> String {
         "expert video (judge check)".into()
@@ -36,11 +43,7 @@ impl VideoPredictor for ExpertVideo<'_> {
         "The scripted expert's rendered video of the episode: the judge must score it 100%.".into()
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> Result<Tensor> {
-        let ep = self
-            .episodes
-            .get(self.next)
-            .ok_or_else(|| crate::Error::Invalid("ExpertVideo: no more episodes".into()))?;
-        self.next += 1;
+        let ep = next_episode(self.episodes, &mut self.next, "ExpertVideo")?;
         let v = frames_to_tensor(&ep.frames[1..(1 + frames).min(ep.frames.len())], first.device()).map_err(data_err)?;
         Ok(v)
     }

@@ -1,7 +1,7 @@
 //! The compared methods as [`VideoPredictor`]s, the closed-loop CraftWorld policy (plan from the
 //! first frame, action decoder per step), and the per-transition action labels of the code probe.
 
-use super::evaluate::{data_err, VideoPredictor};
+use super::evaluate::{data_err, next_episode, VideoPredictor};
 use crate::baseline::FramePredictor;
 use crate::chain::{Policy as ChainPolicy, Subtask};
 use crate::craft_env::CraftWorldEnv;
@@ -78,11 +78,7 @@ impl VideoPredictor for ExpertCodes<'_> {
         "Diagnostic: the codes this model extracts from the expert's video (no policy), rendered by the same model from the first frame — the best the policy row could reach.".into()
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> Result<Tensor> {
-        let ep = self
-            .episodes
-            .get(self.next)
-            .ok_or_else(|| crate::Error::Invalid("ExpertCodes: no more episodes".into()))?;
-        self.next += 1;
+        let ep = next_episode(self.episodes, &mut self.next, "ExpertCodes")?;
         let video = ep.frames_tensor(first.device()).map_err(data_err)?.unsqueeze(0)?; // (1, 3, T, H, W)
         let codes = self.dynamics.encode_codes(&video).map_err(dldm_err)?;
         let fpc = self.dynamics.frames_per_code_step().max(1);
