@@ -81,11 +81,9 @@ impl VideoPredictor for ExpertCodes<'_> {
         let ep = next_episode(self.episodes, &mut self.next, "ExpertCodes")?;
         let video = ep.frames_tensor(first.device()).map_err(data_err)?.unsqueeze(0)?; // (1, 3, T, H, W)
         let codes = self.dynamics.encode_codes(&video).map_err(dldm_err)?;
-        let fpc = self.dynamics.frames_per_code_step().max(1);
         let context = first.unsqueeze(0)?.unsqueeze(2)?; // (1, 3, 1, H, W)
         let v = self.dynamics.render(&context, &codes).map_err(dldm_err)?.squeeze(0)?.to_dtype(DType::F32)?;
-        let t = v.dim(1)?.min(frames).min(codes.dim(1)? * fpc);
-        Ok(v.narrow(1, 0, t)?)
+        Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
     }
 }
 
