@@ -172,7 +172,10 @@ impl Encoder {
         let inp = Tensor::cat(&[x_t, x_next, &diff], 1)?;
         let f = self.pyramid.forward(&inp)?.pop().ok_or_else(|| crate::Error::Invalid("empty pyramid".into()))?;
         let (n, c, h, w) = f.dims4()?;
-        let tokens = f.reshape((n, c, h * w))?.transpose(1, 2)?;
+        // Contiguous before the Linear: candle 0.11's CPU matmul of a transposed batch (N > 1)
+        // against the broadcast weight reads other samples' rows, so every code depended on the rest
+        // of the batch (test `each_transition_is_encoded_on_its_own`).
+        let tokens = f.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let tokens = self.to_tokens.forward(&tokens)?.broadcast_add(&self.pos)?;
         let q = self
             .q
@@ -410,6 +413,30 @@ mod tests {
         let (s0, s1) =
             (m.pair_loss(&x_t, &x_t)?.to_scalar::<f32>()?, weighted.pair_loss(&x_t, &x_t)?.to_scalar::<f32>()?);
         assert_eq!(s0, s1);
+        Ok(())
+    }
+
+    /// A transition's codes and rendering may not depend on the other transitions of its batch
+    /// (they did, through a candle matmul of a transposed batch: see `Encoder::forward`).
+    #[test]
+    fn each_transition_is_encoded_on_its_own() -> Result<()> {
+        for kind in [RendererKind::FrameConditioned, RendererKind::CodesOnly] {
+            let vm = VarMap::new();
+            let m = TinyLdm::new(&small(kind), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))?;
+            let (x_t, x_next) = transition_pairs(&clip(6, 4)?)?; // 10 transitions
+            let z = m.encoder.forward(&x_t, &x_next)?;
+            let (codes, _) = m.quantize_pairs(&x_t, &x_next)?;
+            let r = m.render_pairs(&x_t, &codes)?;
+            for i in 0..x_t.dim(0)? {
+                let (a, b) = (x_t.narrow(0, i, 1)?, x_next.narrow(0, i, 1)?);
+                let zi = m.encoder.forward(&a, &b)?;
+                let dz = (zi - z.narrow(0, i, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(dz < 1e-5, "{kind:?} transition {i}: z differs by {dz} inside a batch");
+                let ri = m.render_pairs(&a, &codes.narrow(0, i, 1)?)?;
+                let dr = (ri - r.narrow(0, i, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(dr < 1e-5, "{kind:?} transition {i}: rendering differs by {dr} inside a batch");
+            }
+        }
         Ok(())
     }
 }
