@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs a CUDA 13.0 build toolchain from PyPI wheels (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC)
-# into PREFIX, laid out like a toolkit, plus a link-time stub of libcuda.so. It lets a machine with no
-# GPU and no CUDA install build `--features cuda`; the binaries then run where an NVIDIA driver for
-# CUDA >= 13.0 is installed (the real libcuda is found there at run time).
+# into PREFIX, laid out like a toolkit, plus link-time stubs of libcuda.so and libnccl.so. It lets a
+# machine with no GPU and no CUDA install build `--features cuda` (and `nccl`); the binaries then run
+# where an NVIDIA driver for CUDA >= 13.0 is installed (the real libcuda is found there at run time)
+# and, for `nccl`, where libnccl.so.2 is on the library path (e.g. PyTorch's nvidia-nccl-cu13 wheel).
 #
 #   scripts/install-cuda-toolkit.sh [PREFIX]       # default: $HOME/.cache/vw-cuda-13.0
 #   source PREFIX/env.sh && cargo build --release --features cuda
@@ -11,7 +12,8 @@ set -euo pipefail
 PREFIX=${1:-$HOME/.cache/vw-cuda-13.0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
-if [ -x "$PREFIX/bin/nvcc" ] && [ -f "$PREFIX/lib/stubs/libcuda.so" ] && [ -f "$PREFIX/env.sh" ]; then
+if [ -x "$PREFIX/bin/nvcc" ] && [ -f "$PREFIX/lib/stubs/libcuda.so" ] && [ -f "$PREFIX/lib/stubs/libnccl.so" ] \
+  && [ -f "$PREFIX/env.sh" ]; then
   echo "CUDA toolchain already installed at $PREFIX"
   exit 0
 fi
@@ -45,6 +47,9 @@ mkdir -p stubs
 sed -e '/^#/d' -e '/^$/d' -e 's/.*/void &(void) {}/' "$HERE/cuda-driver-symbols.txt" > stubs/libcuda.c
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 stubs/libcuda.c -o stubs/libcuda.so
 ln -sf libcuda.so stubs/libcuda.so.1
+# The same for NCCL (`--features nccl`): the binary records libnccl.so.2, found at run time.
+sed -e '/^#/d' -e '/^$/d' -e 's/.*/void &(void) {}/' "$HERE/nccl-symbols.txt" > stubs/libnccl.c
+gcc -shared -fPIC -Wl,-soname,libnccl.so.2 stubs/libnccl.c -o stubs/libnccl.so
 
 cat > "$PREFIX/env.sh" <<ENV
 # Source this before: cargo build --features cuda

@@ -4,6 +4,7 @@ mod bench_ar;
 mod bench_dit;
 mod data;
 mod demo;
+mod dist_check;
 mod download;
 mod encode_codes;
 mod eval;
@@ -12,6 +13,7 @@ mod generate_policy;
 mod info;
 mod kernel_bench;
 mod kernel_check;
+mod launch;
 mod parity;
 mod train_dldm;
 mod train_policy;
@@ -63,6 +65,8 @@ pub enum Command {
     BenchVaeDecode(bench_dit::BenchVaeArgs),
     /// Time KV-cached decoding of the AR policy transformer (random weights).
     BenchAr(bench_ar::BenchArArgs),
+    /// Check NCCL collectives across the GPUs of this host and time the all-reduce.
+    DistCheck(dist_check::DistCheckArgs),
 }
 
 /// `--device` / `--dtype`, shared by every subcommand that computes.
@@ -101,5 +105,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parity(a) => parity::run(a),
         Command::BenchDit(a) => bench_dit::run(a),
         Command::BenchVaeDecode(a) => bench_dit::run_vae(a),
+        Command::DistCheck(a) => dist_check::run(a),
     }
 }

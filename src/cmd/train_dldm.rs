@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use std::path::PathBuf;
-use vw_dldm::train::stage1::{train_stage1, Stage1Config};
+use vw_dldm::train::stage1::{train_stage1_in, Stage1Config};
 use vw_dldm::train::stage2::{train_stage2, Stage2Config};
 
 /// Arguments of `vw train-dldm`.
@@ -37,6 +37,10 @@ pub struct TrainDldmArgs {
     /// Override the training seed (data order, noise).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Data parallel on this host: run as this many processes, one per GPU (rank i on cuda:i),
+    /// over NCCL (`--features nccl`). The global batch (`batch_size`) is split over the ranks.
+    #[arg(long)]
+    pub nproc: Option<usize>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
 }
@@ -47,7 +51,11 @@ fn read_text(path: &str) -> anyhow::Result<String> {
 
 /// Runs `vw train-dldm`.
 pub fn run(args: TrainDldmArgs) -> anyhow::Result<()> {
-    let device = args.device.open()?;
+    if let Some(n) = args.nproc.filter(|n| *n > 1) {
+        return super::launch::spawn_ranks(n);
+    }
+    let (env, device) = super::launch::rank_device(args.device.device)?;
+    let comm = super::launch::join(env.as_ref(), &device)?;
     if args.device.dtype != vw_tensor_kernels::DtypeSpec::F32 {
         bail!("the CraftWorld dLDM trains in f32 only (got --dtype {:?})", args.device.dtype);
     }
@@ -74,9 +82,12 @@ pub fn run(args: TrainDldmArgs) -> anyhow::Result<()> {
             if let Some(s) = args.seed {
                 cfg.train.seed = s;
             }
-            train_stage1(&cfg, &args.out, args.resume, &device, true)?;
+            train_stage1_in(&cfg, &args.out, args.resume, &device, comm.is_main(), comm.clone())?;
         }
         2 => {
+            if comm.world_size() > 1 {
+                bail!("stage 2 trains in one process so far (data parallel: stage 1)");
+            }
             if vw1 {
                 bail!("--baseline vw1 has no stage 2 (it has no diffusion renderer)");
             }
@@ -95,6 +106,9 @@ pub fn run(args: TrainDldmArgs) -> anyhow::Result<()> {
             train_stage2(&cfg, args.init.as_deref(), &args.out, args.resume, &device, true)?;
         }
         s => bail!("--stage {s}: expected 1 or 2"),
+    }
+    if !comm.is_main() {
+        return Ok(());
     }
     eprintln!("run written to {} (metrics.jsonl, loss.png, checkpoint.json)", args.out.display());
     Ok(())

@@ -12,6 +12,9 @@ pub enum Error {
     /// The user asked for a dtype we do not support.
     #[error("invalid dtype '{0}': expected one of f32, bf16, f16")]
     Dtype(String),
+    /// Setting up or running a multi-process group failed.
+    #[error("distributed: {0}")]
+    Dist(String),
     /// An op got inputs of shapes it does not accept.
     #[error("{op}: {msg}")]
     Shape { op: &'static str, msg: String },

@@ -11,6 +11,7 @@ pub mod conv3d;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod fsq;
 pub mod norm;

@@ -116,8 +116,13 @@ impl Transitions {
 
     /// A batch of `n` transitions drawn uniformly from `rng`.
     pub fn sample(&self, rng: &mut impl Rng, n: usize) -> Result<(Tensor, Tensor)> {
-        let ids: Vec<usize> = (0..n).map(|_| rng.random_range(0..self.len())).collect();
-        self.pairs(&ids)
+        self.pairs(&self.sample_ids(rng, n))
+    }
+
+    /// The ids of a batch of `n` transitions drawn uniformly from `rng` (what [`Transitions::sample`]
+    /// draws; a data-parallel rank keeps its shard of them).
+    pub fn sample_ids(&self, rng: &mut impl Rng, n: usize) -> Vec<usize> {
+        (0..n).map(|_| rng.random_range(0..self.len())).collect()
     }
 
     /// The frames of episode `e` as a clip (1, 3, T, H, W).

@@ -3,10 +3,73 @@
 
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, Var};
+use vw_tensor_kernels::dist::Collective;
+
+/// Upper size of one gradient all-reduce (PyTorch DDP's default bucket is 25 MiB): big enough to
+/// amortise the collective's latency, small enough not to double peak memory.
+pub const BUCKET_BYTES: usize = 25 << 20;
 
 /// Gradients of `params` taken from a backward pass, in parameter order (`None`: not reached).
 pub fn collect(params: &[(String, Var)], grads: &candle_core::backprop::GradStore) -> Vec<Option<Tensor>> {
     params.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect()
+}
+
+/// Data parallelism: the mean over the ranks of `loss` and of each gradient, summed in buckets of
+/// at most [`BUCKET_BYTES`] of f32 (the loss rides in the last bucket). Every rank must pass the
+/// same parameters; a gradient absent on this rank counts as zeros and stays absent. candle's
+/// backward has no per-parameter hooks, so the reduction follows the whole backward pass rather
+/// than overlapping it.
+pub fn average(
+    comm: &dyn Collective,
+    params: &[(String, Var)],
+    loss: &Tensor,
+    grads: Vec<Option<Tensor>>,
+) -> Result<(f64, Vec<Option<Tensor>>)> {
+    let world = comm.world_size() as f64;
+    let mut buckets: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (_, v)) in params.iter().enumerate() {
+        let b = v.elem_count() * 4;
+        if i > start && bytes + b > BUCKET_BYTES {
+            buckets.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += b;
+    }
+    buckets.push(start..params.len());
+    let mut out: Vec<Option<Tensor>> = vec![None; grads.len()];
+    let mut loss_mean = f64::NAN;
+    let n_buckets = buckets.len();
+    for (b, range) in buckets.into_iter().enumerate() {
+        let mut pieces = Vec::with_capacity(range.len() + 1);
+        for i in range.clone() {
+            let v = params[i].1.as_tensor();
+            pieces.push(match &grads[i] {
+                Some(g) => g.to_dtype(DType::F32)?.flatten_all()?,
+                None => Tensor::zeros(v.elem_count(), DType::F32, v.device())?,
+            });
+        }
+        if b + 1 == n_buckets {
+            pieces.push(loss.to_dtype(DType::F32)?.reshape(1)?);
+        }
+        let flat = Tensor::cat(&pieces, 0)?;
+        let mean = (comm.all_reduce_sum(&flat)? / world)?;
+        let mut off = 0;
+        for i in range {
+            let v = params[i].1.as_tensor();
+            let n = v.elem_count();
+            if let Some(g) = &grads[i] {
+                out[i] = Some(mean.narrow(0, off, n)?.reshape(v.shape())?.to_dtype(g.dtype())?);
+            }
+            off += n;
+        }
+        if b + 1 == n_buckets {
+            loss_mean = mean.narrow(0, off, 1)?.to_dtype(DType::F64)?.reshape(())?.to_scalar::<f64>()?;
+        }
+    }
+    Ok((loss_mean, out))
 }
 
 /// Global L2 norm over all gradients. One host round trip: the per-tensor sums of squares are

@@ -34,6 +34,7 @@ pub mod codes;
 pub mod craft;
 pub mod ema;
 pub mod grad;
+pub mod init;
 pub mod optim;
 pub mod run;
 pub mod stage1;
@@ -44,6 +45,7 @@ pub mod trainer;
 mod tests;
 
 pub use checkpoint::{committed_tensors_path, RngState, TrainState};
+pub use init::seeded_var_builder;
 pub use optim::{AdamW, AdamWConfig, Decay, LrSchedule};
 pub use run::{MetricsRecord, RunDir};
 pub use trainer::{fit, named_vars, StepCtx, StepStats, TrainConfig, Trainer};

@@ -34,7 +34,8 @@ pub struct MetricsRecord {
 pub struct RunDir {
     dir: PathBuf,
     history: Vec<(u64, f64)>,
-    metrics: std::fs::File,
+    /// `None` on ranks other than 0 of a data-parallel run: they write nothing.
+    metrics: Option<std::fs::File>,
     bar: ProgressBar,
     started: std::time::Instant,
 }
@@ -77,10 +78,37 @@ impl RunDir {
         Ok(Self {
             dir: dir.to_path_buf(),
             history: kept.iter().map(|r| (r.step, r.loss)).collect(),
-            metrics,
+            metrics: Some(metrics),
             bar,
             started: std::time::Instant::now(),
         })
+    }
+
+    /// The run folder as seen by a rank other than 0 of a data-parallel run: it logs, plots and
+    /// shows nothing, and leaves the folder to rank 0.
+    pub fn follower(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            history: Vec::new(),
+            metrics: None,
+            bar: ProgressBar::hidden(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// [`RunDir::open`] on the main process, [`RunDir::follower`] on the others.
+    pub fn open_as(
+        is_main: bool,
+        dir: &Path,
+        resume_step: Option<u64>,
+        total_steps: u64,
+        show_progress: bool,
+    ) -> Result<Self> {
+        if is_main {
+            Self::open(dir, resume_step, total_steps, show_progress)
+        } else {
+            Ok(Self::follower(dir))
+        }
     }
 
     /// The folder.
@@ -100,10 +128,11 @@ impl RunDir {
 
     /// Appends one record and advances the bar.
     pub fn log(&mut self, mut rec: MetricsRecord) -> Result<()> {
-        rec.elapsed_s = self.elapsed_s();
+        let Some(metrics) = &mut self.metrics else { return Ok(()) };
+        rec.elapsed_s = self.started.elapsed().as_secs_f64();
         let line = serde_json::to_string(&rec).map_err(|e| Error::Invalid(e.to_string()))?;
         let path = self.dir.join(METRICS_FILE);
-        writeln!(self.metrics, "{line}").map_err(|e| Error::io(&path, e))?;
+        writeln!(metrics, "{line}").map_err(|e| Error::io(&path, e))?;
         self.history.push((rec.step, rec.loss));
         self.bar.set_position(rec.step);
         self.bar.set_message(format!("{:.4}", rec.loss));
@@ -112,6 +141,9 @@ impl RunDir {
 
     /// Draws the loss curve to `loss.png` (log-scale y when the loss is positive throughout).
     pub fn plot(&self) -> Result<()> {
+        if self.metrics.is_none() {
+            return Ok(());
+        }
         plot_loss(&self.dir.join(LOSS_PNG), &self.history)
     }
 

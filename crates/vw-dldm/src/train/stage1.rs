@@ -10,6 +10,8 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
+use vw_tensor_kernels::dist::{Collective, Solo};
 
 /// Everything a stage-1 run needs; serialised into its checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,32 +68,11 @@ impl Stage1Config {
     }
 }
 
-/// Builds the model with seeded weights (candle's initialisers use a global RNG, which would make
-/// two runs differ): every variable is redrawn from a ChaCha stream with its initialiser's scale.
+/// Builds the model with seeded weights (see [`super::init`]): same seed, same model.
 pub fn build_model(cfg: &TinyLdmConfig, init_seed: u64, device: &Device) -> Result<(VarMap, TinyLdm)> {
     let varmap = VarMap::new();
-    let model = TinyLdm::new(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    reseed(&varmap, init_seed)?;
+    let model = TinyLdm::new(cfg, super::seeded_var_builder(&varmap, init_seed, DType::F32, device))?;
     Ok((varmap, model))
-}
-
-/// Redraws every variable of `varmap` deterministically: uniform with the variable's current
-/// standard deviation (what candle's kaiming/uniform initialisers produced), zeros stay zeros.
-pub fn reseed(varmap: &VarMap, seed: u64) -> Result<()> {
-    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-    for (_, v) in super::named_vars(varmap) {
-        let t = v.as_tensor();
-        let n = t.elem_count() as f64;
-        let mean = t.sum_all()?.to_scalar::<f32>()? as f64 / n;
-        let var = t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 / n - mean * mean;
-        let std = var.max(0.0).sqrt();
-        if std == 0.0 {
-            continue;
-        }
-        let r = super::rand_from(&mut rng, -1.0, 1.0, t.shape().clone(), t.device())?;
-        v.set(&((r * (std * 3f64.sqrt()))? + mean)?)?;
-    }
-    Ok(())
 }
 
 /// Trains (or resumes) a stage-1 run in `run_dir`. Returns the trained model.
@@ -102,9 +83,24 @@ pub fn train_stage1(
     device: &Device,
     progress: bool,
 ) -> Result<TinyLdm> {
+    train_stage1_in(cfg, run_dir, resume, device, progress, Arc::new(Solo))
+}
+
+/// [`train_stage1`] as one rank of a data-parallel group: every rank draws the same global batch of
+/// `batch_size` transitions and computes its shard; gradients are averaged in `comm`, so the run
+/// follows the single-process one (within float rounding). Rank 0 writes the run folder
+/// (`codes_used` then counts rank 0's shard only).
+pub fn train_stage1_in(
+    cfg: &Stage1Config,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+    comm: Arc<dyn Collective>,
+) -> Result<TinyLdm> {
     let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
     let (varmap, model) = build_model(&cfg.model, cfg.init_seed, device)?;
-    let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?;
+    let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?.with_collective(comm)?;
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
     if let Some(saved) = &resumed {
         // Model and data must match; optimisation settings may be changed on resume (e.g. more steps).
@@ -116,10 +112,12 @@ pub fn train_stage1(
             });
         }
     }
-    let mut run = RunDir::open(run_dir, resumed.map(|_| trainer.step), cfg.train.total_steps, progress)?;
+    let mut run =
+        RunDir::open_as(trainer.is_main(), run_dir, resumed.map(|_| trainer.step), cfg.train.total_steps, progress)?;
     let bs = cfg.train.batch_size;
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
-        let (x_t, x_next) = data.sample(ctx.rng, bs)?;
+        let ids = data.sample_ids(ctx.rng, bs);
+        let (x_t, x_next) = data.pairs(&ids[ctx.shard.range(bs)?])?;
         *ctx.data_pos += bs as u64;
         let (loss, idx) = model.pair_loss_and_codes(&x_t, &x_next)?;
         // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).
@@ -189,6 +187,70 @@ mod tests {
         let clip = data.episode_clip(0)?;
         use crate::LatentDynamics;
         assert_eq!(model.encode_codes(&clip)?.to_vec3::<u32>()?, loaded.encode_codes(&clip)?.to_vec3::<u32>()?);
+        Ok(())
+    }
+
+    fn tiny_cfg(steps: u64, batch: usize) -> Stage1Config {
+        let mut cfg = Stage1Config::tiny();
+        cfg.model.image_size = 32;
+        cfg.model.channels = [8, 16, 16];
+        cfg.model.dim = 32;
+        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
+        cfg.data.episodes = 3;
+        cfg.train.total_steps = steps;
+        cfg.train.warmup_steps = 2;
+        cfg.train.log_every = 1;
+        cfg.train.batch_size = batch;
+        cfg
+    }
+
+    fn losses(dir: &Path) -> Result<Vec<f64>> {
+        let text = std::fs::read_to_string(dir.join(super::super::run::METRICS_FILE)).map_err(|e| Error::io(dir, e))?;
+        text.lines()
+            .map(|l| serde_json::from_str::<super::super::MetricsRecord>(l).map(|r| r.loss))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Invalid(e.to_string()))
+    }
+
+    /// Data parallelism changes nothing but the speed: 3 ranks (threads standing in for GPUs) on
+    /// the same global batch follow the single-process run step for step.
+    #[test]
+    fn data_parallel_ranks_follow_the_single_process_run() -> Result<()> {
+        use vw_tensor_kernels::dist::ThreadGroup;
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let cfg = tiny_cfg(6, 6);
+        let dev = Device::Cpu;
+        let solo = train_stage1(&cfg, &tmp.path().join("solo"), false, &dev, false)?;
+        let dp_dir = tmp.path().join("dp");
+        let ranks: Vec<_> = ThreadGroup::new(3)
+            .into_iter()
+            .map(|g| {
+                let (cfg, dir) = (cfg.clone(), dp_dir.clone());
+                std::thread::spawn(move || train_stage1_in(&cfg, &dir, false, &Device::Cpu, false, Arc::new(g)))
+            })
+            .collect();
+        let mut models = Vec::new();
+        for r in ranks {
+            models.push(r.join().map_err(|_| Error::Invalid("a rank panicked".into()))??);
+        }
+        let (a, b) = (losses(&tmp.path().join("solo"))?, losses(&dp_dir)?);
+        assert_eq!(a.len(), 6);
+        assert_eq!(b.len(), 6, "rank 0 alone logs");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "loss {x} vs {y}: {a:?} vs {b:?}");
+        }
+        // Same weights on every rank, and the same as the single process's.
+        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
+        let clip = data.episode_clip(0)?;
+        use crate::LatentDynamics;
+        let want = solo.encode_codes(&clip)?.to_vec3::<u32>()?;
+        for m in &models {
+            assert_eq!(m.encode_codes(&clip)?.to_vec3::<u32>()?, want);
+        }
+        // A global batch that does not split over the ranks is refused up front.
+        let g = ThreadGroup::new(4).into_iter().next().ok_or_else(|| Error::Invalid("no rank".into()))?;
+        let err = train_stage1_in(&cfg, &tmp.path().join("bad"), false, &dev, false, Arc::new(g)).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("split evenly")));
         Ok(())
     }
 }

@@ -263,8 +263,7 @@ fn pretrain_vdm(
 ) -> Result<VarMap> {
     let dir = run_dir.join("vdm");
     let varmap = VarMap::new();
-    let dit = build_dit(cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    super::stage1::reseed(&varmap, cfg.init_seed ^ 0x5eed)?;
+    let dit = build_dit(cfg, super::seeded_var_builder(&varmap, cfg.init_seed ^ 0x5eed, DType::F32, device))?;
     let mut trainer = Trainer::from_varmap(&varmap, cfg.vdm_train.clone())?;
     let resumed = trainer.resume(&dir)?;
     if trainer.done() {
@@ -303,9 +302,7 @@ pub fn train_stage2(
         super::named_vars(&main_vm).into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
     let dit = build_dit(cfg, VarBuilder::from_tensors(frozen, DType::F32, device))?;
     let varmap = VarMap::new();
-    let model = Stage2Model::new(cfg, dit, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    super::stage1::reseed(&varmap, cfg.init_seed)?;
-    // Zero-initialised parts must stay zero after the reseed (it keeps zero tensors as they are).
+    let model = Stage2Model::new(cfg, dit, super::seeded_var_builder(&varmap, cfg.init_seed, DType::F32, device))?;
     let vars = super::named_vars(&varmap);
     ControlBranch::copy_from_main(
         &vars

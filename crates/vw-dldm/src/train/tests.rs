@@ -70,6 +70,7 @@ fn a_few_steps_reduce_the_loss() -> crate::Result<()> {
             rng: &mut trainer.rng,
             data_pos: &mut trainer.data_pos,
             extra: Default::default(),
+            shard: Default::default(),
         };
         let loss = model.loss(&mut ctx)?;
         losses.push(trainer.step(&loss)?.loss);
@@ -150,8 +151,13 @@ fn nan_loss_stops_with_step_and_tensor() -> crate::Result<()> {
     let (vm, model, mut tr) = toy(10)?;
     let before = params_of(&vm)?;
     for _ in 0..3 {
-        let mut ctx =
-            StepCtx { step: tr.step, rng: &mut tr.rng, data_pos: &mut tr.data_pos, extra: Default::default() };
+        let mut ctx = StepCtx {
+            step: tr.step,
+            rng: &mut tr.rng,
+            data_pos: &mut tr.data_pos,
+            extra: Default::default(),
+            shard: Default::default(),
+        };
         let loss = model.loss(&mut ctx)?;
         tr.step(&loss)?;
     }

@@ -13,6 +13,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
+use vw_tensor_kernels::dist::{Collective, Shard, Solo};
 
 /// Training hyperparameters shared by every model trained with [`Trainer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +95,8 @@ pub struct Trainer {
     pub rng: ChaCha8Rng,
     /// The caller's data cursor, saved and restored with the checkpoint.
     pub data_pos: u64,
+    /// The data-parallel group ([`Solo`] unless [`Trainer::with_collective`] set one).
+    comm: Arc<dyn Collective>,
 }
 
 /// All variables of a `VarMap`, sorted by name (sorted so optimizer state lines up across runs).
@@ -112,7 +116,33 @@ impl Trainer {
         let opt = AdamW::new(&params, cfg.optim)?;
         let ema = cfg.ema_decay.map(|d| Ema::new(&params, d)).transpose()?;
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        Ok(Self { cfg, params, frozen, opt, ema, step: 0, rng, data_pos: 0 })
+        Ok(Self { cfg, params, frozen, opt, ema, step: 0, rng, data_pos: 0, comm: Arc::new(Solo) })
+    }
+
+    /// Trains data-parallel in `comm`: rank 0's initial weights are broadcast to every rank, each
+    /// step's gradients (and loss) are averaged over the ranks before clipping and the update, so
+    /// every rank takes the same step; only rank 0 writes checkpoints and logs. Each rank computes
+    /// its [`Trainer::shard`] of the global `batch_size` batch, which must split evenly.
+    pub fn with_collective(mut self, comm: Arc<dyn Collective>) -> Result<Self> {
+        Shard::of(comm.as_ref()).range(self.cfg.batch_size)?;
+        if comm.world_size() > 1 {
+            for (_, v) in &self.params {
+                v.set(&comm.broadcast(v.as_tensor(), 0)?)?;
+            }
+            self.ema = self.cfg.ema_decay.map(|d| Ema::new(&self.params, d)).transpose()?;
+        }
+        self.comm = comm;
+        Ok(self)
+    }
+
+    /// This rank's part of each global batch.
+    pub fn shard(&self) -> Shard {
+        Shard::of(self.comm.as_ref())
+    }
+
+    /// Whether this process writes checkpoints, logs and plots (rank 0, or the only process).
+    pub fn is_main(&self) -> bool {
+        self.comm.is_main()
     }
 
     /// A trainer over every variable of `varmap`.
@@ -146,10 +176,18 @@ impl Trainer {
     /// were before the step when the loss or a gradient is at fault.
     pub fn step(&mut self, loss: &Tensor) -> Result<StepStats> {
         let step_no = self.step + 1;
-        let loss_val = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        grad::check_loss(loss_val, "the loss", step_no)?;
-        let grads = loss.backward()?;
-        let grads = grad::collect(&self.params, &grads);
+        let (loss_val, grads) = if self.comm.world_size() == 1 {
+            let loss_val = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            grad::check_loss(loss_val, "the loss", step_no)?;
+            (loss_val, grad::collect(&self.params, &loss.backward()?))
+        } else {
+            // Checked after the average: a NaN on one rank reaches every rank, so all stop together
+            // instead of the others waiting in the next collective.
+            let grads = grad::collect(&self.params, &loss.backward()?);
+            let (loss_val, grads) = grad::average(self.comm.as_ref(), &self.params, loss, grads)?;
+            grad::check_loss(loss_val, "the loss (averaged over ranks)", step_no)?;
+            (loss_val, grads)
+        };
         let grad_norm = grad::global_norm(&self.params, &grads, step_no)?;
         let lr = self.cfg.schedule().lr(self.step);
         self.opt.step(&grads, lr, grad::clip_scale(grad_norm, self.cfg.grad_clip))?;
@@ -177,8 +215,11 @@ impl Trainer {
     }
 
     /// Writes an atomic checkpoint into `run_dir` (see [`checkpoint`]); `config` is the full run
-    /// configuration to record. Keeps only the newest tensor file.
+    /// configuration to record. Keeps only the newest tensor file. Ranks other than 0 write nothing.
     pub fn save(&self, run_dir: &Path, config: &serde_json::Value) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
         let previous = checkpoint::read_state(run_dir).ok().flatten().map(|s| s.tensors_file);
         let file = format!("ckpt-{:08}.safetensors", self.step);
@@ -247,6 +288,9 @@ pub struct StepCtx<'a> {
     pub data_pos: &'a mut u64,
     /// Extra scalars to log with this step.
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// This rank's rows of the global batch: draw the whole batch from `rng` (the same on every
+    /// rank), keep `shard.range(batch)?`.
+    pub shard: Shard,
 }
 
 /// Runs `trainer` until `total_steps` (or `max_steps_now` more steps, for a partial run), logging
@@ -272,6 +316,7 @@ where
             rng: &mut trainer.rng,
             data_pos: &mut trainer.data_pos,
             extra: serde_json::Map::new(),
+            shard: Shard::of(trainer.comm.as_ref()),
         };
         let loss = loss_fn(&mut ctx)?;
         let extra = std::mem::take(&mut ctx.extra);
