@@ -172,9 +172,10 @@ impl Encoder {
         let inp = Tensor::cat(&[x_t, x_next, &diff], 1)?;
         let f = self.pyramid.forward(&inp)?.pop().ok_or_else(|| crate::Error::Invalid("empty pyramid".into()))?;
         let (n, c, h, w) = f.dims4()?;
-        // Contiguous before the Linear: candle 0.11's CPU matmul of a transposed batch (N > 1)
-        // against the broadcast weight reads other samples' rows, so every code depended on the rest
-        // of the batch (test `each_transition_is_encoded_on_its_own`).
+        // Contiguous before the Linear: candle 0.11's CPU matmul folds a batch against a broadcast
+        // weight into one (N*HW, C) gemm whenever the batch stride is HW*C, which is wrong for this
+        // transposed view (huggingface/candle#3744, fix proposed in #3758): every code depended on
+        // the rest of its batch (test `each_transition_is_encoded_on_its_own`).
         let tokens = f.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let tokens = self.to_tokens.forward(&tokens)?.broadcast_add(&self.pos)?;
         let q = self
