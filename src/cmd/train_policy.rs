@@ -42,13 +42,22 @@ pub struct TrainPolicyArgs {
     /// Seed of weights and batch order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Data parallel on this host: run as this many processes, one per GPU, over NCCL
+    /// (`--features nccl`); the batch is split over the ranks.
+    #[arg(long)]
+    pub nproc: Option<usize>,
     #[command(flatten)]
     pub device: super::DeviceArgs,
 }
 
 /// Runs `vw train-policy`.
 pub fn run(args: TrainPolicyArgs) -> anyhow::Result<()> {
-    let device = args.device.open()?;
+    if let Some(n) = args.nproc.filter(|n| *n > 1) {
+        return super::launch::spawn_ranks(n);
+    }
+    let (env, device) = super::launch::rank_device(args.device.device)?;
+    let comm = super::launch::join(env.as_ref(), &device)?;
+    let main = comm.is_main();
     let mut train = TrainConfig {
         total_steps: args.steps,
         warmup_steps: args.warmup,
@@ -63,7 +72,8 @@ pub fn run(args: TrainPolicyArgs) -> anyhow::Result<()> {
         dtype: args.device.dtype.dtype(),
         resume: args.resume,
         max_steps_now: None,
-        progress: true,
+        progress: main,
+        comm,
     };
     if let Some(path) = &args.actions {
         let data = ActionDataset::load(path)?;
@@ -79,6 +89,8 @@ pub fn run(args: TrainPolicyArgs) -> anyhow::Result<()> {
         tracing::info!(episodes = data.len(), params = cfg.num_transformer_params(), "training the policy");
         train_policy(&cfg, &train, &data, &args.out, &opts)?;
     }
-    println!("checkpoint written to {}", args.out.display());
+    if main {
+        println!("checkpoint written to {}", args.out.display());
+    }
     Ok(())
 }

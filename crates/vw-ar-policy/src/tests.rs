@@ -349,3 +349,35 @@ fn action_decoder_learns_code_and_scene_dependent_actions() {
     let back = load_action_decoder(dir.path(), &cpu, DType::F32).unwrap();
     assert_eq!(max_diff(&m.forward(&o, &c).unwrap(), &back.forward(&o, &c).unwrap()), 0.0);
 }
+
+/// Data parallel: two ranks (threads standing in for GPUs) split each batch, average gradients and
+/// end with the same weights; only rank 0 writes the run folder.
+#[test]
+fn data_parallel_ranks_end_with_identical_weights() {
+    use vw_tensor_kernels::dist::ThreadGroup;
+    let data = std::sync::Arc::new(conditional_dataset());
+    let cfg = small_cfg();
+    let dir = tempfile::tempdir().unwrap();
+    let handles: Vec<_> = ThreadGroup::new(2)
+        .into_iter()
+        .map(|g| {
+            let (data, cfg, out) = (data.clone(), cfg.clone(), dir.path().to_path_buf());
+            std::thread::spawn(move || {
+                let opts = TrainOptions { progress: false, comm: std::sync::Arc::new(g), ..Default::default() };
+                let mut t = quick_train(8);
+                t.batch_size = 4;
+                train_policy(&cfg, &t, &data, &out, &opts).unwrap()
+            })
+        })
+        .collect();
+    let policies: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let batch = data.batch(&[0, 1, 2], &Device::Cpu, DType::F32).unwrap();
+    let (a, b) =
+        (policies[0].forward(&batch, Mode::Inference).unwrap(), policies[1].forward(&batch, Mode::Inference).unwrap());
+    assert_eq!(max_diff(&a, &b), 0.0);
+    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 8, "{lines}");
+    // The checkpoint rank 0 wrote is the model both ranks hold.
+    let q = load_policy(dir.path(), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(max_diff(&a, &q.forward(&batch, Mode::Inference).unwrap()), 0.0);
+}

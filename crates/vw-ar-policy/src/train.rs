@@ -13,7 +13,9 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use vw_dldm::train::{checkpoint, fit, RunDir, TrainConfig, Trainer};
+use vw_tensor_kernels::dist::{Collective, Solo};
 
 /// What a policy run records in its checkpoint: enough to rebuild the model for inference.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +36,7 @@ pub struct ActionRunConfig {
 }
 
 /// Options shared by both training entry points.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TrainOptions {
     /// Where the model computes.
     pub device: Device,
@@ -46,11 +48,36 @@ pub struct TrainOptions {
     pub max_steps_now: Option<u64>,
     /// Show the progress bar.
     pub progress: bool,
+    /// Data-parallel group: each rank computes its shard of every global batch and gradients are
+    /// averaged, as PyTorch DDP does (each rank's mean loss weighs the same, so with sequences of
+    /// different lengths the average is not exactly the global per-token mean). `Solo` by default.
+    pub comm: Arc<dyn Collective>,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: DType::F32, resume: false, max_steps_now: None, progress: true }
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            resume: false,
+            max_steps_now: None,
+            progress: true,
+            comm: Arc::new(Solo),
+        }
+    }
+}
+
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("device", &self.device)
+            .field("dtype", &self.dtype)
+            .field("resume", &self.resume)
+            .field("max_steps_now", &self.max_steps_now)
+            .field("progress", &self.progress)
+            .field("rank", &self.comm.rank())
+            .field("world_size", &self.comm.world_size())
+            .finish()
     }
 }
 
@@ -95,7 +122,7 @@ fn open_run(trainer: &mut Trainer, run_dir: &Path, opts: &TrainOptions, total: u
         )));
     }
     let resumed = if opts.resume { trainer.resume(run_dir)?.map(|_| trainer.step) } else { None };
-    Ok(RunDir::open(run_dir, resumed, total, opts.progress)?)
+    Ok(RunDir::open_as(trainer.is_main(), run_dir, resumed, total, opts.progress)?)
 }
 
 /// Trains the policy with teacher forcing on `data` into `run_dir` and returns the trained model.
@@ -123,13 +150,13 @@ pub fn train_policy(
     let vb = VarBuilder::from_varmap(&varmap, opts.dtype, &opts.device);
     let policy = Policy::new(cfg, vb)?;
     seeded_init(&varmap, train.seed)?;
-    let mut trainer = Trainer::from_varmap(&varmap, train.clone())?;
+    let mut trainer = Trainer::from_varmap(&varmap, train.clone())?.with_collective(opts.comm.clone())?;
     let mut run = open_run(&mut trainer, run_dir, opts, train.total_steps)?;
     let record = to_json(&PolicyRunConfig { policy: cfg.clone(), train: train.clone() })?;
     let bs = train.batch_size.max(1);
     fit(&mut trainer, &mut run, &record, opts.max_steps_now, |ctx| {
         let idx = data.sample_indices(ctx.rng, bs);
-        let batch = data.batch(&idx, &opts.device, opts.dtype).map_err(to_dldm)?;
+        let batch = data.batch(&idx[ctx.shard.range(bs)?], &opts.device, opts.dtype).map_err(to_dldm)?;
         policy.loss(&batch, Mode::Train).map_err(to_dldm)
     })?;
     Ok(policy)
@@ -150,14 +177,16 @@ pub fn train_action_decoder(
     let vb = VarBuilder::from_varmap(&varmap, opts.dtype, &opts.device);
     let model = ActionDecoder::new(cfg, vb)?;
     seeded_init(&varmap, train.seed)?;
-    let mut trainer = Trainer::from_varmap(&varmap, train.clone())?;
+    let bs = train.batch_size.max(1).min(data.len());
+    // The batch actually drawn is what must split over the ranks.
+    let train = TrainConfig { batch_size: bs, ..train.clone() };
+    let mut trainer = Trainer::from_varmap(&varmap, train.clone())?.with_collective(opts.comm.clone())?;
     let mut run = open_run(&mut trainer, run_dir, opts, train.total_steps)?;
     let record = to_json(&ActionRunConfig { action_decoder: cfg.clone(), train: train.clone() })?;
-    let bs = train.batch_size.max(1).min(data.len());
     let mut order: Vec<usize> = (0..data.len()).collect();
     fit(&mut trainer, &mut run, &record, opts.max_steps_now, |ctx| {
         order.shuffle(ctx.rng);
-        let (o, c, a) = data.batch(&order[..bs], &opts.device, opts.dtype).map_err(to_dldm)?;
+        let (o, c, a) = data.batch(&order[ctx.shard.range(bs)?], &opts.device, opts.dtype).map_err(to_dldm)?;
         model.loss(&o, &c, &a).map_err(to_dldm)
     })?;
     Ok(model)

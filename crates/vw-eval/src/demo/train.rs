@@ -117,7 +117,7 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
     let runs = root.join("runs");
     stage(progress, &format!("generating {} training episodes", cfg.train_episodes));
     let train = episodes(cfg, Split::Train, cfg.train_episodes, progress)?;
-    let opts = TrainOptions { device: device.clone(), dtype: DType::F32, resume: false, max_steps_now: None, progress };
+    let opts = TrainOptions { device: device.clone(), dtype: DType::F32, progress, ..Default::default() };
     for (i, kind) in KINDS.into_iter().enumerate() {
         let name = kind.dir_name();
         stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
