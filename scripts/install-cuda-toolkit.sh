@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs a CUDA 13.0 build toolchain from PyPI wheels (nvcc, headers, cudart, cuBLAS, cuRAND, NVRTC)
-# into PREFIX, laid out like a toolkit, plus link-time stubs of libcuda.so and libnccl.so. It lets a
-# machine with no GPU and no CUDA install build `--features cuda` (and `nccl`); the binaries then run
-# where an NVIDIA driver for CUDA >= 13.0 is installed (the real libcuda is found there at run time)
-# and, for `nccl`, where libnccl.so.2 is on the library path (e.g. PyTorch's nvidia-nccl-cu13 wheel).
+# into PREFIX, laid out like a toolkit, plus link-time stubs of libcuda.so, libnccl.so and libcudnn.so.
+# It lets a machine with no GPU and no CUDA install build `--features cuda` (and `nccl`, `cudnn`); the
+# binaries then run where an NVIDIA driver for CUDA >= 13.0 is installed (the real libcuda is found
+# there at run time) and, for `nccl` / `cudnn`, where libnccl.so.2 / libcudnn.so.9 are on the library
+# path (e.g. PyTorch's nvidia-nccl-cu13 and nvidia-cudnn-cu13 wheels).
 #
 #   scripts/install-cuda-toolkit.sh [PREFIX]       # default: $HOME/.cache/vw-cuda-13.0
 #   source PREFIX/env.sh && cargo build --release --features cuda
@@ -13,6 +14,7 @@ PREFIX=${1:-$HOME/.cache/vw-cuda-13.0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 if [ -x "$PREFIX/bin/nvcc" ] && [ -f "$PREFIX/lib/stubs/libcuda.so" ] && [ -f "$PREFIX/lib/stubs/libnccl.so" ] \
+  && [ -f "$PREFIX/lib/stubs/libcudnn.so" ] \
   && [ -f "$PREFIX/env.sh" ]; then
   echo "CUDA toolchain already installed at $PREFIX"
   exit 0
@@ -50,6 +52,8 @@ ln -sf libcuda.so stubs/libcuda.so.1
 # The same for NCCL (`--features nccl`): the binary records libnccl.so.2, found at run time.
 sed -e '/^#/d' -e '/^$/d' -e 's/.*/void &(void) {}/' "$HERE/nccl-symbols.txt" > stubs/libnccl.c
 gcc -shared -fPIC -Wl,-soname,libnccl.so.2 stubs/libnccl.c -o stubs/libnccl.so
+sed -e '/^#/d' -e '/^$/d' -e 's/.*/void &(void) {}/' "$HERE/cudnn-symbols.txt" > stubs/libcudnn.c
+gcc -shared -fPIC -Wl,-soname,libcudnn.so.9 stubs/libcudnn.c -o stubs/libcudnn.so
 
 cat > "$PREFIX/env.sh" <<ENV
 # Source this before: cargo build --features cuda

@@ -53,6 +53,9 @@ fn row(name: &str, shape: &str, ours: f64, composed: Option<f64>, work: f64, uni
 pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
     let dev = args.device.open()?;
     let it = args.iters;
+    // Check / time our conv3d kernel, not cuDNN's (the `cudnn` build's default path).
+    #[cfg(feature = "cudnn")]
+    vw_tensor_kernels::conv3d_cudnn::set_enabled(false);
     println!("vw kernel-bench on {} ({} timed runs, median)", args.device, it);
     println!("| op | shape | ours | ours rate | composed candle | speedup |");
     println!("|---|---|---|---|---|---|");

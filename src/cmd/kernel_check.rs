@@ -51,6 +51,9 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
     vw_tensor_kernels::set_poison_outputs(true);
+    // Check / time our conv3d kernel, not cuDNN's (the `cudnn` build's default path).
+    #[cfg(feature = "cudnn")]
+    vw_tensor_kernels::conv3d_cudnn::set_enabled(false);
     println!("vw kernel-check on {} (seed {seed})", args.device);
     let mut rows = Vec::new();
     let mut s = seed;

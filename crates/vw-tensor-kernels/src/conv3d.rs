@@ -65,6 +65,17 @@ impl Conv3dDims {
 /// 3D convolution with symmetric zero padding; x (B,C,T,H,W), w (O,C,kt,kh,kw), b (O).
 pub fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: [usize; 3], padding: [usize; 3]) -> Result<Tensor> {
     let dims = Conv3dDims::new(x, w, b, stride, padding)?;
+    #[cfg(feature = "cudnn")]
+    if x.device().is_cuda() && crate::conv3d_cudnn::enabled() {
+        let op = crate::conv3d_cudnn::CudnnConv3d { dims };
+        let init = match b {
+            Some(b) => {
+                b.to_dtype(x.dtype())?.reshape((1, (), 1, 1, 1))?.broadcast_as(dims.out.to_vec())?.contiguous()?
+            }
+            None => Tensor::zeros(dims.out.to_vec(), x.dtype(), x.device())?,
+        };
+        return Ok(x.contiguous()?.apply_op3(&w.to_dtype(x.dtype())?.contiguous()?, &init, op)?);
+    }
     // The kernel runs on tensor cores (bf16/f16); f32 on CUDA takes the composed conv2d path.
     if x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F16) {
         let bias = match b {

@@ -8,6 +8,8 @@
 pub mod attention;
 pub mod conv2d;
 pub mod conv3d;
+#[cfg(feature = "cudnn")]
+pub mod conv3d_cudnn;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod device;
