@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--reuse] [--stage2]
-//!     [--steps N] [--test-episodes N] [--motion-weight W]
+//!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
+//!     [--entropy-weight W] [--zero-init]
 //! ```
 
 use anyhow::Context;
@@ -35,6 +36,9 @@ struct Args {
     steps: Option<u64>,
     test_episodes: usize,
     motion_weight: Option<f64>,
+    renderer_mix: Option<usize>,
+    entropy_weight: Option<f64>,
+    zero_init: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -46,6 +50,9 @@ fn parse() -> anyhow::Result<Args> {
         steps: None,
         test_episodes: 24,
         motion_weight: None,
+        renderer_mix: None,
+        entropy_weight: None,
+        zero_init: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -58,6 +65,9 @@ fn parse() -> anyhow::Result<Args> {
             "--steps" => a.steps = Some(val()?.parse()?),
             "--test-episodes" => a.test_episodes = val()?.parse()?,
             "--motion-weight" => a.motion_weight = Some(val()?.parse()?),
+            "--renderer-mix" => a.renderer_mix = Some(val()?.parse()?),
+            "--entropy-weight" => a.entropy_weight = Some(val()?.parse()?),
+            "--zero-init" => a.zero_init = true,
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -125,6 +135,15 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(w) = args.motion_weight {
             cfg.model.motion_weight = w;
+        }
+        if let Some(n) = args.renderer_mix {
+            cfg.model.renderer_mix_layers = n;
+        }
+        if args.zero_init {
+            cfg.model.zero_init_residual = true;
+        }
+        if let Some(w) = args.entropy_weight {
+            cfg.model.entropy_weight = w;
         }
         let dir = args.out.join(name);
         let t0 = Instant::now();

@@ -104,8 +104,11 @@ pub fn train_stage1_in(
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
     if let Some(saved) = &resumed {
         // Model and data must match; optimisation settings may be changed on resume (e.g. more steps).
-        let now = cfg.to_json()?;
-        if saved.get("model") != now.get("model") || saved.get("data") != now.get("data") {
+        // Compared as parsed configs, so a checkpoint written before a `#[serde(default)]` field
+        // existed still resumes when the field keeps its default.
+        let same = serde_json::from_value::<Stage1Config>(saved.clone())
+            .is_ok_and(|s| s.model == cfg.model && s.data == cfg.data);
+        if !same {
             return Err(Error::Checkpoint {
                 path: run_dir.join(super::checkpoint::STATE_FILE),
                 reason: "was written with a different config; resume with the same config or use a new --out".into(),
@@ -123,6 +126,14 @@ pub fn train_stage1_in(
         // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).
         let used: std::collections::HashSet<u32> = idx.flatten_all()?.to_vec1::<u32>()?.into_iter().collect();
         ctx.extra.insert("codes_used".into(), used.len().into());
+        // At log steps: does the renderer use the codes (L1 with own vs centre vs another
+        // transition's codes), and how far is it from copying x_t? (docs/results.md, collapse.)
+        if (ctx.step + 1).is_multiple_of(cfg.train.log_every.max(1)) {
+            let b = model.loss_breakdown(&x_t, &x_next)?;
+            if let serde_json::Value::Object(m) = serde_json::to_value(b).map_err(|e| Error::Invalid(e.to_string()))? {
+                ctx.extra.extend(m);
+            }
+        }
         Ok(loss)
     })?;
     Ok(model)
