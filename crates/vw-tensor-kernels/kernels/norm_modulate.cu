@@ -151,6 +151,20 @@ __device__ __forceinline__ void unpack(const uint4& u, float* f) {
 #pragma unroll
   for (int j = 0; j < E; ++j) f[j] = to_f(e[j]);
 }
+// bf16: two bit operations per pair, in volatile asm so nvcc redoes them in each pass over the row
+// instead of keeping the row as f32 live across the reductions (C = 2048: 117 -> 80 registers, so
+// 24 instead of 16 warps per SM).
+template <>
+__device__ __forceinline__ void unpack<__nv_bfloat16, 8>(const uint4& u, float* f) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    uint32_t lo, hi;
+    asm volatile("shl.b32 %0, %1, 16;" : "=r"(lo) : "r"(w[k]));
+    asm volatile("and.b32 %0, %1, 0xffff0000;" : "=r"(hi) : "r"(w[k]));
+    f[2 * k] = __uint_as_float(lo), f[2 * k + 1] = __uint_as_float(hi);
+  }
+}
 
 // One warp per row; lane holds vectors lane, lane + 32, ... (NV of them, coalesced across the
 // warp). Needs C % E == 0, C <= 32 * NV * E and 16-byte aligned x / y (the host checks).
