@@ -294,7 +294,7 @@ pub(crate) fn norm_modulate_fwd(
     let scale = view(s3.as_cuda_slice::<f32>()?, l3)?;
     // One warp per row when the row fits a warp's registers as 16-byte vectors (NV per lane).
     let e = 16 / s1.dtype().size_in_bytes();
-    let nv = (c % e == 0 && l1.start_offset() % e == 0)
+    let nv = (c.is_multiple_of(e) && l1.start_offset().is_multiple_of(e))
         .then(|| (c / e).div_ceil(32).max(1).next_power_of_two())
         .filter(|&nv| nv <= 16);
     let cfg = match nv {
@@ -393,8 +393,10 @@ pub(crate) fn rope_fwd(
     let (cs, sn) = (view(s2.as_cuda_slice::<f32>()?, l2)?, view(s3.as_cuda_slice::<f32>()?, l3)?);
     // The vector path: each thread owns E pairs (one 16-byte vector per half) of one position.
     let e = 16 / s1.dtype().size_in_bytes();
-    let vec =
-        d % (2 * e) == 0 && l1.start_offset() % e == 0 && l2.start_offset() % 4 == 0 && l3.start_offset() % 4 == 0;
+    let vec = d.is_multiple_of(2 * e)
+        && l1.start_offset().is_multiple_of(e)
+        && l2.start_offset().is_multiple_of(4)
+        && l3.start_offset().is_multiple_of(4);
     let bh = b * h;
     // Heads per thread: the cos / sin loads are shared by them; few enough that the last wave of
     // CTAs is short.
@@ -497,7 +499,7 @@ pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
     // needs z 16-byte aligned (outputs are fresh allocations).
     let esz = s.dtype().size_in_bytes();
     let k = 16 / gcd(16, d * esz);
-    let vec = (l.start_offset() * esz) % 16 == 0;
+    let vec = (l.start_offset() * esz).is_multiple_of(16);
     let cfg = if vec { grid1((n / k).max(k), 256) } else { grid1(n, 256) };
     macro_rules! run {
         ($t:ty, $variant:ident, $suf:literal) => {{
