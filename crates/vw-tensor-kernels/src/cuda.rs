@@ -31,6 +31,7 @@ const FSQ: &str = ptx!("fsq");
 const VQ: &str = ptx!("vq");
 
 type FuncCache = HashMap<(String, &'static str), CudaFunction>;
+type ModuleCache = HashMap<(String, usize), Arc<CudaModule>>;
 
 /// The kernel `name` of the PTX module `ptx` on `dev`, loaded once; `smem` above 48 KiB raises the
 /// function's dynamic shared memory limit.
@@ -44,7 +45,7 @@ fn func(dev: &CudaDevice, ptx: &'static str, name: &'static str, smem: u32) -> R
     if let Some(f) = cache.get(&key) {
         return Ok(f.clone());
     }
-    static MODULES: OnceLock<Mutex<HashMap<(String, usize), Arc<CudaModule>>>> = OnceLock::new();
+    static MODULES: OnceLock<Mutex<ModuleCache>> = OnceLock::new();
     let mkey = (key.0.clone(), ptx.as_ptr() as usize);
     let mut modules = MODULES
         .get_or_init(Default::default)

@@ -101,6 +101,25 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     Ok(s.parse::<DtypeSpec>()?.dtype())
 }
 
+/// Names of the visible CUDA devices, e.g. `cuda:0 NVIDIA H100 80GB HBM3 (79.1 GiB, sm_90)`.
+#[cfg(feature = "cuda")]
+pub fn cuda_device_names() -> Result<Vec<String>> {
+    use cudarc::driver::{result, sys::CUdevice_attribute as A, CudaContext};
+    let err = |e: cudarc::driver::DriverError| Error::Device { spec: "cuda".into(), reason: e.to_string() };
+    result::init().map_err(err)?;
+    let n = result::device::get_count().map_err(err)?;
+    let mut out = Vec::new();
+    for i in 0..n as usize {
+        let ctx = CudaContext::new(i).map_err(err)?;
+        let name = ctx.name().map_err(err)?;
+        let major = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?;
+        let minor = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(err)?;
+        let bytes = unsafe { result::device::total_mem(ctx.cu_device()) }.map_err(err)?;
+        out.push(format!("cuda:{i} {name} ({:.1} GiB, sm_{major}{minor})", bytes as f64 / (1u64 << 30) as f64));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,23 +148,4 @@ mod tests {
             assert!(err.contains("--features cuda"), "{err}");
         }
     }
-}
-
-/// Names of the visible CUDA devices, e.g. `cuda:0 NVIDIA H100 80GB HBM3 (79.1 GiB, sm_90)`.
-#[cfg(feature = "cuda")]
-pub fn cuda_device_names() -> Result<Vec<String>> {
-    use cudarc::driver::{result, sys::CUdevice_attribute as A, CudaContext};
-    let err = |e: cudarc::driver::DriverError| Error::Device { spec: "cuda".into(), reason: e.to_string() };
-    result::init().map_err(err)?;
-    let n = result::device::get_count().map_err(err)?;
-    let mut out = Vec::new();
-    for i in 0..n as usize {
-        let ctx = CudaContext::new(i).map_err(err)?;
-        let name = ctx.name().map_err(err)?;
-        let major = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?;
-        let minor = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(err)?;
-        let bytes = unsafe { result::device::total_mem(ctx.cu_device()) }.map_err(err)?;
-        out.push(format!("cuda:{i} {name} ({:.1} GiB, sm_{major}{minor})", bytes as f64 / (1u64 << 30) as f64));
-    }
-    Ok(out)
 }
