@@ -140,7 +140,9 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
 
     // Norm + modulation, gated residual, RoPE, FSQ: f32 and bf16.
     for dt in [DType::F32, DType::BF16] {
-        for &(b, l, c, full) in &[(2usize, 100usize, 384usize, false), (1, 37, 1000, true), (3, 5, 2048, false)] {
+        for &(b, l, c, full) in
+            &[(2usize, 100usize, 384usize, false), (1, 37, 1000, true), (3, 5, 2048, false), (2, 7, 1001, true)]
+        {
             let (x, xr) = input(next(), &[b, l, c], 3.0, dt, &dev)?;
             let ms = if full { [b, l, c] } else { [b, 1, c] };
             let (sh, shr) = input(next(), &ms, 1.0, DType::F32, &dev)?;

@@ -1,6 +1,9 @@
 // Finite scalar quantisation (official VideoWorld 2 FSQuantizer): bound with tanh and the half-level
 // offset, round half to even (as torch.round), normalise by half width, index = sum (q + hw) * basis.
-// One thread per row of D <= 8 channels. Also the decode of indices to normalised codes, and the VQ
+// `fsq_*`: one thread per row of D <= 8 channels (the general fallback). `fsq_v{D}_*` (fast path):
+// one thread per group of K rows, K the fewest whose bytes fill whole 16-byte vectors (K = 1 for
+// f32 D = 4, 2 for bf16), so loads and code stores are 16 bytes wide and D is a compile-time
+// constant (constants in registers, no loop over a run-time D). Also the decode of indices to normalised codes, and the VQ
 // nearest-code scan (one thread per row, codebook tiles staged in shared memory).
 #include "common.cuh"
 
@@ -10,6 +13,12 @@ struct FsqParams {
   float half_l[8], offset[8], shift[8], hw[8], basis[8];
 };
 
+// The arithmetic of the CPU reference: bound, round half to even, normalise.
+// Explicit _rn ops keep the compiler from fusing into FMAs, which would round differently.
+__device__ __forceinline__ float fsq_round(float v, const FsqParams& p, int i) {
+  return rintf(__fsub_rn(__fmul_rn(tanhf(__fadd_rn(v, p.shift[i])), p.half_l[i]), p.offset[i]));
+}
+
 template <typename T>
 __device__ void fsq(const T* __restrict__ z, T* __restrict__ codes, unsigned int* __restrict__ idx, long long n,
                     FsqParams p) {
@@ -17,13 +26,89 @@ __device__ void fsq(const T* __restrict__ z, T* __restrict__ codes, unsigned int
     float acc = 0.f;
     for (int i = 0; i < p.d; ++i) {
       const float v = to_f(z[r * p.d + i]);
-      const float q = rintf(tanhf(v + p.shift[i]) * p.half_l[i] - p.offset[i]);
+      const float q = fsq_round(v, p, i);
       if (codes) codes[r * p.d + i] = from_f<T>(q / p.hw[i]);
-      acc += (q + p.hw[i]) * p.basis[i];
+      acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
     }
     if (idx) idx[r] = (unsigned int)acc;
   }
 }
+
+__host__ __device__ constexpr int gcd_c(int a, int b) { return b == 0 ? a : gcd_c(b, a % b); }
+
+// Needs a 16-byte aligned z (the host checks); the last n % K rows go through the scalar path.
+template <typename T, int D>
+__device__ void fsq_vec(const T* __restrict__ z, T* __restrict__ codes, unsigned int* __restrict__ idx, long long n,
+                        const FsqParams& p) {
+  constexpr int K = 16 / gcd_c(16, D * (int)sizeof(T));  // rows per group
+  constexpr int NV = K * D * (int)sizeof(T) / 16;         // 16-byte vectors per group
+  const long long groups = n / K;
+  const long long stride = (long long)gridDim.x * blockDim.x;
+  for (long long g = blockIdx.x * (long long)blockDim.x + threadIdx.x; g < groups; g += stride) {
+    uint4 u[NV];
+    const uint4* src = reinterpret_cast<const uint4*>(z) + g * NV;
+#pragma unroll
+    for (int v = 0; v < NV; ++v) u[v] = __ldcs(src + v);
+    const T* e = reinterpret_cast<const T*>(u);
+    alignas(16) T o[K * D];
+    alignas(16) unsigned int ix[K];
+#pragma unroll
+    for (int r = 0; r < K; ++r) {
+      float acc = 0.f;
+#pragma unroll
+      for (int i = 0; i < D; ++i) {
+        const float q = fsq_round(to_f(e[r * D + i]), p, i);
+        o[r * D + i] = from_f<T>(q / p.hw[i]);
+        acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
+      }
+      ix[r] = (unsigned int)acc;
+    }
+    if (codes) {
+      uint4* dst = reinterpret_cast<uint4*>(codes) + g * NV;
+#pragma unroll
+      for (int v = 0; v < NV; ++v) __stcs(dst + v, reinterpret_cast<const uint4*>(o)[v]);
+    }
+    if (idx) {
+      if constexpr (K % 4 == 0) {
+#pragma unroll
+        for (int v = 0; v < K / 4; ++v) reinterpret_cast<uint4*>(idx + g * K)[v] = reinterpret_cast<const uint4*>(ix)[v];
+      } else {
+#pragma unroll
+        for (int r = 0; r < K; ++r) idx[g * K + r] = ix[r];
+      }
+    }
+  }
+  // Tail rows: one thread each, after the groups.
+  const long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  const long long r = groups * K + t;
+  if (t < K - 1 && r < n) {
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < D; ++i) {
+      const float q = fsq_round(to_f(z[r * D + i]), p, i);
+      if (codes) codes[r * D + i] = from_f<T>(q / p.hw[i]);
+      acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
+    }
+    if (idx) idx[r] = (unsigned int)acc;
+  }
+}
+
+#define FSQ_VEC_KERNEL(SUF, T, D)                                                                          \
+  extern "C" __global__ void fsq_v##D##_##SUF(const T* z, T* codes, unsigned int* idx, long long n, FsqParams p) { \
+    fsq_vec<T, D>(z, codes, idx, n, p);                                                                     \
+  }
+#define FSQ_VEC_KERNELS(SUF, T) \
+  FSQ_VEC_KERNEL(SUF, T, 1)     \
+  FSQ_VEC_KERNEL(SUF, T, 2)     \
+  FSQ_VEC_KERNEL(SUF, T, 3)     \
+  FSQ_VEC_KERNEL(SUF, T, 4)     \
+  FSQ_VEC_KERNEL(SUF, T, 5)     \
+  FSQ_VEC_KERNEL(SUF, T, 6)     \
+  FSQ_VEC_KERNEL(SUF, T, 7)     \
+  FSQ_VEC_KERNEL(SUF, T, 8)
+FSQ_VEC_KERNELS(f32, float)
+FSQ_VEC_KERNELS(bf16, __nv_bfloat16)
+FSQ_VEC_KERNELS(f16, __half)
 
 #define FSQ_KERNEL(SUF, T)                                                                                 \
   extern "C" __global__ void fsq_##SUF(const T* z, T* codes, unsigned int* idx, long long n, FsqParams p) { \

@@ -270,6 +270,9 @@ fn bstrides(l: &Layout, full: [usize; 3]) -> Result<[i64; 3]> {
         .map_err(candle_core::Error::wrap)
 }
 
+/// Rows (warps) per CTA of the warp-per-row norm kernels.
+const NORM_ROWS_PER_CTA: usize = 8;
+
 fn row_block(c: usize) -> u32 {
     (c.div_ceil(32) * 32).clamp(32, 256) as u32
 }
@@ -286,24 +289,54 @@ pub(crate) fn norm_modulate_fwd(
     let dev = s1.device().clone();
     let (b, l, c) = l1.shape().dims3()?;
     let (ss, sc) = (bstrides(l2, [b, l, c])?, bstrides(l3, [b, l, c])?);
-    let cfg =
-        LaunchConfig { grid_dim: ((b * l).max(1) as u32, 1, 1), block_dim: (row_block(c), 1, 1), shared_mem_bytes: 0 };
+    let rows = b * l;
     let (li, ci, rms) = (l as i32, c as i32, (op.kind == NormKind::Rms) as i32);
     let shift = view(s2.as_cuda_slice::<f32>()?, l2)?;
     let scale = view(s3.as_cuda_slice::<f32>()?, l3)?;
+    // One warp per row when the row fits a warp's registers as 16-byte vectors (NV per lane).
+    let e = 16 / s1.dtype().size_in_bytes();
+    let nv = (c.is_multiple_of(e) && l1.start_offset().is_multiple_of(e))
+        .then(|| (c / e).div_ceil(32).max(1).next_power_of_two())
+        .filter(|&nv| nv <= 16);
+    let cfg = match nv {
+        Some(_) => LaunchConfig {
+            grid_dim: (rows.div_ceil(NORM_ROWS_PER_CTA).max(1) as u32, 1, 1),
+            block_dim: (32 * NORM_ROWS_PER_CTA as u32, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        None => {
+            LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (row_block(c), 1, 1), shared_mem_bytes: 0 }
+        }
+    };
+    let rows_i = rows as i64;
     macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal) => {{
-            let f = func(&dev, NORM, $name, 0)?;
+        ($t:ty, $variant:ident, $suf:literal) => {{
             let x = view(s1.as_cuda_slice::<$t>()?, l1)?;
             let out = alloc_out::<$t>(&dev, b * l * c)?;
-            launch!(f, dev, cfg; &x, &shift, &scale, &out, &li, &ci, &ss[0], &ss[1], &ss[2], &sc[0], &sc[1], &sc[2], &op.eps, &rms);
+            match nv {
+                Some(nv) => {
+                    let name = match nv {
+                        1 => concat!("norm_modulate_w1_", $suf),
+                        2 => concat!("norm_modulate_w2_", $suf),
+                        4 => concat!("norm_modulate_w4_", $suf),
+                        8 => concat!("norm_modulate_w8_", $suf),
+                        _ => concat!("norm_modulate_w16_", $suf),
+                    };
+                    let f = func(&dev, NORM, name, 0)?;
+                    launch!(f, dev, cfg; &x, &shift, &scale, &out, &rows_i, &li, &ci, &ss[0], &ss[1], &ss[2], &sc[0], &sc[1], &sc[2], &op.eps, &rms);
+                }
+                None => {
+                    let f = func(&dev, NORM, concat!("norm_modulate_", $suf), 0)?;
+                    launch!(f, dev, cfg; &x, &shift, &scale, &out, &li, &ci, &ss[0], &ss[1], &ss[2], &sc[0], &sc[1], &sc[2], &op.eps, &rms);
+                }
+            }
             CudaStorageSlice::$variant(out)
         }};
     }
     let slice = match s1.dtype() {
-        DType::F32 => run!(f32, F32, "norm_modulate_f32"),
-        DType::BF16 => run!(bf16, BF16, "norm_modulate_bf16"),
-        DType::F16 => run!(f16, F16, "norm_modulate_f16"),
+        DType::F32 => run!(f32, F32, "f32"),
+        DType::BF16 => run!(bf16, BF16, "bf16"),
+        DType::F16 => run!(f16, F16, "f16"),
         dt => bail!("norm kernel takes f32/bf16/f16, got {dt:?}"),
     };
     Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
@@ -342,6 +375,9 @@ pub(crate) fn gated_residual_fwd(
     Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
 }
 
+/// (b, h) rows each thread of the vectorised RoPE kernel rotates.
+const ROPE_HEADS_PER_THREAD: usize = 2;
+
 pub(crate) fn rope_fwd(
     layout: RopeLayout,
     s1: &CudaStorage,
@@ -354,22 +390,44 @@ pub(crate) fn rope_fwd(
     let dev = s1.device().clone();
     let (b, h, l, d) = l1.shape().dims4()?;
     let pairs = (b * h * l * d / 2) as i64;
-    let cfg = grid1(pairs as usize, 256);
     let (li, di, il) = (l as i32, d as i32, (layout == RopeLayout::Interleaved) as i32);
     let (cs, sn) = (view(s2.as_cuda_slice::<f32>()?, l2)?, view(s3.as_cuda_slice::<f32>()?, l3)?);
+    // The vector path: each thread owns E pairs (one 16-byte vector per half) of one position.
+    let e = 16 / s1.dtype().size_in_bytes();
+    let vec = d.is_multiple_of(2 * e)
+        && l1.start_offset().is_multiple_of(e)
+        && l2.start_offset().is_multiple_of(4)
+        && l3.start_offset().is_multiple_of(4);
+    let bh = b * h;
+    // Heads per thread: the cos / sin loads are shared by them; few enough that the last wave of
+    // CTAs is short.
+    let heads = bh.clamp(1, ROPE_HEADS_PER_THREAD);
+    let chunks = bh.div_ceil(heads).max(1);
+    let per_pos = d / 2 / e;
+    let vcfg = LaunchConfig {
+        grid_dim: (((l * per_pos).div_ceil(256) * chunks).max(1) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (bhi, hi, ci) = (bh as i32, heads as i32, chunks as i32);
     macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal) => {{
-            let f = func(&dev, ROPE, $name, 0)?;
+        ($t:ty, $variant:ident, $suf:literal) => {{
             let x = view(s1.as_cuda_slice::<$t>()?, l1)?;
             let out = alloc_out::<$t>(&dev, b * h * l * d)?;
-            launch!(f, dev, cfg; &x, &cs, &sn, &out, &pairs, &li, &di, &il);
+            if vec {
+                let f = func(&dev, ROPE, concat!("rope_vec_", $suf), 0)?;
+                launch!(f, dev, vcfg; &x, &cs, &sn, &out, &li, &di, &bhi, &hi, &ci, &il);
+            } else {
+                let f = func(&dev, ROPE, concat!("rope_", $suf), 0)?;
+                launch!(f, dev, grid1(pairs as usize, 256); &x, &cs, &sn, &out, &pairs, &li, &di, &il);
+            }
             CudaStorageSlice::$variant(out)
         }};
     }
     let slice = match s1.dtype() {
-        DType::F32 => run!(f32, F32, "rope_f32"),
-        DType::BF16 => run!(bf16, BF16, "rope_bf16"),
-        DType::F16 => run!(f16, F16, "rope_f16"),
+        DType::F32 => run!(f32, F32, "f32"),
+        DType::BF16 => run!(bf16, BF16, "bf16"),
+        DType::F16 => run!(f16, F16, "f16"),
         dt => bail!("rope kernel takes f32/bf16/f16, got {dt:?}"),
     };
     Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
@@ -411,6 +469,14 @@ fn fsq_params(levels: &[usize]) -> Result<FsqParams> {
     Ok(p)
 }
 
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let dev = s.device().clone();
     let p = fsq_params(&op.levels)?;
@@ -430,25 +496,45 @@ pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
     let ni = n as i64;
     let null: u64 = 0;
     let want_codes = op.want == FsqOutput::Codes;
+    // The vector path (`fsq_v{d}_*`) takes groups of k rows that fill whole 16-byte vectors; it
+    // needs z 16-byte aligned (outputs are fresh allocations).
+    let esz = s.dtype().size_in_bytes();
+    let k = 16 / gcd(16, d * esz);
+    let vec = (l.start_offset() * esz).is_multiple_of(16);
+    let cfg = if vec { grid1((n / k).max(k), 256) } else { grid1(n, 256) };
     macro_rules! run {
-        ($t:ty, $variant:ident, $name:literal) => {{
-            let f = func(&dev, FSQ, $name, 0)?;
+        ($t:ty, $variant:ident, $suf:literal) => {{
+            let name = if !vec {
+                concat!("fsq_", $suf)
+            } else {
+                match d {
+                    1 => concat!("fsq_v1_", $suf),
+                    2 => concat!("fsq_v2_", $suf),
+                    3 => concat!("fsq_v3_", $suf),
+                    4 => concat!("fsq_v4_", $suf),
+                    5 => concat!("fsq_v5_", $suf),
+                    6 => concat!("fsq_v6_", $suf),
+                    7 => concat!("fsq_v7_", $suf),
+                    _ => concat!("fsq_v8_", $suf),
+                }
+            };
+            let f = func(&dev, FSQ, name, 0)?;
             let z = view(s.as_cuda_slice::<$t>()?, l)?;
             if want_codes {
                 let out = alloc_out::<$t>(&dev, n * d)?;
-                launch!(f, dev, grid1(n, 256); &z, &out, &null, &ni, &p);
+                launch!(f, dev, cfg; &z, &out, &null, &ni, &p);
                 CudaStorageSlice::$variant(out)
             } else {
                 let out = alloc_out::<u32>(&dev, n)?;
-                launch!(f, dev, grid1(n, 256); &z, &null, &out, &ni, &p);
+                launch!(f, dev, cfg; &z, &null, &out, &ni, &p);
                 CudaStorageSlice::U32(out)
             }
         }};
     }
     let slice = match s.dtype() {
-        DType::F32 => run!(f32, F32, "fsq_f32"),
-        DType::BF16 => run!(bf16, BF16, "fsq_bf16"),
-        DType::F16 => run!(f16, F16, "fsq_f16"),
+        DType::F32 => run!(f32, F32, "f32"),
+        DType::BF16 => run!(bf16, BF16, "bf16"),
+        DType::F16 => run!(f16, F16, "f16"),
         dt => bail!("fsq kernel takes f32/bf16/f16, got {dt:?}"),
     };
     let shape = if want_codes { l.shape().clone() } else { Shape::from(l.dims()[..l.dims().len() - 1].to_vec()) };
