@@ -160,47 +160,6 @@ pub fn load_stage1(run_dir: &Path, device: &Device) -> Result<(Stage1Config, Tin
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_few_craftworld_steps_reduce_the_reconstruction_loss_and_reload() -> Result<()> {
-        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let mut cfg = Stage1Config::tiny();
-        cfg.model.image_size = 32;
-        cfg.model.channels = [8, 16, 16];
-        cfg.model.dim = 32;
-        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
-        cfg.data.episodes = 3;
-        cfg.train.total_steps = 40;
-        cfg.train.warmup_steps = 5;
-        cfg.train.log_every = 1;
-        cfg.train.batch_size = 8;
-        let dev = Device::Cpu;
-        let model = train_stage1(&cfg, dir.path(), false, &dev, false)?;
-        let text = std::fs::read_to_string(dir.path().join(super::super::run::METRICS_FILE))
-            .map_err(|e| Error::io(dir.path(), e))?;
-        let losses: Vec<f64> = text
-            .lines()
-            .map(|l| serde_json::from_str::<super::super::MetricsRecord>(l).map(|r| r.loss))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        assert_eq!(losses.len(), 40);
-        // Every record counts the distinct codes of its batch (8 transitions x 2 queries).
-        for l in text.lines() {
-            let r: super::super::MetricsRecord = serde_json::from_str(l).map_err(|e| Error::Invalid(e.to_string()))?;
-            let used = r.extra.get("codes_used").and_then(|v| v.as_u64()).ok_or_else(|| Error::Invalid(l.into()))?;
-            assert!((1..=16).contains(&used), "{l}");
-        }
-        let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
-        let tail: f64 = losses[35..].iter().sum::<f64>() / 5.0;
-        assert!(tail < 0.7 * head, "L1 {head:.4} -> {tail:.4}");
-        // The committed checkpoint reloads into the same codes.
-        let (_, loaded) = load_stage1(dir.path(), &dev)?;
-        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
-        let clip = data.episode_clip(0)?;
-        use crate::LatentDynamics;
-        assert_eq!(model.encode_codes(&clip)?.to_vec3::<u32>()?, loaded.encode_codes(&clip)?.to_vec3::<u32>()?);
-        Ok(())
-    }
-
     fn tiny_cfg(steps: u64, batch: usize) -> Stage1Config {
         let mut cfg = Stage1Config::tiny();
         cfg.model.image_size = 32;
@@ -215,12 +174,41 @@ mod tests {
         cfg
     }
 
-    fn losses(dir: &Path) -> Result<Vec<f64>> {
+    /// The records rank 0 (or the only process) logged in `dir`.
+    fn records(dir: &Path) -> Result<Vec<super::super::MetricsRecord>> {
         let text = std::fs::read_to_string(dir.join(super::super::run::METRICS_FILE)).map_err(|e| Error::io(dir, e))?;
-        text.lines()
-            .map(|l| serde_json::from_str::<super::super::MetricsRecord>(l).map(|r| r.loss))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Invalid(e.to_string()))
+        text.lines().map(|l| serde_json::from_str(l).map_err(|e| Error::Invalid(format!("{l}: {e}")))).collect()
+    }
+
+    fn losses(dir: &Path) -> Result<Vec<f64>> {
+        Ok(records(dir)?.iter().map(|r| r.loss).collect())
+    }
+
+    #[test]
+    fn a_few_craftworld_steps_reduce_the_reconstruction_loss_and_reload() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let mut cfg = tiny_cfg(40, 8);
+        cfg.train.warmup_steps = 5;
+        let dev = Device::Cpu;
+        let model = train_stage1(&cfg, dir.path(), false, &dev, false)?;
+        let records = records(dir.path())?;
+        assert_eq!(records.len(), 40);
+        // Every record counts the distinct codes of its batch (8 transitions x 2 queries).
+        for r in &records {
+            let used = r.extra.get("codes_used").and_then(|v| v.as_u64());
+            assert!(used.is_some_and(|u| (1..=16).contains(&u)), "{r:?}");
+        }
+        let losses: Vec<f64> = records.iter().map(|r| r.loss).collect();
+        let head: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+        let tail: f64 = losses[35..].iter().sum::<f64>() / 5.0;
+        assert!(tail < 0.7 * head, "L1 {head:.4} -> {tail:.4}");
+        // The committed checkpoint reloads into the same codes.
+        let (_, loaded) = load_stage1(dir.path(), &dev)?;
+        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
+        let clip = data.episode_clip(0)?;
+        use crate::LatentDynamics;
+        assert_eq!(model.encode_codes(&clip)?.to_vec3::<u32>()?, loaded.encode_codes(&clip)?.to_vec3::<u32>()?);
+        Ok(())
     }
 
     /// Data parallelism changes nothing but the speed: 3 ranks (threads standing in for GPUs) on

@@ -311,12 +311,13 @@ where
         None => trainer.cfg.total_steps,
     };
     while trainer.step < stop_at {
+        let shard = trainer.shard();
         let mut ctx = StepCtx {
             step: trainer.step,
             rng: &mut trainer.rng,
             data_pos: &mut trainer.data_pos,
             extra: serde_json::Map::new(),
-            shard: Shard::of(trainer.comm.as_ref()),
+            shard,
         };
         let loss = loss_fn(&mut ctx)?;
         let extra = std::mem::take(&mut ctx.extra);

@@ -113,11 +113,6 @@ impl DistEnv {
         let master_port = u16::try_from(port).map_err(|_| dist_err(format!("MASTER_PORT={port} is not a port")))?;
         Ok(Some(Self { rank, world_size, local_rank, master_addr, master_port }))
     }
-
-    /// The rank and world size as a data shard.
-    pub fn shard(&self) -> Shard {
-        Shard { rank: self.rank, world_size: self.world_size }
-    }
 }
 
 /// The part of each global batch that one rank computes.
