@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--reuse] [--stage2]
 //!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
-//!     [--entropy-weight W] [--zero-init]
+//!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
 //! ```
 
 use anyhow::Context;
@@ -39,6 +39,12 @@ struct Args {
     renderer_mix: Option<usize>,
     entropy_weight: Option<f64>,
     zero_init: bool,
+    arch: Option<vw_dldm::baseline::LdmArch>,
+    mse: bool,
+    variance_weight: Option<f64>,
+    only: Option<String>,
+    batch: Option<usize>,
+    lr: Option<f64>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -53,6 +59,12 @@ fn parse() -> anyhow::Result<Args> {
         renderer_mix: None,
         entropy_weight: None,
         zero_init: false,
+        arch: None,
+        mse: false,
+        variance_weight: None,
+        only: None,
+        batch: None,
+        lr: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -68,6 +80,19 @@ fn parse() -> anyhow::Result<Args> {
             "--renderer-mix" => a.renderer_mix = Some(val()?.parse()?),
             "--entropy-weight" => a.entropy_weight = Some(val()?.parse()?),
             "--zero-init" => a.zero_init = true,
+            "--arch" => {
+                a.arch = Some(match val()?.as_str() {
+                    "motion" => vw_dldm::baseline::LdmArch::Motion,
+                    "sprite" => vw_dldm::baseline::LdmArch::Sprite,
+                    "patch" => vw_dldm::baseline::LdmArch::Patch,
+                    other => anyhow::bail!("--arch {other}: expected patch, motion or sprite"),
+                })
+            }
+            "--mse" => a.mse = true,
+            "--variance-weight" => a.variance_weight = Some(val()?.parse()?),
+            "--only" => a.only = Some(val()?),
+            "--batch" => a.batch = Some(val()?.parse()?),
+            "--lr" => a.lr = Some(val()?.parse()?),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -128,6 +153,9 @@ fn main() -> anyhow::Result<()> {
     let dev = candle_core::Device::Cpu;
     let mut rows = Vec::new();
     for (name, mut cfg) in [("dldm", Stage1Config::tiny()), ("vw1", Stage1Config::tiny_vw1())] {
+        if args.only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         cfg.train.seed = args.seed;
         cfg.init_seed = args.seed;
         if let Some(s) = args.steps {
@@ -135,6 +163,21 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(w) = args.motion_weight {
             cfg.model.motion_weight = w;
+        }
+        if let Some(arch) = args.arch {
+            cfg.model.arch = arch;
+        }
+        if args.mse {
+            cfg.model.loss = vw_dldm::baseline::ReconLoss::Mse;
+        }
+        if let Some(w) = args.variance_weight {
+            cfg.model.variance_weight = w;
+        }
+        if let Some(b) = args.batch {
+            cfg.train.batch_size = b;
+        }
+        if let Some(lr) = args.lr {
+            cfg.train.optim.lr = lr;
         }
         if let Some(n) = args.renderer_mix {
             cfg.model.renderer_mix_layers = n;

@@ -4,7 +4,7 @@
 //! collapse (docs/results.md): if this stays at 1.0 the renderer, not the quantiser, is the wall.
 //!
 //! ```text
-//! cargo run --release --example oracle_renderer -- STEPS MIX_LAYERS ZERO_INIT(0|1) [mse]
+//! cargo run --release --example oracle_renderer -- STEPS MIX_LAYERS ZERO_INIT(0|1) [l1|mse|mwW] [patch|motion|sprite]
 //! ```
 
 use candle_core::{DType, Device, Tensor};
@@ -23,9 +23,16 @@ fn main() -> anyhow::Result<()> {
     let mix: usize = a.get(1).map(|s| s.parse()).transpose()?.unwrap_or(0);
     let zero = a.get(2).map(|s| s == "1").unwrap_or(false);
     let mse = a.get(3).map(|s| s == "mse").unwrap_or(false);
+    // "mwW": L1 with the stage-1 motion weight W on moving pixels.
+    let mw: f64 = a.get(3).and_then(|s| s.strip_prefix("mw")).map(|w| w.parse()).transpose()?.unwrap_or(0.0);
+    let arch = match a.get(4).map(String::as_str) {
+        Some("motion") => vw_dldm::baseline::LdmArch::Motion,
+        Some("sprite") => vw_dldm::baseline::LdmArch::Sprite,
+        _ => vw_dldm::baseline::LdmArch::Patch,
+    };
     let dev = Device::Cpu;
     let s1 = Stage1Config::tiny();
-    let cfg = TinyLdmConfig { renderer_mix_layers: mix, zero_init_residual: zero, ..s1.model.clone() };
+    let cfg = TinyLdmConfig { renderer_mix_layers: mix, zero_init_residual: zero, arch, ..s1.model.clone() };
     let data = Transitions::render(&s1.data, Split::Train, &dev)?;
     let vm = VarMap::new();
     let model = TinyLdm::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
@@ -49,12 +56,25 @@ fn main() -> anyhow::Result<()> {
         let codes = vw_tensor_kernels::fsq::fsq_indices_to_codes(&idx, levels)?;
         let pred = model.render_pairs(&x_t, &codes)?;
         let err = (&pred - &x_next)?;
-        let loss = if mse { err.sqr()?.mean_all()? } else { err.abs()?.mean_all()? };
+        let loss = if mse {
+            err.sqr()?.mean_all()?
+        } else if mw > 0.0 {
+            let moving = (&x_next - &x_t)?.abs()?.max_keepdim(1)?.gt(0.05)?.to_dtype(err.dtype())?;
+            err.abs()?.broadcast_mul(&((moving * mw)? + 1.0)?)?.mean_all()?
+        } else {
+            err.abs()?.mean_all()?
+        };
         opt.backward_step(&loss)?;
         if step % 20 == 0 {
             let l1 = err.abs()?.mean_all()?.to_scalar::<f32>()?;
             let copy = (&x_next - &x_t)?.abs()?.mean_all()?.to_scalar::<f32>()?;
-            println!("step {step} l1 {l1:.4} copy {copy:.4} ratio {:.3}", l1 / copy);
+            let mse_v = err.sqr()?.mean_all()?.to_scalar::<f32>()?;
+            let copy_mse = (&x_next - &x_t)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
+            println!(
+                "step {step} l1 {l1:.4} copy {copy:.4} ratio {:.3} | mse {mse_v:.5} copy {copy_mse:.5} ratio {:.3}",
+                l1 / copy,
+                mse_v / copy_mse
+            );
         }
     }
     Ok(())
