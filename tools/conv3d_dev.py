@@ -20,17 +20,21 @@ import torch.nn.functional as F
 
 # name suffix -> (BM, BN, BK, threads, stages)
 CFGS = {
-    "128x128x32": (128, 128, 32, 256, 4),
-    "128x64x32": (128, 64, 32, 256, 4),
-    "128x128x64": (128, 128, 64, 256, 3),
     "128x96x32": (128, 96, 32, 256, 4),
+    "128x128x32": (128, 128, 32, 256, 4),
+    "128x96x64": (128, 96, 64, 256, 3),
     "128x64x64": (128, 64, 64, 256, 3),
-    "64x128x32": (64, 128, 32, 128, 4),
-    "256x128x32": (256, 128, 32, 256, 3),
-    "128x128x32s3": (128, 128, 32, 256, 3),
-    "128x128x32s5": (128, 128, 32, 256, 5),
+    "128x96x32w4": (128, 96, 32, 128, 4),
+    "128x96x64w4": (128, 96, 64, 128, 3),
+    "256x96x32": (256, 96, 32, 256, 3),
+    "128x192x32": (128, 192, 32, 256, 4),
+    "128x96x32s3": (128, 96, 32, 256, 3),
+    "128x96x32s5": (128, 96, 32, 256, 5),
+    "128x96x64m1": (128, 96, 64, 256, 3),
+    "128x96x64nf": (128, 96, 64, 256, 3),
+    "128x96x32nf": (128, 96, 32, 256, 4),
 }
-BASE = ("128x96x32",)  # built without VW_CONV_DEV, f16 too
+BASE = ("128x96x32", "128x96x64")  # built without VW_CONV_DEV, f16 too
 
 cuda = ctypes.CDLL("libcuda.so.1")
 
@@ -112,7 +116,10 @@ class Conv:
         dt = "bf16" if xc.dtype == torch.bfloat16 else "f16"
         sm = smem_bytes(bm, bn, bk, st)
         m = g[0] * g[15] * g[16] * g[17]
-        launch(self.fn(f"conv3d_cl_{dt}_{cfg}", sm), ((m + bm - 1) // bm, (g[5] + bn - 1) // bn, 1), (nt, 1, 1), sm,
+        grid = ((m + bm - 1) // bm, (g[5] + bn - 1) // bn, 1)
+        if cfg.endswith("nf"):
+            grid = (grid[0] * grid[1], 1, 1)
+        launch(self.fn(f"conv3d_cl_{dt}_{cfg}", sm), grid, (nt, 1, 1), sm,
                [vp(xc), vp(wc), vp(bias), vp(y), gs])
 
     def run_old(self, x, w, bias, y, g, gs):
@@ -210,10 +217,12 @@ def main():
         xc, wc = cv.prep(x, w)
         t_tx = timed(lambda: cv.transpose(x, xc, 1, c, 4 * h * wd), a.iters)
         t_tw = timed(lambda: cv.transpose(w, wc, c, c, 27), a.iters)
+
         rows.append((tag, "cuDNN", t_cudnn, fl / t_cudnn / 1e9, 1.0, f"(again {t_cudnn2:.3f})"))
         rows.append((tag, "old kernel", t_old, fl / t_old / 1e9, t_cudnn / t_old, ""))
         rows.append((tag, "transpose x", t_tx, 2 * x.numel() * 2 / t_tx / 1e6, 0, "GB/s"))
         rows.append((tag, "transpose w", t_tw, 0, 0, ""))
+
         for cfg in cfgs:
             if c % CFGS[cfg][2]:
                 continue

@@ -136,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(128)
 // mma.sync m16n8k16 (f32 accumulation); the epilogue adds the bias, stages the tile in shared
 // memory and writes the output straight to (B,O,To,Ho,Wo) with 16-byte stores along the spatial
 // dim. The Rust glue makes the channels-last copies with `transpose_b16` below.
-template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES>
+template <typename T, int BM, int BN, int BK, int WM, int WN, int STAGES, bool NFAST = false>
 __device__ __forceinline__ void conv3d_cl_igemm(const T* __restrict__ x, const T* __restrict__ w,
                                                 const T* __restrict__ bias, T* __restrict__ y, const ConvGeom& g,
                                                 char* smem) {
@@ -156,40 +156,39 @@ __device__ __forceinline__ void conv3d_cl_igemm(const T* __restrict__ x, const T
   const int HoWo = g.Ho * g.Wo, S = g.To * HoWo;
   const long long M = (long long)g.B * S;
   const int N = g.O, K = g.kt * g.kh * g.kw * g.C, KB = K / BK;
-  const long long m0 = (long long)blockIdx.x * BM;
-  const int n0 = blockIdx.y * BN;
+  // NFAST: a 1-D grid with the N tiles of one M tile adjacent (they share the gathered A in L2).
+  const int ntl = (N + BN - 1) / BN;
+  const long long m0 = (long long)(NFAST ? blockIdx.x / ntl : blockIdx.x) * BM;
+  const int n0 = (NFAST ? blockIdx.x % ntl : blockIdx.y) * BN;
   const int cc = (tid % CPR) * 8, r0 = tid / CPR;
 
-  // Per copied A row: element offset of (b, ti0, hi0, wi0, cc) and the window origin.
+  // Per copied A row: element offset of (b, ti0, hi0, wi0, cc) and a mask of the taps whose voxel
+  // lies inside the input (bit a*kh*kw + p*kw + q; the host keeps kt*kh*kw <= 32 on this path).
   long long aoff[A_IT];
-  int ati[A_IT], ahi[A_IT], awi[A_IT];
+  uint32_t amask[A_IT];
 #pragma unroll
   for (int i = 0; i < A_IT; ++i) {
     const long long m = m0 + r0 + i * RPI;
+    aoff[i] = 0;
+    amask[i] = 0;
     if (m < M) {
       const int b = (int)(m / S), s = (int)(m % S);
       const int to = s / HoWo, r = s % HoWo, ho = r / g.Wo, wo = r % g.Wo;
-      ati[i] = to * g.st - g.pt;
-      ahi[i] = ho * g.sh - g.ph;
-      awi[i] = wo * g.sw - g.pw;
-      aoff[i] = (((long long)b * g.T + ati[i]) * g.H + ahi[i]) * (long long)g.W * g.C + (long long)awi[i] * g.C + cc;
-    } else {
-      ati[i] = -(1 << 29);  // fails every bounds check: zero-filled row
-      ahi[i] = awi[i] = 0;
-      aoff[i] = 0;
+      const int ti = to * g.st - g.pt, hi = ho * g.sh - g.ph, wi = wo * g.sw - g.pw;
+      aoff[i] = (((long long)b * g.T + ti) * g.H + hi) * (long long)g.W * g.C + (long long)wi * g.C + cc;
+      int bit = 0;
+      for (int a = 0; a < g.kt; ++a)
+        for (int p = 0; p < g.kh; ++p)
+          for (int q = 0; q < g.kw; ++q, ++bit)
+            if ((unsigned)(ti + a) < (unsigned)g.T && (unsigned)(hi + p) < (unsigned)g.H && (unsigned)(wi + q) < (unsigned)g.W)
+              amask[i] |= 1u << bit;
     }
   }
-  const T* bsrc[B_IT];
-  bool bok[B_IT];
-#pragma unroll
-  for (int i = 0; i < B_IT; ++i) {
-    const int row = r0 + i * RPI;
-    bok[i] = row < BN && n0 + row < N;
-    bsrc[i] = w + (bok[i] ? (size_t)(n0 + row) * K + cc : 0);
-  }
+  // B rows r0 + i*RPI of the (O, taps*C) weight.
+  const T* wrow = w + (size_t)(n0 + r0) * K + cc;
 
-  // K-block iterator of the copies: tap (la, lp, lq), channel offset lc, flat offset lk.
-  int la = 0, lp = 0, lq = 0, lc = 0, lk = 0;
+  // K-block iterator of the copies: tap (la, lp, lq) = bit lt, channel offset lc, flat offset lk.
+  int la = 0, lp = 0, lq = 0, lt = 0, lc = 0, lk = 0;
   const long long WC = (long long)g.W * g.C, HWC = (long long)g.H * WC;
   auto load_next = [&](int stage) {
     T* dA = sA + stage * BM * SK;
@@ -197,19 +196,20 @@ __device__ __forceinline__ void conv3d_cl_igemm(const T* __restrict__ x, const T
     const long long toff = la * HWC + lp * WC + (long long)lq * g.C + lc;
 #pragma unroll
     for (int i = 0; i < A_IT; ++i) {
-      const bool ok = (unsigned)(ati[i] + la) < (unsigned)g.T && (unsigned)(ahi[i] + lp) < (unsigned)g.H &&
-                      (unsigned)(awi[i] + lq) < (unsigned)g.W;
+      const bool ok = (amask[i] >> lt) & 1u;
       cp_async16(dA + (r0 + i * RPI) * SK + cc, ok ? x + aoff[i] + toff : x, ok ? 16 : 0);
     }
 #pragma unroll
     for (int i = 0; i < B_IT; ++i) {
       const int row = r0 + i * RPI;
-      if (row < BN) cp_async16(dB + row * SK + cc, bok[i] ? bsrc[i] + lk : w, bok[i] ? 16 : 0);
+      const bool ok = n0 + row < N;
+      if (row < BN) cp_async16(dB + row * SK + cc, ok ? wrow + (size_t)i * RPI * K + lk : w, ok ? 16 : 0);
     }
     lk += BK;
     lc += BK;
     if (lc == g.C) {
       lc = 0;
+      ++lt;
       if (++lq == g.kw) {
         lq = 0;
         if (++lp == g.kh) {
@@ -299,27 +299,34 @@ __device__ __forceinline__ void conv3d_cl_igemm(const T* __restrict__ x, const T
 #define CONV_CL_SMEM(BM, BN, BK, ST) \
   ((ST) * ((BM) + (BN)) * ((BK) + 8) * 2 > (BN) * ((BM) + 8) * 2 ? (ST) * ((BM) + (BN)) * ((BK) + 8) * 2 : (BN) * ((BM) + 8) * 2)
 
-#define CONV_CL(NAME, T, BM, BN, BK, WM, WN, ST, MINB)                                                      \
+#define CONV_CL_NF(NAME, T, BM, BN, BK, WM, WN, ST, MINB, NF)                                               \
   extern "C" __global__ void __launch_bounds__((WM) * (WN) * 32, MINB)                                      \
       NAME(const T* x, const T* w, const T* b, T* y, ConvGeom g) {                                         \
     extern __shared__ __align__(16) char smem[];                                                           \
-    conv3d_cl_igemm<T, BM, BN, BK, WM, WN, ST>(x, w, b, y, g, smem);                                       \
+    conv3d_cl_igemm<T, BM, BN, BK, WM, WN, ST, NF>(x, w, b, y, g, smem);                                   \
   }
+#define CONV_CL(NAME, T, BM, BN, BK, WM, WN, ST, MINB) CONV_CL_NF(NAME, T, BM, BN, BK, WM, WN, ST, MINB, false)
 
-// Tile config of the Rust glue: 128x96x32, 8 warps of 32x48, 4 stages (the fastest of the configs
-// below at all three Wan-VAE decoder shapes, C = O = 96/192/384; tools/conv3d_dev.py times them).
+// Tile configs of the Rust glue: 128x96, 8 warps of 32x48; BK = 64 with 3 stages when C % 64 == 0,
+// else BK = 32 with 4 stages (the fastest of the configs below at the three Wan-VAE decoder shapes,
+// C = O = 384/192/96; tools/conv3d_dev.py times them all).
+CONV_CL(conv3d_cl_bf16_128x96x64, __nv_bfloat16, 128, 96, 64, 4, 2, 3, 2)
+CONV_CL(conv3d_cl_f16_128x96x64, __half, 128, 96, 64, 4, 2, 3, 2)
 CONV_CL(conv3d_cl_bf16_128x96x32, __nv_bfloat16, 128, 96, 32, 4, 2, 4, 2)
 CONV_CL(conv3d_cl_f16_128x96x32, __half, 128, 96, 32, 4, 2, 4, 2)
 #ifdef VW_CONV_DEV
 // Extra configs only built by tools/conv3d_dev.py to compare.
 CONV_CL(conv3d_cl_bf16_128x128x32, __nv_bfloat16, 128, 128, 32, 2, 4, 4, 2)
-CONV_CL(conv3d_cl_bf16_128x64x32, __nv_bfloat16, 128, 64, 32, 4, 2, 4, 2)
-CONV_CL(conv3d_cl_bf16_128x128x64, __nv_bfloat16, 128, 128, 64, 2, 4, 3, 2)
 CONV_CL(conv3d_cl_bf16_128x64x64, __nv_bfloat16, 128, 64, 64, 4, 2, 3, 2)
-CONV_CL(conv3d_cl_bf16_64x128x32, __nv_bfloat16, 64, 128, 32, 2, 2, 4, 3)
-CONV_CL(conv3d_cl_bf16_256x128x32, __nv_bfloat16, 256, 128, 32, 4, 2, 3, 1)
-CONV_CL(conv3d_cl_bf16_128x128x32s3, __nv_bfloat16, 128, 128, 32, 2, 4, 3, 2)
-CONV_CL(conv3d_cl_bf16_128x128x32s5, __nv_bfloat16, 128, 128, 32, 2, 4, 5, 2)
+CONV_CL(conv3d_cl_bf16_128x96x32w4, __nv_bfloat16, 128, 96, 32, 2, 2, 4, 2)
+CONV_CL(conv3d_cl_bf16_128x96x64w4, __nv_bfloat16, 128, 96, 64, 2, 2, 3, 2)
+CONV_CL(conv3d_cl_bf16_256x96x32, __nv_bfloat16, 256, 96, 32, 4, 2, 3, 1)
+CONV_CL(conv3d_cl_bf16_128x192x32, __nv_bfloat16, 128, 192, 32, 2, 4, 4, 1)
+CONV_CL(conv3d_cl_bf16_128x96x32s3, __nv_bfloat16, 128, 96, 32, 4, 2, 3, 2)
+CONV_CL(conv3d_cl_bf16_128x96x32s5, __nv_bfloat16, 128, 96, 32, 4, 2, 5, 2)
+CONV_CL(conv3d_cl_bf16_128x96x64m1, __nv_bfloat16, 128, 96, 64, 4, 2, 3, 1)
+CONV_CL_NF(conv3d_cl_bf16_128x96x64nf, __nv_bfloat16, 128, 96, 64, 4, 2, 3, 2, true)
+CONV_CL_NF(conv3d_cl_bf16_128x96x32nf, __nv_bfloat16, 128, 96, 32, 4, 2, 4, 2, true)
 #endif
 
 // (nb, R, L) -> (nb, L, R) for 2-byte elements: NCDHW -> NDHWC (R = C, L = T*H*W) and the
