@@ -71,7 +71,7 @@ impl Conv3dDims {
 pub fn channels_last_applies(d: &Conv3dDims) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("VW_CONV3D").is_ok_and(|v| v == "ncdhw"));
-    !off && d.x[1] % 32 == 0 && d.w[2] * d.w[3] * d.w[4] <= 32
+    !off && d.x[1].is_multiple_of(32) && d.w[2] * d.w[3] * d.w[4] <= 32
 }
 
 /// 3D convolution with symmetric zero padding; x (B,C,T,H,W), w (O,C,kt,kh,kw), b (O).

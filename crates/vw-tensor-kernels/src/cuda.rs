@@ -250,7 +250,7 @@ pub(crate) fn conv3d_fwd(
     if crate::conv3d::channels_last_applies(d) {
         // Channels-last implicit GEMM: copy x to (B,T,H,W,C) and w to (O,taps,C), then one launch
         // that writes the (B,O,To,Ho,Wo) output directly.
-        let bk64 = c % 64 == 0;
+        let bk64 = c.is_multiple_of(64);
         let smem = if bk64 { conv_cl_smem(64, 3) } else { conv_cl_smem(32, 4) };
         let cfg = LaunchConfig {
             grid_dim: (m.div_ceil(CONV_CL_BM) as u32, o.div_ceil(CONV_CL_BN) as u32, 1),
