@@ -103,11 +103,15 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
     // conv3d / causal conv3d: the kernel takes bf16/f16.
     let conv_dtypes: &[DType] = if dev.is_cuda() { &[DType::BF16, DType::F16] } else { &[DType::F32] };
     #[allow(clippy::type_complexity)]
-    let conv_cases: [([usize; 5], [usize; 5], [usize; 3], [usize; 3]); 4] = [
+    // C % 32 == 0 takes the channels-last kernel (K block 64 when C % 64 == 0), the rest the NCDHW one.
+    let conv_cases: [([usize; 5], [usize; 5], [usize; 3], [usize; 3]); 7] = [
         ([1, 16, 5, 20, 18], [24, 16, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
         ([2, 12, 4, 17, 15], [40, 12, 3, 3, 3], [1, 2, 2], [0, 1, 1]),
         ([1, 3, 6, 33, 31], [70, 3, 3, 1, 1], [2, 1, 1], [0, 0, 0]),
         ([1, 64, 3, 24, 40], [64, 64, 3, 3, 3], [1, 1, 1], [1, 1, 1]),
+        ([2, 32, 5, 13, 11], [40, 32, 3, 3, 3], [1, 2, 2], [0, 1, 1]),
+        ([1, 96, 7, 9, 10], [100, 96, 3, 3, 3], [2, 1, 1], [0, 1, 1]),
+        ([2, 128, 3, 7, 9], [200, 128, 1, 1, 1], [1, 1, 1], [0, 0, 0]),
     ];
     for &dt in conv_dtypes {
         for (xs, ws, st, pd) in &conv_cases {
@@ -124,18 +128,20 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
                 bound: bound(dt),
             });
         }
-        let (x, xr) = input(next(), &[1, 8, 5, 12, 10], 1.0, dt, &dev)?;
-        let (w, wr) = input(next(), &[16, 8, 3, 3, 3], 0.2, dt, &dev)?;
-        let (c, cr) = input(next(), &[1, 8, 2, 12, 10], 1.0, dt, &dev)?;
-        let out = conv3d::causal_conv3d(&x, &w, None, [1, 1, 1], [1, 1], Some(&c))?;
-        let want = conv3d::reference_tensor(&Tensor::cat(&[&cr, &xr], 2)?, &wr, None, [1, 1, 1], [0, 1, 1])?;
-        rows.push(Row {
-            op: "causal_conv3d+cache".into(),
-            dtype: dt,
-            shape: fmt_shape(&[&[1, 8, 5, 12, 10]]),
-            err: err(&out, &want)?,
-            bound: bound(dt),
-        });
+        for ci in [8, 64] {
+            let (x, xr) = input(next(), &[1, ci, 5, 12, 10], 1.0, dt, &dev)?;
+            let (w, wr) = input(next(), &[16, ci, 3, 3, 3], 0.2, dt, &dev)?;
+            let (c, cr) = input(next(), &[1, ci, 2, 12, 10], 1.0, dt, &dev)?;
+            let out = conv3d::causal_conv3d(&x, &w, None, [1, 1, 1], [1, 1], Some(&c))?;
+            let want = conv3d::reference_tensor(&Tensor::cat(&[&cr, &xr], 2)?, &wr, None, [1, 1, 1], [0, 1, 1])?;
+            rows.push(Row {
+                op: "causal_conv3d+cache".into(),
+                dtype: dt,
+                shape: fmt_shape(&[&[1, ci, 5, 12, 10]]),
+                err: err(&out, &want)?,
+                bound: bound(dt),
+            });
+        }
     }
 
     // Norm + modulation, gated residual, RoPE, FSQ: f32 and bf16.

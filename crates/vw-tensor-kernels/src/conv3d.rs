@@ -2,7 +2,8 @@
 //!
 //! candle has no conv3d. On the CPU we compose it as a sum over the kt temporal taps of candle
 //! conv2d calls, which candle can differentiate; on a CUDA tensor the forward is the
-//! implicit-GEMM kernel of `kernels/conv3d.cu` and the backward recomputes through that sum.
+//! implicit-GEMM kernel of `kernels/conv3d.cu` (channels-last when the channel count allows, see
+//! [`channels_last_applies`]) and the backward recomputes through that sum.
 
 use crate::util::{dims_n, shape_err, storage_f32};
 use crate::Result;
@@ -60,6 +61,17 @@ impl Conv3dDims {
     pub fn macs(&self) -> usize {
         self.out.iter().product::<usize>() * self.w[1] * self.w[2] * self.w[3] * self.w[4]
     }
+}
+
+/// Whether the CUDA forward takes the channels-last implicit-GEMM kernel (`conv3d_cl_*` in
+/// kernels/conv3d.cu): input channels a multiple of its K block (32, so every 16-byte gather is one
+/// voxel's channels) and at most 32 kernel taps (its per-row tap mask). Other shapes (the first
+/// conv with 3 or 16 channels, say) take the older NCDHW kernel, as does everything when
+/// `VW_CONV3D=ncdhw` is set (for A/B timing).
+pub fn channels_last_applies(d: &Conv3dDims) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("VW_CONV3D").is_ok_and(|v| v == "ncdhw"));
+    !off && d.x[1].is_multiple_of(32) && d.w[2] * d.w[3] * d.w[4] <= 32
 }
 
 /// 3D convolution with symmetric zero padding; x (B,C,T,H,W), w (O,C,kt,kh,kw), b (O).

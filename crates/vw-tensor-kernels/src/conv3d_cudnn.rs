@@ -1,7 +1,8 @@
 //! conv3d through cuDNN's N-d convolution (`--features cudnn`): the fast path of [`crate::conv3d`]
 //! on CUDA while our implicit-GEMM kernel is far from cuDNN's speed (docs/performance.md). Set
-//! `VW_CONV3D=kernel` (or call [`set_enabled`]`(false)`, as `vw kernel-check` / `kernel-bench` do, so
-//! they measure our kernel) to run our kernel instead. cuDNN's bf16 convolution measured up to
+//! `VW_CONV3D=kernel` (or `ncdhw`, which also forces the older NCDHW kernel), or call
+//! [`set_enabled`]`(false)` as `vw kernel-check` / `kernel-bench` do so that they measure our
+//! kernel, to run our kernel instead. cuDNN's bf16 convolution measured up to
 //! 1.05e-2 max relative error against the f32 reference where our kernel stays under 4e-3
 //! (docs/performance.md), so bf16 outputs differ from the kernel path in the last bits.
 
@@ -21,7 +22,7 @@ static ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(tr
 /// [`set_enabled`]`(false)` opts out).
 pub fn enabled() -> bool {
     static ENV_OFF: OnceLock<bool> = OnceLock::new();
-    let env_off = *ENV_OFF.get_or_init(|| std::env::var("VW_CONV3D").is_ok_and(|v| v == "kernel"));
+    let env_off = *ENV_OFF.get_or_init(|| std::env::var("VW_CONV3D").is_ok_and(|v| v == "kernel" || v == "ncdhw"));
     !env_off && ON.load(std::sync::atomic::Ordering::Relaxed)
 }
 

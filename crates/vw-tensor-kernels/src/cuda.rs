@@ -198,6 +198,16 @@ struct ConvGeom([i32; 18]);
 // SAFETY: plain old data with the C layout the kernel expects.
 unsafe impl DeviceRepr for ConvGeom {}
 
+/// Tiles of the channels-last conv3d kernels `conv3d_cl_*_128x96x{64,32}`: BM x BN = 128 x 96, 8
+/// warps; K block 64 with 3 cp.async stages when C % 64 == 0, else 32 with 4 stages. Shared
+/// memory is the pipeline's, stages * (BM + BN) * (BK + 8) 16-bit elements.
+const CONV_CL_BM: usize = 128;
+const CONV_CL_BN: usize = 96;
+const CONV_CL_THREADS: u32 = 256;
+const fn conv_cl_smem(bk: usize, stages: usize) -> u32 {
+    (stages * (CONV_CL_BM + CONV_CL_BN) * (bk + 8) * 2) as u32
+}
+
 pub(crate) fn conv3d_fwd(
     d: &Conv3dDims,
     s1: &CudaStorage,
@@ -235,12 +245,61 @@ pub(crate) fn conv3d_fwd(
         .map(|v| v as i32),
     );
     let m = b * to * ho * wo;
+    let n = b * o * to * ho * wo;
+    let taps = kt * kh * kw;
+    if crate::conv3d::channels_last_applies(d) {
+        // Channels-last implicit GEMM: copy x to (B,T,H,W,C) and w to (O,taps,C), then one launch
+        // that writes the (B,O,To,Ho,Wo) output directly.
+        let bk64 = c.is_multiple_of(64);
+        let smem = if bk64 { conv_cl_smem(64, 3) } else { conv_cl_smem(32, 4) };
+        let cfg = LaunchConfig {
+            grid_dim: (m.div_ceil(CONV_CL_BM) as u32, o.div_ceil(CONV_CL_BN) as u32, 1),
+            block_dim: (CONV_CL_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let thw = (t * h * w) as i64;
+        let tx = LaunchConfig {
+            grid_dim: ((t * h * w).div_ceil(32) as u32, c.div_ceil(32) as u32, b as u32),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let tw = LaunchConfig {
+            grid_dim: (taps.div_ceil(32) as u32, c.div_ceil(32) as u32, o as u32),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        let (c_i, taps_i) = (c as i32, taps as i64);
+        macro_rules! run_cl {
+            ($t:ty, $variant:ident, $k64:literal, $k32:literal) => {{
+                let tr = func(&dev, CONV, "transpose_b16", 0)?;
+                let f = func(&dev, CONV, if bk64 { $k64 } else { $k32 }, smem)?;
+                let (x, wv, bv) = (
+                    view(s1.as_cuda_slice::<$t>()?, l1)?,
+                    view(s2.as_cuda_slice::<$t>()?, l2)?,
+                    view(s3.as_cuda_slice::<$t>()?, l3)?,
+                );
+                // SAFETY: the transposes below write every element of both scratch buffers.
+                let xc = unsafe { dev.alloc::<$t>(b * t * h * w * c)? };
+                let wc = unsafe { dev.alloc::<$t>(o * taps * c)? };
+                launch!(tr, dev, tx; &x, &xc, &c_i, &thw);
+                launch!(tr, dev, tw; &wv, &wc, &c_i, &taps_i);
+                let out = alloc_out::<$t>(&dev, n)?;
+                launch!(f, dev, cfg; &xc, &wc, &bv, &out, &g);
+                CudaStorageSlice::$variant(out)
+            }};
+        }
+        let slice = match s1.dtype() {
+            DType::BF16 => run_cl!(bf16, BF16, "conv3d_cl_bf16_128x96x64", "conv3d_cl_bf16_128x96x32"),
+            DType::F16 => run_cl!(f16, F16, "conv3d_cl_f16_128x96x64", "conv3d_cl_f16_128x96x32"),
+            dt => bail!("conv3d kernel takes bf16/f16, got {dt:?}"),
+        };
+        return Ok((CudaStorage { slice, device: dev }, Shape::from(d.out.to_vec())));
+    }
     let cfg = LaunchConfig {
         grid_dim: (m.div_ceil(64) as u32, o.div_ceil(64) as u32, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
-    let n = b * o * to * ho * wo;
     macro_rules! run {
         ($t:ty, $variant:ident, $name:literal) => {{
             let f = func(&dev, CONV, $name, 0)?;
