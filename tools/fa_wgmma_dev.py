@@ -148,7 +148,7 @@ def main():
     mod = build("flash_attn_sm90", defs)
     names = [("flash_fwd_sm90_bf16_d128", 2)]
     if variants:
-        names += [(f"fa90_bf16_s{s}_o{o}", s) for s in (2, 3) for o in (0, 1)]
+        names += [(f"fa90_bf16_s{s}_m{m}", s) for s, m in ((2, 0), (3, 0), (3, 1))]
     kernels = {n: Fa90(mod, n, s) for n, s in names}
     worst = 0.0
     for n, s in names:

@@ -9,9 +9,11 @@
 //    the consumers release a stage through an "empty" mbarrier once their wgmmas reading it are done.
 // Tiles use the 128-byte swizzle (TMA writes it, wgmma reads it): a 128x128 tile is stored as two
 // 128-row x 64-column halves, each row 128 bytes, its 16-byte chunks XOR-ed with (row % 8).
-// With OVERLAP, a consumer issues S_{j+1} = Q K_{j+1} and O += P_j V_j back to back and runs the
-// softmax of S_{j+1} while P_j V_j is on the tensor cores (FA3's intra-warpgroup overlap); measured
-// slower here (see docs/performance.md), so the exported kernels use OVERLAP = false.
+// MODE 0 (exported): S = QK^T, wait, softmax, O += PV, wait; the two consumer warpgroups overlap
+// each other's softmax and wgmmas. MODE 1 (dev variant, VW_FA90_VARIANTS) adds FA3's
+// intra-warpgroup overlap (issue S_{j+1} and P_j V_j back to back, softmax of S_{j+1} while P_j V_j
+// runs); it measured slower here (docs/performance.md). FA3's inter-warpgroup ping-pong (named
+// barriers) is not in: a first try hung and was dropped.
 // Semantics match flash_attn.cu: bottom-right aligned causal masking (query i sees keys
 // j <= i + Lk - Lq), Lq != Lk, any lengths (TMA zero-fills rows past the end, scores past Lk are
 // masked), rows that see no key are written as zeros. No additive mask: flash_attn.cu covers it.
@@ -26,6 +28,7 @@ struct __align__(64) VwTensorMap {
   unsigned long long v[16];
 };
 
+#ifdef VW_SM90A
 namespace fa90 {
 
 constexpr int BM = 128, BN = 128, D = 128;
@@ -52,11 +55,11 @@ __device__ __forceinline__ void mbar_arrive(uint32_t bar) {
 __device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
   uint32_t done;
 #ifdef VW_FA90_WATCHDOG
-  long long spins = 0;
+  const long long t0 = clock64();
 #endif
   do {
 #ifdef VW_FA90_WATCHDOG
-    if (++spins > (1ll << 26)) __trap();  // dev builds: a lost arrival traps instead of hanging
+    if (clock64() - t0 > (1ll << 32)) __trap();  // dev builds: a lost arrival traps (~2 s) instead of hanging
 #endif
     asm volatile(
         "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
@@ -96,9 +99,19 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t d
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
       "%64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(da), "l"(db), "r"(scale_d));
 }
 // D += A(registers) * B(smem), m64n128k16, B MN-major (transposed).
@@ -106,9 +119,19 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
       "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
@@ -117,9 +140,19 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t d
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
       "%64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(da), "l"(db), "r"(scale_d));
 }
 // D += A(registers) * B(smem), m64n128k16, B MN-major (transposed).
@@ -127,9 +160,19 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
       "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
@@ -186,7 +229,7 @@ __device__ __forceinline__ void rescale(float (&o)[64], const float (&corr)[2]) 
   for (int i = 0; i < 64; ++i) o[i] *= corr[(i >> 1) & 1];
 }
 
-template <typename T, int STAGES, bool OVERLAP>
+template <typename T, int STAGES, int MODE>
 __device__ void fwd(const VwTensorMap* tq, const VwTensorMap* tk, const VwTensorMap* tv, T* __restrict__ o, int Lq,
                     int Lk, float sl2, int causal) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -201,7 +244,9 @@ __device__ void fwd(const VwTensorMap* tq, const VwTensorMap* tk, const VwTensor
   const uint32_t q_full = bars + 8 * 3 * STAGES;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int bh = blockIdx.y, m0 = blockIdx.x * BM, off = Lk - Lq;
+  // Causal: the longest query blocks (most key tiles) start first, for a better-balanced tail.
+  const int mb = causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int bh = blockIdx.y, m0 = mb * BM, off = Lk - Lq;
   // Key tiles needed by query rows up to last_row (all of them without causal masking).
   auto tiles_for = [&](int last_row) {
     const int kend = causal ? min(Lk, max(0, last_row + off + 1)) : Lk;
@@ -282,7 +327,7 @@ __device__ void fwd(const VwTensorMap* tq, const VwTensorMap* tk, const VwTensor
   };
 
   mbar_wait(q_full, 0);
-  if (!OVERLAP) {
+  if (MODE == 0) {  // S = QK^T; wait; softmax; O += PV; wait
     for (int it = 0; it < nt; ++it) {
       const int s = it % STAGES, ph = (it / STAGES) & 1;
       mbar_wait(full_k(s), ph);
@@ -302,42 +347,44 @@ __device__ void fwd(const VwTensorMap* tq, const VwTensorMap* tk, const VwTensor
       fence_regs(oacc);
       mbar_arrive(empty(s));
     }
-  } else if (nt > 0) {
-    mbar_wait(full_k(0), 0);
-    wgmma_fence();
-    qk(0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(sacc);
-    softmax(0);
-    pack_p<T>(p, sacc);
-    for (int it = 1; it < nt; ++it) {
-      const int s = it % STAGES, ph = (it / STAGES) & 1;
-      const int sp = (it - 1) % STAGES, php = ((it - 1) / STAGES) & 1;
-      mbar_wait(full_k(s), ph);
+  } else {  // MODE 1, FA3's intra-warpgroup overlap: softmax(S_j) runs while P_{j-1} V_{j-1} does
+    if (nt > 0) {
+      mbar_wait(full_k(0), 0);
       wgmma_fence();
-      qk(s);
+      qk(0);
       wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(sacc);
+      softmax(0);
+      pack_p<T>(p, sacc);
+      for (int it = 1; it < nt; ++it) {
+        const int s = it % STAGES, ph = (it / STAGES) & 1;
+        const int sp = (it - 1) % STAGES, php = ((it - 1) / STAGES) & 1;
+        mbar_wait(full_k(s), ph);
+        wgmma_fence();
+        qk(s);
+        wgmma_commit();
+        mbar_wait(full_v(sp), php);
+        pv(sp);
+        wgmma_commit();
+        wgmma_wait<1>();
+        fence_regs(sacc);
+        softmax(it * BN);
+        wgmma_wait<0>();
+        fence_regs(oacc);
+        mbar_arrive(empty(sp));
+        rescale(oacc, corr);
+        pack_p<T>(p, sacc);
+      }
+      const int sp = (nt - 1) % STAGES, php = ((nt - 1) / STAGES) & 1;
       mbar_wait(full_v(sp), php);
+      wgmma_fence();
       pv(sp);
       wgmma_commit();
-      wgmma_wait<1>();
-      fence_regs(sacc);
-      softmax(it * BN);
       wgmma_wait<0>();
       fence_regs(oacc);
       mbar_arrive(empty(sp));
-      rescale(oacc, corr);
-      pack_p<T>(p, sacc);
     }
-    const int sp = (nt - 1) % STAGES, php = ((nt - 1) / STAGES) & 1;
-    mbar_wait(full_v(sp), php);
-    wgmma_fence();
-    pv(sp);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(oacc);
-    mbar_arrive(empty(sp));
   }
 
 #pragma unroll
@@ -356,25 +403,25 @@ __device__ void fwd(const VwTensorMap* tq, const VwTensorMap* tk, const VwTensor
 }
 
 }  // namespace fa90
+#endif  // VW_SM90A
 
 // Dynamic shared memory: 1 KiB for alignment, Q, STAGES x (K, V), the mbarriers.
-#define FA90_KERNEL(NAME, T, STAGES, OVERLAP)                                                               \
+#define FA90_KERNEL(NAME, T, STAGES, MODE)                                                               \
   extern "C" __global__ void __launch_bounds__(384, 1)                                                     \
       NAME(const __grid_constant__ VwTensorMap tq, const __grid_constant__ VwTensorMap tk,                  \
            const __grid_constant__ VwTensorMap tv, T* o, int Lq, int Lk, float scale_log2, int causal) {    \
-    FA90_BODY(T, STAGES, OVERLAP)                                                                           \
+    FA90_BODY(T, STAGES, MODE)                                                                              \
   }
 #ifdef VW_SM90A
-#define FA90_BODY(T, STAGES, OVERLAP) fa90::fwd<T, STAGES, OVERLAP>(&tq, &tk, &tv, o, Lq, Lk, scale_log2, causal);
+#define FA90_BODY(T, STAGES, MODE) fa90::fwd<T, STAGES, MODE>(&tq, &tk, &tv, o, Lq, Lk, scale_log2, causal);
 #else
-#define FA90_BODY(T, STAGES, OVERLAP) __trap();
+#define FA90_BODY(T, STAGES, MODE) __trap();
 #endif
 
-FA90_KERNEL(flash_fwd_sm90_bf16_d128, __nv_bfloat16, 2, false)
-FA90_KERNEL(flash_fwd_sm90_f16_d128, __half, 2, false)
+FA90_KERNEL(flash_fwd_sm90_bf16_d128, __nv_bfloat16, 2, 0)
+FA90_KERNEL(flash_fwd_sm90_f16_d128, __half, 2, 0)
 #ifdef VW_FA90_VARIANTS
-FA90_KERNEL(fa90_bf16_s2_o0, __nv_bfloat16, 2, false)
-FA90_KERNEL(fa90_bf16_s3_o0, __nv_bfloat16, 3, false)
-FA90_KERNEL(fa90_bf16_s2_o1, __nv_bfloat16, 2, true)
-FA90_KERNEL(fa90_bf16_s3_o1, __nv_bfloat16, 3, true)
+FA90_KERNEL(fa90_bf16_s2_m0, __nv_bfloat16, 2, 0)
+FA90_KERNEL(fa90_bf16_s3_m0, __nv_bfloat16, 3, 0)
+FA90_KERNEL(fa90_bf16_s3_m1, __nv_bfloat16, 3, 1)
 #endif
