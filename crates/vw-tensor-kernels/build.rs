@@ -1,6 +1,8 @@
 //! Compiles `kernels/*.cu` to PTX with nvcc, only with the `cuda` feature; CPU builds do nothing.
 //! `CUDA_COMPUTE_CAP` picks the target (default 90, i.e. `-arch=sm_90`); `NVCC` or `CUDA_HOME`
-//! locate the compiler.
+//! locate the compiler. `kernels/*_sm90.cu` use Hopper-only instructions (wgmma, setmaxnreg): with
+//! cap 90 they are built for `compute_90a` and the crate gets `cfg(vw_sm90a)`; otherwise they build
+//! as trapping stubs that the Rust side never launches.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,6 +12,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo::rustc-check-cfg=cfg(vw_sm90a)");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -31,8 +34,14 @@ fn main() {
         println!("cargo:rerun-if-changed={}", path.display());
         let stem = path.file_stem().expect("file name").to_string_lossy().to_string();
         let ptx = out.join(format!("{stem}.ptx"));
+        let arch = if stem.ends_with("_sm90") && cap == "90" {
+            println!("cargo:rustc-cfg=vw_sm90a");
+            "-arch=compute_90a".to_string()
+        } else {
+            format!("-arch=sm_{cap}")
+        };
         let status = Command::new(&nvcc)
-            .args(["-ptx", "-O3", "-std=c++17", &format!("-arch=sm_{cap}"), "-Ikernels", "-o"])
+            .args(["-ptx", "-O3", "-std=c++17", &arch, "-Ikernels", "-o"])
             .arg(&ptx)
             .arg(&path)
             .status()

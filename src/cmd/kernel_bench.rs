@@ -19,6 +19,9 @@ pub struct KernelBenchArgs {
     /// Only the smallest shapes (a quick smoke run).
     #[arg(long)]
     pub quick: bool,
+    /// Only the ceilings and flash attention (no composed-candle attention timing).
+    #[arg(long)]
+    pub attention_only: bool,
 }
 
 /// Median seconds of `f` over `iters` runs after one warm-up, synchronising the device around each.
@@ -80,7 +83,12 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
         for causal in [false, true] {
             let scale = 1.0 / (128f32).sqrt();
             let ours = time(&dev, it, || Ok(attention::flash_attn(&q, &k, &v, scale, causal, None)?))?;
-            let comp = if l <= 4096 {
+            // The mma.sync kernel at the same shape (the Hopper kernel takes it where it applies).
+            vw_tensor_kernels::set_flash_sm90(false);
+            let mma = time(&dev, it, || Ok(attention::flash_attn(&q, &k, &v, scale, causal, None)?));
+            vw_tensor_kernels::set_flash_sm90(true);
+            let mma = mma?;
+            let comp = if l <= 4096 && !args.attention_only {
                 Some(time(&dev, it.min(3), || Ok(attention::composed(&q, &k, &v, scale, causal, None)?))?)
             } else {
                 None
@@ -94,7 +102,18 @@ pub fn run(args: KernelBenchArgs) -> anyhow::Result<()> {
                 flops,
                 "TFLOP/s",
             );
+            row(
+                &format!("flash_attn{} (mma.sync kernel)", if causal { " causal" } else { "" }),
+                &format!("1x16x{l}x128"),
+                mma,
+                None,
+                flops,
+                "TFLOP/s",
+            );
         }
+    }
+    if args.attention_only {
+        return Ok(());
     }
 
     // conv3d at Wan-VAE decoder shapes (k=3, padding 1, 4 frames), bf16.

@@ -85,17 +85,27 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
                     _ => None,
                 };
                 let scale = 1.0 / (d as f32).sqrt();
-                let out = attention::flash_attn(&q, &k, &v, scale, causal, mask.as_ref().map(|m| &m.0))?;
                 let want = attention::reference_tensor(&qr, &kr, &vr, scale, causal, mask.as_ref().map(|m| &m.1))?;
-                let tag =
-                    format!("flash_attn{}{}", if causal { " causal" } else { "" }, if mk > 0 { " mask" } else { "" });
-                rows.push(Row {
-                    op: tag,
-                    dtype: dt,
-                    shape: fmt_shape(&[&[b, h, lq, lk, d]]),
-                    err: err(&out, &want)?,
-                    bound: bound(dt),
-                });
+                // Unmasked head_dim 128 takes the Hopper kernel on sm_90: check the mma.sync one too.
+                let paths: &[bool] = if d == 128 && mk == 0 && dev.is_cuda() { &[true, false] } else { &[true] };
+                for &sm90 in paths {
+                    vw_tensor_kernels::set_flash_sm90(sm90);
+                    let out = attention::flash_attn(&q, &k, &v, scale, causal, mask.as_ref().map(|m| &m.0));
+                    vw_tensor_kernels::set_flash_sm90(true);
+                    let tag = format!(
+                        "flash_attn{}{}{}",
+                        if causal { " causal" } else { "" },
+                        if mk > 0 { " mask" } else { "" },
+                        if sm90 { "" } else { " (mma.sync)" }
+                    );
+                    rows.push(Row {
+                        op: tag,
+                        dtype: dt,
+                        shape: fmt_shape(&[&[b, h, lq, lk, d]]),
+                        err: err(&out?, &want)?,
+                        bound: bound(dt),
+                    });
+                }
             }
         }
     }

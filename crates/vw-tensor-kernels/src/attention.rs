@@ -1,7 +1,8 @@
 //! Flash attention: `softmax(q k^T * scale + bias) v` without materialising the full score matrix.
 //!
-//! On a CUDA tensor the forward is the tiled online-softmax kernel of `kernels/flash_attn.cu`
-//! (bf16/f16, head_dim 64/128), with a backward that recomputes through composed candle ops one
+//! On a CUDA tensor the forward is a tiled online-softmax kernel: `kernels/flash_attn_sm90.cu`
+//! (wgmma + TMA) on sm_90 for bf16/f16, head_dim 128 without an additive mask, otherwise
+//! `kernels/flash_attn.cu` (mma.sync; bf16/f16, head_dim 64/128, masks), with a backward that recomputes through composed candle ops one
 //! query chunk at a time. On the CPU the forward is composed candle ops chunked over the queries,
 //! so autograd works natively and memory stays bounded for long sequences.
 

@@ -24,6 +24,7 @@ macro_rules! ptx {
     };
 }
 const FLASH: &str = ptx!("flash_attn");
+const FLASH90: &str = ptx!("flash_attn_sm90");
 const CONV: &str = ptx!("conv3d");
 const NORM: &str = ptx!("norm_modulate");
 const ROPE: &str = ptx!("rope");
@@ -141,6 +142,9 @@ pub(crate) fn flash_attn_fwd(
             bail!("flash_attn kernel needs 16-byte aligned operands");
         }
     }
+    if op.mask.is_none() && d == 128 && lq > 0 && lk > 0 && crate::flash_sm90() && is_sm90a(&dev)? {
+        return flash_attn_fwd_sm90(op, &dev, s1, l1, s2, l2, s3, l3);
+    }
     let smem = (4 * 64 * (d + 8) * esz) as u32;
     let f = func(&dev, FLASH, name, smem)?;
     let cfg = LaunchConfig {
@@ -189,6 +193,111 @@ pub(crate) fn flash_attn_fwd(
         _ => run!(f16, F16),
     };
     Ok((CudaStorage { slice, device: dev }, Shape::from((b, h, lq, d))))
+}
+
+/// Whether the Hopper kernels were built (`cfg(vw_sm90a)`, see build.rs) and `dev` is an sm_90 GPU
+/// (sm_90a code runs on compute capability 9.0 only).
+fn is_sm90a(dev: &CudaDevice) -> Result<bool> {
+    if !cfg!(vw_sm90a) {
+        return Ok(false);
+    }
+    Ok(dev.cuda_stream().context().compute_capability().w()? == (9, 0))
+}
+
+/// A driver `CUtensorMap` (128 opaque bytes, 64-byte aligned), passed by value to TMA kernels.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct TensorMap([u64; 16]);
+// SAFETY: plain bytes with the layout of CUtensorMap, which the kernels take as __grid_constant__.
+unsafe impl DeviceRepr for TensorMap {}
+
+/// TMA map of a contiguous (bh, l, 128) bf16/f16 tensor at `ptr`: boxes of 64 columns x 128 rows,
+/// 128-byte swizzle, rows past `l` read as zeros (the layout `flash_attn_sm90.cu` expects).
+fn attn_tensor_map(ptr: u64, dt: DType, bh: usize, l: usize) -> Result<TensorMap> {
+    use driver::sys;
+    let mut map = TensorMap([0; 16]);
+    let dims = [128u64, l as u64, bh as u64];
+    let strides = [256u64, (l * 256) as u64];
+    let boxes = [64u32, 128, 1];
+    let elem_strides = [1u32; 3];
+    let ty = match dt {
+        DType::BF16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        _ => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+    };
+    // SAFETY: every pointer is valid for the rank (3) given; `map` outlives the call.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            (&mut map as *mut TensorMap).cast::<sys::CUtensorMap>(),
+            ty,
+            3,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .w()?;
+    Ok(map)
+}
+
+/// The Hopper path of [`flash_attn_fwd`]: `flash_attn_sm90.cu` (head_dim 128, no mask, sm_90).
+#[allow(clippy::too_many_arguments)]
+fn flash_attn_fwd_sm90(
+    op: &FlashAttnOp,
+    dev: &CudaDevice,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+    s3: &CudaStorage,
+    l3: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let [b, h, lq, lk, d] = op.dims;
+    // 1 KiB alignment slack, Q, two stages of (K, V) tiles of 128x128, 7 mbarriers.
+    const SMEM: u32 = 1024 + 32768 * 5 + 8 * 7;
+    let name = match s1.dtype() {
+        DType::BF16 => "flash_fwd_sm90_bf16_d128",
+        _ => "flash_fwd_sm90_f16_d128",
+    };
+    let f = func(dev, FLASH90, name, SMEM)?;
+    let cfg = LaunchConfig {
+        grid_dim: (lq.div_ceil(128) as u32, (b * h) as u32, 1),
+        block_dim: (384, 1, 1),
+        shared_mem_bytes: SMEM,
+    };
+    let scale_log2 = op.scale * std::f32::consts::LOG2_E;
+    let (lq_i, lk_i, causal) = (lq as i32, lk as i32, op.causal as i32);
+    let stream = dev.cuda_stream();
+    macro_rules! run {
+        ($t:ty, $variant:ident) => {{
+            let (q, k, v) = (
+                view(s1.as_cuda_slice::<$t>()?, l1)?,
+                view(s2.as_cuda_slice::<$t>()?, l2)?,
+                view(s3.as_cuda_slice::<$t>()?, l3)?,
+            );
+            let out = alloc_out::<$t>(dev, b * h * lq * d)?;
+            let (qp, _gq) = q.device_ptr(&stream);
+            let (kp, _gk) = k.device_ptr(&stream);
+            let (vp, _gv) = v.device_ptr(&stream);
+            let dt = s1.dtype();
+            let tq = attn_tensor_map(qp, dt, b * h, lq)?;
+            let tk = attn_tensor_map(kp, dt, b * h, lk)?;
+            let tv = attn_tensor_map(vp, dt, b * h, lk)?;
+            launch!(f, dev, cfg; &tq, &tk, &tv, &out, &lq_i, &lk_i, &scale_log2, &causal);
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match s1.dtype() {
+        DType::BF16 => run!(bf16, BF16),
+        _ => run!(f16, F16),
+    };
+    Ok((CudaStorage { slice, device: dev.clone() }, Shape::from((b, h, lq, d))))
 }
 
 /// Geometry passed by value to `conv3d_*` (matches `ConvGeom` in conv3d.cu).

@@ -43,3 +43,26 @@ pub fn set_poison_outputs(on: bool) {
 pub fn poison_outputs() -> bool {
     POISON.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// 0: not decided yet (read `VW_FLASH_SM90` on first use), 1: on, 2: off.
+static FLASH_SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Let flash attention take the Hopper kernel (`kernels/flash_attn_sm90.cu`: wgmma + TMA) where it
+/// applies (sm_90 device, bf16/f16, head_dim 128, no additive mask). On by default; the environment
+/// variable `VW_FLASH_SM90=0` turns it off. Off, every shape takes the mma.sync kernel.
+pub fn set_flash_sm90(on: bool) {
+    FLASH_SM90.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_flash_sm90`] is on.
+pub fn flash_sm90() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match FLASH_SM90.load(Relaxed) {
+        0 => {
+            let on = std::env::var("VW_FLASH_SM90").map_or(true, |v| v != "0");
+            FLASH_SM90.store(if on { 1 } else { 2 }, Relaxed);
+            on
+        }
+        s => s == 1,
+    }
+}
