@@ -4,7 +4,7 @@
 //! collapse (docs/results.md): if this stays at 1.0 the renderer, not the quantiser, is the wall.
 //!
 //! ```text
-//! cargo run --release --example oracle_renderer -- STEPS MIX_LAYERS ZERO_INIT(0|1) [l1|mse|mwW] [patch|motion|sprite]
+//! cargo run --release --example oracle_renderer -- STEPS MIX_LAYERS ZERO_INIT(0|1) [l1|mse|mwW] [patch|motion|sprite] [nocode]
 //! ```
 
 use candle_core::{DType, Device, Tensor};
@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         Some("sprite") => vw_dldm::baseline::LdmArch::Sprite,
         _ => vw_dldm::baseline::LdmArch::Patch,
     };
+    let no_code = a.get(5).map(|s| s == "nocode").unwrap_or(false);
     let dev = Device::Cpu;
     let s1 = Stage1Config::tiny();
     let cfg = TinyLdmConfig { renderer_mix_layers: mix, zero_init_residual: zero, arch, ..s1.model.clone() };
@@ -51,7 +52,9 @@ fn main() -> anyhow::Result<()> {
             .collect();
         let (x_t, x_next) = data.pairs(&ids)?;
         // Label l (0..18) -> FSQ index 37 * l + 1 for query 0 and the same for query 1.
-        let idx: Vec<u32> = ids.iter().flat_map(|&i| [37 * data.labels[i] + 1, 37 * data.labels[i] + 1]).collect();
+        // `nocode` (6th argument): every transition gets the same code, the no-information baseline.
+        let label = |i: usize| if no_code { 0 } else { data.labels[i] };
+        let idx: Vec<u32> = ids.iter().flat_map(|&i| [37 * label(i) + 1, 37 * label(i) + 1]).collect();
         let idx = Tensor::from_vec(idx, (32, 2), &dev)?;
         let codes = vw_tensor_kernels::fsq::fsq_indices_to_codes(&idx, levels)?;
         let pred = model.render_pairs(&x_t, &codes)?;

@@ -422,7 +422,7 @@ impl AnyEncoder {
 
 enum AnyRenderer {
     Patch(Renderer),
-    Motion(motion::MotionRenderer),
+    Motion(Box<motion::MotionRenderer>),
 }
 
 impl AnyRenderer {
@@ -459,7 +459,7 @@ impl TinyLdm {
             renderer: match cfg.arch {
                 LdmArch::Patch => AnyRenderer::Patch(Renderer::new(cfg, vb.pp("renderer"))?),
                 LdmArch::Motion | LdmArch::Sprite => {
-                    AnyRenderer::Motion(motion::MotionRenderer::new(cfg, vb.pp("renderer"))?)
+                    AnyRenderer::Motion(Box::new(motion::MotionRenderer::new(cfg, vb.pp("renderer"))?))
                 }
             },
         })
