@@ -9,7 +9,7 @@
 //! ```text
 //! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--reuse] [--stage2]
 //!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
-//!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
+//!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
 //! ```
 
 use anyhow::Context;
@@ -41,6 +41,7 @@ struct Args {
     zero_init: bool,
     arch: Option<vw_dldm::baseline::LdmArch>,
     mse: bool,
+    quant_noise: bool,
     variance_weight: Option<f64>,
     only: Option<String>,
     batch: Option<usize>,
@@ -61,6 +62,7 @@ fn parse() -> anyhow::Result<Args> {
         zero_init: false,
         arch: None,
         mse: false,
+        quant_noise: false,
         variance_weight: None,
         only: None,
         batch: None,
@@ -89,6 +91,7 @@ fn parse() -> anyhow::Result<Args> {
                 })
             }
             "--mse" => a.mse = true,
+            "--quant-noise" => a.quant_noise = true,
             "--variance-weight" => a.variance_weight = Some(val()?.parse()?),
             "--only" => a.only = Some(val()?),
             "--batch" => a.batch = Some(val()?.parse()?),
@@ -166,6 +169,9 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(arch) = args.arch {
             cfg.model.arch = arch;
+        }
+        if args.quant_noise {
+            cfg.model.quant_noise = true;
         }
         if args.mse {
             cfg.model.loss = vw_dldm::baseline::ReconLoss::Mse;

@@ -118,6 +118,12 @@ pub struct TinyLdmConfig {
     pub variance_weight: f64,
     /// The batch std of tanh(z) (in (0, 1)) below which the hinge acts.
     pub variance_target: f64,
+    /// In training, give the renderer FSQ's bounded latent plus uniform noise of one bin instead of
+    /// the straight-through rounded code (the additive-noise proxy of quantisation of Ballé et al.,
+    /// 2017): the renderer sees a signal that moves smoothly with the encoder from the first step,
+    /// and the encoder gets the exact gradient. Codes, indices and inference are unchanged. The
+    /// noise comes from candle's unseeded generator: such runs are not bitwise reproducible.
+    pub quant_noise: bool,
 }
 
 impl Default for TinyLdmConfig {
@@ -138,6 +144,7 @@ impl Default for TinyLdmConfig {
             loss: ReconLoss::L1,
             variance_weight: 0.0,
             variance_target: 0.5,
+            quant_noise: false,
         }
     }
 }
@@ -533,6 +540,7 @@ impl TinyLdm {
     pub fn pair_loss_and_codes(&self, x_t: &Tensor, x_next: &Tensor) -> Result<(Tensor, Tensor)> {
         let z = self.encoder.forward(x_t, x_next)?;
         let (codes, idx) = fsq::fsq_quantize(&z, &self.cfg.levels).map_err(kernel_err)?;
+        let codes = if self.cfg.quant_noise { fsq_noisy_codes(&z, &self.cfg.levels)? } else { codes };
         let mut loss = self.reconstruction_loss(x_t, x_next, &codes)?;
         if self.cfg.variance_weight > 0.0 && z.dim(0)? > 1 {
             // On tanh(z), the shape of FSQ's bound: a hinge on raw z is met by pushing a few
@@ -561,6 +569,26 @@ impl TinyLdm {
         let weight = ((moving * self.cfg.motion_weight)? + 1.0)?;
         Ok(err.broadcast_mul(&weight)?.mean_all()?)
     }
+}
+
+/// FSQ's bound of z (..., D) plus uniform noise of one bin, divided by the half width: the codes
+/// FSQ would give with the rounding replaced by noise (see `TinyLdmConfig::quant_noise`).
+pub fn fsq_noisy_codes(z: &Tensor, levels: &[usize]) -> Result<Tensor> {
+    let d = levels.len();
+    if z.rank() < 1 || z.dim(z.rank() - 1)? != d {
+        return Err(crate::Error::Invalid(format!("fsq_noisy_codes: z {:?} vs levels {levels:?}", z.shape())));
+    }
+    let per_level = |f: &dyn Fn(usize) -> f64| -> Result<Tensor> {
+        let v: Vec<f32> = levels.iter().map(|&l| f(l) as f32).collect();
+        Ok(Tensor::from_vec(v, d, z.device())?.to_dtype(z.dtype())?)
+    };
+    let half_l = |l: usize| (l as f64 - 1.0) * (1.0 + 1e-3) / 2.0;
+    let offset = |l: usize| if l % 2 == 0 { 0.5 } else { 0.0 };
+    let shift = per_level(&|l| (offset(l) / half_l(l)).atanh())?;
+    let bounded =
+        z.broadcast_add(&shift)?.tanh()?.broadcast_mul(&per_level(&half_l)?)?.broadcast_sub(&per_level(&offset)?)?;
+    let noise = Tensor::rand(-0.5f32, 0.5, z.shape(), z.device())?.to_dtype(z.dtype())?;
+    Ok((bounded + noise)?.broadcast_div(&per_level(&|l| (l / 2) as f64)?)?)
 }
 
 /// The LFQ / MAGVIT-v2 code-usage terms, factorised over FSQ's dimensions: each latent of z
@@ -739,6 +767,20 @@ mod tests {
         let spread = loss(&hinged, &x_t, &x_next)? - loss(&plain, &x_t, &x_next)?;
         assert!((spread - by_hand(&x_t, &x_next)?).abs() < 1e-4, "spread batch: {spread}");
         assert!((0.0..extra).contains(&spread), "spread batch: {spread} vs collapsed {extra}");
+        Ok(())
+    }
+
+    #[test]
+    fn noisy_codes_stay_within_half_a_bin_of_the_fsq_codes() -> Result<()> {
+        let levels = [8usize, 5, 5, 5];
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(2);
+        let z = crate::train::rand_from(&mut rng, -3.0, 3.0, (256, 4), &Device::Cpu)?;
+        let (codes, _) = fsq::fsq_quantize(&z, &levels).map_err(kernel_err)?;
+        let noisy = fsq_noisy_codes(&z, &levels)?;
+        // |bounded + u - round(bounded)| <= 1 bin, in code units 1 / half_width.
+        let hw = Tensor::new(&[4f32, 2., 2., 2.], &Device::Cpu)?;
+        let gap = (noisy - &codes)?.abs()?.broadcast_mul(&hw)?.max_all()?.to_scalar::<f32>()?;
+        assert!(gap <= 1.0 + 1e-5 && gap > 0.3, "noisy codes {gap} bins from the rounded ones");
         Ok(())
     }
 
