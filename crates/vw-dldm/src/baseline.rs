@@ -583,7 +583,7 @@ pub fn fsq_noisy_codes(z: &Tensor, levels: &[usize]) -> Result<Tensor> {
         Ok(Tensor::from_vec(v, d, z.device())?.to_dtype(z.dtype())?)
     };
     let half_l = |l: usize| (l as f64 - 1.0) * (1.0 + 1e-3) / 2.0;
-    let offset = |l: usize| if l % 2 == 0 { 0.5 } else { 0.0 };
+    let offset = |l: usize| if l.is_multiple_of(2) { 0.5 } else { 0.0 };
     let shift = per_level(&|l| (offset(l) / half_l(l)).atanh())?;
     let bounded =
         z.broadcast_add(&shift)?.tanh()?.broadcast_mul(&per_level(&half_l)?)?.broadcast_sub(&per_level(&offset)?)?;
