@@ -270,6 +270,61 @@ class _NoSafetyChecker:
         return v
 
 
+def gen_t5_spm():
+    """A T5-format tokenizer (sentencepiece Unigram, Metaspace pre-tokenizer, `</s>` appended,
+    100 `<extra_id_*>` tokens), as `T5TokenizerFast` converts google's `spiece.model` into a
+    `tokenizer.json`: trained on a tiny corpus so the fixture stays a few KB. Reference ids come
+    from transformers with truncation, as the pipeline tokenizes."""
+    import json
+    import tempfile
+
+    import sentencepiece as spm
+    from transformers import T5TokenizerFast
+
+    d = out_dir("t5_spm")
+    corpus = [
+        "A robot arm picks up the red block and places it on the blue one.",
+        "The gripper moves left, then down, and closes around the cube.",
+        "A person pours water from a kettle into a white cup on the table.",
+        "Camera pans slowly over a kitchen counter with apples and a knife.",
+        "Stack the green block on top of the tower, then release the gripper.",
+        "Ten small cars drive along a wet road at night under street lights.",
+    ] * 20
+    with tempfile.TemporaryDirectory() as tmp:
+        txt = os.path.join(tmp, "corpus.txt")
+        with open(txt, "w") as f:
+            f.write("\n".join(corpus))
+        spm.SentencePieceTrainer.train(
+            input=txt, model_prefix=os.path.join(tmp, "spiece"), vocab_size=150, model_type="unigram",
+            pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False,
+        )
+        # transformers 5 builds T5's tokenizer from the (piece, score) list and the normaliser's
+        # precompiled charsmap of the sentencepiece model, as its converter reads them from
+        # google's spiece.model (needs protobuf).
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        with open(os.path.join(tmp, "spiece.model"), "rb") as f:
+            m.ParseFromString(f.read())
+        tok = T5TokenizerFast(
+            vocab=[(p.piece, p.score) for p in m.pieces],
+            _spm_precompiled_charsmap=m.normalizer_spec.precompiled_charsmap,
+        )
+        tk = os.path.join(d, "tokenizer")
+        os.makedirs(tk, exist_ok=True)
+        tok.backend_tokenizer.save(os.path.join(tk, "tokenizer.json"))
+    prompts = [
+        "A robot arm picks up the red block.",
+        "  Unseen words: zebra quokka 12345, émigré!  ",
+        "Stack the green block on top of the tower, then release the gripper and move the arm away.",
+        "",
+    ]
+    max_len = 16
+    ids = [tok(p, max_length=max_len, truncation=True)["input_ids"] for p in prompts]
+    with open(os.path.join(d, "prompts.json"), "w") as f:
+        json.dump({"prompts": prompts, "max_length": max_len, "input_ids": ids}, f, indent=1)
+
+
 def gen_pipeline():
     from diffusers import AutoencoderKLWan, Cosmos2VideoToWorldPipeline, CosmosTransformer3DModel
     from diffusers.pipelines.cosmos import pipeline_cosmos2_video2world as pv
@@ -372,6 +427,7 @@ GENERATORS = {
     "dit_pt": gen_dit_pt,
     "pipeline": gen_pipeline,
     "t5": gen_t5,
+    "t5_spm": gen_t5_spm,
     "vae": gen_vae,
     "dit": lambda: (gen_dit(), gen_dit("dit_learnable_pos", "learnable", num_layers=1, seed=10)),
     "scheduler": gen_scheduler,

@@ -93,3 +93,28 @@ fn seeded_generation_is_deterministic() {
     assert_eq!(common::rel_err(&a, &b), 0.0);
     assert!(common::rel_err(&a, &c) > 1e-3, "another seed gives other latents");
 }
+
+/// A tokenizer in T5's own format (sentencepiece Unigram with nmt_nfkc's precompiled charsmap,
+/// Metaspace, `</s>` appended, 100 `<extra_id_*>` tokens), as transformers builds it from a
+/// `spiece.model` (tools/gen_diffusion_fixtures.py `--only t5_spm`): ids, unknown characters and
+/// truncation as `T5TokenizerFast` gives them.
+#[test]
+fn t5_format_tokenizer_matches_transformers() {
+    let enc = T5TextEncoder::load(
+        &fixture("t5").join("text_encoder"),
+        Some(&fixture("t5_spm").join("tokenizer")),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("t5_spm").join("prompts.json")).unwrap()).unwrap();
+    let max_len = meta["max_length"].as_u64().unwrap() as usize;
+    let prompts = meta["prompts"].as_array().unwrap();
+    let want = meta["input_ids"].as_array().unwrap();
+    assert!(want.iter().any(|w| w.as_array().unwrap().len() == max_len), "a prompt is truncated");
+    for (i, (p, w)) in prompts.iter().zip(want).enumerate() {
+        let w: Vec<u32> = w.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(enc.tokenize(p.as_str().unwrap(), max_len).unwrap(), w, "prompt {i}: {p}");
+    }
+}
