@@ -5,7 +5,9 @@ Every component is built with a TINY config and seeded random weights, saved in 
 loader reads (config.json + safetensors, exactly what `save_pretrained` writes), together with
 `io.safetensors` holding fixed inputs and the reference outputs computed here in float32 on CPU.
 
-    /work/.venv-torch/bin/python tools/gen_diffusion_fixtures.py [--only dit,scheduler,vae,t5,pipeline]
+    /work/.venv-torch/bin/python tools/gen_diffusion_fixtures.py [--only dit,scheduler,vae,t5,t5_spm,pipeline]
+
+Needs torch, torchvision, diffusers and transformers (pip, CPU); `t5_spm` also sentencepiece and protobuf.
 
 Outputs go to crates/vw-diffusion/tests/fixtures/<component>/ (each file well under 2 MB).
 """
