@@ -574,21 +574,10 @@ impl TinyLdm {
 /// FSQ's bound of z (..., D) plus uniform noise of one bin, divided by the half width: the codes
 /// FSQ would give with the rounding replaced by noise (see `TinyLdmConfig::quant_noise`).
 pub fn fsq_noisy_codes(z: &Tensor, levels: &[usize]) -> Result<Tensor> {
-    let d = levels.len();
-    if z.rank() < 1 || z.dim(z.rank() - 1)? != d {
-        return Err(crate::Error::Invalid(format!("fsq_noisy_codes: z {:?} vs levels {levels:?}", z.shape())));
-    }
-    let per_level = |f: &dyn Fn(usize) -> f64| -> Result<Tensor> {
-        let v: Vec<f32> = levels.iter().map(|&l| f(l) as f32).collect();
-        Ok(Tensor::from_vec(v, d, z.device())?.to_dtype(z.dtype())?)
-    };
-    let half_l = |l: usize| (l as f64 - 1.0) * (1.0 + 1e-3) / 2.0;
-    let offset = |l: usize| if l.is_multiple_of(2) { 0.5 } else { 0.0 };
-    let shift = per_level(&|l| (offset(l) / half_l(l)).atanh())?;
-    let bounded =
-        z.broadcast_add(&shift)?.tanh()?.broadcast_mul(&per_level(&half_l)?)?.broadcast_sub(&per_level(&offset)?)?;
-    let noise = Tensor::rand(-0.5f32, 0.5, z.shape(), z.device())?.to_dtype(z.dtype())?;
-    Ok((bounded + noise)?.broadcast_div(&per_level(&|l| (l / 2) as f64)?)?)
+    let bounded = fsq::fsq_bound(z, levels).map_err(kernel_err)?;
+    let noise = Tensor::rand(-0.5f32, 0.5, bounded.shape(), z.device())?;
+    let hw = fsq::half_widths(levels, z.device()).map_err(kernel_err)?;
+    Ok((bounded + noise)?.broadcast_div(&hw)?.to_dtype(z.dtype())?)
 }
 
 /// The LFQ / MAGVIT-v2 code-usage terms, factorised over FSQ's dimensions: each latent of z
@@ -604,14 +593,11 @@ pub fn fsq_entropy_terms(z: &Tensor, levels: &[usize], temperature: f64) -> Resu
         return Err(crate::Error::Invalid(format!("fsq_entropy_terms: z {:?} vs levels {levels:?}", z.shape())));
     }
     let flat = z.flatten_to(z.rank() - 2)?;
+    let bounded = fsq::fsq_bound(&flat, levels).map_err(kernel_err)?.to_dtype(z.dtype())?;
     let (mut per_sample, mut batch) =
         (Tensor::zeros((), z.dtype(), z.device())?, Tensor::zeros((), z.dtype(), z.device())?);
     for (i, &l) in levels.iter().enumerate() {
-        // FSQ's bound for this level count (vw_tensor_kernels::fsq): tanh(z + shift) * half_l - offset.
-        let half_l = (l as f64 - 1.0) * (1.0 + 1e-3) / 2.0;
-        let offset = if l % 2 == 0 { 0.5 } else { 0.0 };
-        let shift = (offset / half_l).atanh();
-        let b = ((flat.narrow(1, i, 1)? + shift)?.tanh()? * half_l)?.affine(1.0, -offset)?;
+        let b = bounded.narrow(1, i, 1)?;
         let lo = -((l / 2) as f64);
         let grid: Vec<f32> = (0..l).map(|k| (lo + k as f64) as f32).collect();
         let grid = Tensor::from_vec(grid, (1, l), z.device())?.to_dtype(z.dtype())?;

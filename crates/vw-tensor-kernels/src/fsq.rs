@@ -44,6 +44,23 @@ fn level_tensor(levels: &[usize], col: usize, dev: &candle_core::Device) -> Resu
     Ok(Tensor::from_vec(v, levels.len(), dev)?)
 }
 
+/// FSQ's bound of z (..., D), D = levels.len(): `tanh(z + shift) * half_l - offset` per level, in
+/// f32 and differentiable; rounding it gives each latent's level, dividing by [`half_widths`] a code.
+pub fn fsq_bound(z: &Tensor, levels: &[usize]) -> Result<Tensor> {
+    if z.dims().last() != Some(&levels.len()) {
+        return Err(shape_err("fsq_bound", format!("z {:?} needs a last dim of {} levels", z.dims(), levels.len())));
+    }
+    let dev = z.device();
+    let (half_l, offset, shift) =
+        (level_tensor(levels, 0, dev)?, level_tensor(levels, 1, dev)?, level_tensor(levels, 2, dev)?);
+    Ok(z.to_dtype(DType::F32)?.broadcast_add(&shift)?.tanh()?.broadcast_mul(&half_l)?.broadcast_sub(&offset)?)
+}
+
+/// The half widths `level / 2` (f32, (D,)) that map a rounded [`fsq_bound`] into [-1, 1].
+pub fn half_widths(levels: &[usize], dev: &candle_core::Device) -> Result<Tensor> {
+    level_tensor(levels, 3, dev)
+}
+
 /// Quantises z (..., D) with D = levels.len(): returns the straight-through codes in [-1, 1]
 /// (z's dtype; gradient flows through the tanh bound) and the code indices (u32, shape (...)).
 pub fn fsq_quantize(z: &Tensor, levels: &[usize]) -> Result<(Tensor, Tensor)> {
@@ -65,11 +82,8 @@ pub fn fsq_quantize(z: &Tensor, levels: &[usize]) -> Result<(Tensor, Tensor)> {
 /// Composed candle FSQ (differentiable codes, straight-through round); indices via f32 sums.
 pub fn composed(z: &Tensor, levels: &[usize]) -> Result<(Tensor, Tensor)> {
     let dev = z.device();
-    let zf = z.to_dtype(DType::F32)?;
-    let (half_l, offset, shift) =
-        (level_tensor(levels, 0, dev)?, level_tensor(levels, 1, dev)?, level_tensor(levels, 2, dev)?);
-    let (hw, basis) = (level_tensor(levels, 3, dev)?, level_tensor(levels, 4, dev)?);
-    let bounded = zf.broadcast_add(&shift)?.tanh()?.broadcast_mul(&half_l)?.broadcast_sub(&offset)?;
+    let (hw, basis) = (half_widths(levels, dev)?, level_tensor(levels, 4, dev)?);
+    let bounded = fsq_bound(z, levels)?;
     let rounded = bounded.detach().round()?;
     let ste = (&bounded + (&rounded - bounded.detach())?)?;
     let codes = ste.broadcast_div(&hw)?.to_dtype(z.dtype())?;
