@@ -2,7 +2,8 @@
 //!
 //! Trains (or loads, with `--reuse`) the tiny dLDM and the VideoWorld-1-style baseline on CraftWorld
 //! train-split episodes, encodes held-out episodes of the *test-appearance* split (other textures,
-//! light, camera, distractors), fits a linear probe (multinomial logistic regression on one-hot codes)
+//! light, camera, distractors), fits a linear probe (multinomial logistic regression on the one-hot FSQ
+//! digits of the codes, or on one-hot whole codes with `--probe onehot`)
 //! from the codes of each transition to its ground-truth action label (9 directions x gripper) on the
 //! train-split codes, and reports its accuracy on the held-out appearance for both models.
 //!
@@ -10,6 +11,8 @@
 //! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--reuse] [--stage2]
 //!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
 //!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
+//!     [--probe digits|onehot] [--play FRAMES]
+//!     [--jitter J] [--texture STD]
 //! ```
 
 use anyhow::Context;
@@ -46,6 +49,10 @@ struct Args {
     only: Option<String>,
     batch: Option<usize>,
     lr: Option<f64>,
+    onehot_probe: bool,
+    play: Option<usize>,
+    jitter: Option<f32>,
+    texture: Option<f32>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -67,6 +74,10 @@ fn parse() -> anyhow::Result<Args> {
         only: None,
         batch: None,
         lr: None,
+        onehot_probe: false,
+        play: None,
+        jitter: None,
+        texture: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -96,24 +107,38 @@ fn parse() -> anyhow::Result<Args> {
             "--only" => a.only = Some(val()?),
             "--batch" => a.batch = Some(val()?.parse()?),
             "--lr" => a.lr = Some(val()?.parse()?),
+            "--play" => a.play = Some(val()?.parse()?),
+            "--jitter" => a.jitter = Some(val()?.parse()?),
+            "--texture" => a.texture = Some(val()?.parse()?),
+            "--probe" => {
+                a.onehot_probe = match val()?.as_str() {
+                    "digits" => false,
+                    "onehot" => true,
+                    other => anyhow::bail!("--probe {other}: expected digits or onehot"),
+                }
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
     Ok(a)
 }
 
-fn features(c: &CodesFile) -> anyhow::Result<(ProbeFeatures, Vec<usize>)> {
-    let x = ProbeFeatures::one_hot(&c.codes, c.vocab_size)?;
+/// Probe features of a codes file: the FSQ digits of each code (`levels` given), else one-hot codes.
+fn features(c: &CodesFile, levels: Option<&[usize]>) -> anyhow::Result<(ProbeFeatures, Vec<usize>)> {
+    let x = match levels {
+        Some(l) => ProbeFeatures::fsq_digits(&c.codes, l)?,
+        None => ProbeFeatures::one_hot(&c.codes, c.vocab_size)?,
+    };
     Ok((x, c.action_label.iter().map(|&l| l as usize).collect()))
 }
 
 /// Probe fit on `train` codes, scored on each of `tests`.
-fn probe(train: &CodesFile, tests: &[&CodesFile]) -> anyhow::Result<Vec<ProbeReport>> {
-    let (xtr, ytr) = features(train)?;
+fn probe(train: &CodesFile, tests: &[&CodesFile], levels: Option<&[usize]>) -> anyhow::Result<Vec<ProbeReport>> {
+    let (xtr, ytr) = features(train, levels)?;
     tests
         .iter()
         .map(|t| {
-            let (xte, yte) = features(t)?;
+            let (xte, yte) = features(t, levels)?;
             Ok(probe_accuracy((&xtr, &ytr), (&xte, &yte), NUM_ACTION_CLASSES, ProbeConfig::default())?)
         })
         .collect()
@@ -137,16 +162,19 @@ fn evaluate(
     test_n: usize,
     train_s: f64,
     out: &Path,
+    levels: Option<&[usize]>,
 ) -> anyhow::Result<Row> {
     let dev = candle_core::Device::Cpu;
-    let train = encode_transitions(model, &Transitions::render(data, Split::Train, &dev)?)?;
+    // The probe is fit on the expert's train episodes even when the model trained on play.
+    let expert = CraftData { play_frames: 0, ..data.clone() };
+    let train = encode_transitions(model, &Transitions::render(&expert, Split::Train, &dev)?)?;
     // Held-out episodes: new seeds (new recipes and layouts), in both appearances.
-    let held = CraftData { episodes: test_n, first_seed: 100_000, ..data.clone() };
+    let held = CraftData { episodes: test_n, first_seed: 100_000, play_frames: 0, ..data.clone() };
     let same = encode_transitions(model, &Transitions::render(&held, Split::Train, &dev)?)?;
     let other = encode_transitions(model, &Transitions::render(&held, Split::TestAppearance, &dev)?)?;
     train.save(&out.join(format!("{name}_codes_train.safetensors")))?;
     other.save(&out.join(format!("{name}_codes_test_appearance.safetensors")))?;
-    let reports = probe(&train, &[&same, &other])?;
+    let reports = probe(&train, &[&same, &other], levels)?;
     Ok(Row { name, train_s, reports, distinct: distinct_codes(&train) })
 }
 
@@ -182,6 +210,15 @@ fn main() -> anyhow::Result<()> {
         if let Some(b) = args.batch {
             cfg.train.batch_size = b;
         }
+        if let Some(j) = args.jitter {
+            cfg.augment.color_jitter = j;
+        }
+        if let Some(t) = args.texture {
+            cfg.augment.static_noise = t;
+        }
+        if let Some(n) = args.play {
+            cfg.data.play_frames = n;
+        }
         if let Some(lr) = args.lr {
             cfg.train.optim.lr = lr;
         }
@@ -203,7 +240,8 @@ fn main() -> anyhow::Result<()> {
         };
         let secs = t0.elapsed().as_secs_f64();
         eprintln!("{name}: trained/loaded in {secs:.1} s");
-        rows.push(evaluate(name, &model, &cfg.data, args.test_episodes, secs, &args.out)?);
+        let levels = (!args.onehot_probe).then_some(&cfg.model.levels[..]);
+        rows.push(evaluate(name, &model, &cfg.data, args.test_episodes, secs, &args.out, levels)?);
     }
     if args.stage2 {
         let mut cfg = Stage2Config::tiny();
@@ -217,7 +255,8 @@ fn main() -> anyhow::Result<()> {
             train_stage2(&cfg, Some(&args.out.join("dldm")), &dir, false, &dev, true)?
         };
         let secs = t0.elapsed().as_secs_f64();
-        rows.push(evaluate("dldm_stage2", &model, &cfg.data, args.test_episodes, secs, &args.out)?);
+        let levels = (!args.onehot_probe).then_some(&cfg.model.levels[..]);
+        rows.push(evaluate("dldm_stage2", &model, &cfg.data, args.test_episodes, secs, &args.out, levels)?);
     }
     let mut md = String::from(
         "| model | train s | distinct codes (train) | probe acc. train codes | held-out episodes, train appearance | held-out episodes, **held-out appearance** | majority class |\n|---|---|---|---|---|---|---|\n",

@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             println!("step {step} ce {:.4}", loss.to_scalar::<f32>()?);
         }
     }
-    let held = CraftData { episodes: 16, first_seed: 100_000, ..s1.data.clone() };
+    let held = CraftData { episodes: 16, first_seed: 100_000, play_frames: 0, ..s1.data.clone() };
     for split in [Split::Train, Split::TestAppearance] {
         let t = Transitions::render(&held, split, &dev)?;
         println!("{arch:?} {split}: held-out accuracy {:.3}", accuracy(&model, &head, &t)?);

@@ -37,6 +37,35 @@ impl ProbeFeatures {
         Ok(Self { rows, dim: q * vocab })
     }
 
+    /// One-hot features of the FSQ digits of discrete codes: code `c` of query `q` sets one feature
+    /// per level `k` (its digit `index_digits(c)[k]`), so codes that share a digit share its weight.
+    /// This is a linear probe on the code vector itself; [`Self::one_hot`] treats every code as
+    /// unrelated to every other, so a code never seen while fitting carries nothing.
+    pub fn fsq_digits(codes: &[Vec<u32>], levels: &[usize]) -> Result<Self> {
+        let vocab: usize = levels.iter().product();
+        let per_query: usize = levels.iter().sum();
+        let q = codes.first().map_or(0, |c| c.len());
+        let mut rows = Vec::with_capacity(codes.len());
+        for (i, c) in codes.iter().enumerate() {
+            if c.len() != q {
+                return Err(Error::Invalid(format!("example {i} has {} codes, the first has {q}", c.len())));
+            }
+            let mut row = Vec::with_capacity(q * levels.len());
+            for (j, &v) in c.iter().enumerate() {
+                if v as usize >= vocab {
+                    return Err(Error::Invalid(format!("code {v} of example {i} is outside the vocabulary {vocab}")));
+                }
+                let mut base = j * per_query;
+                for (d, &l) in vw_tensor_kernels::fsq::index_digits(v, levels).into_iter().zip(levels) {
+                    row.push((base + d, 1.0));
+                    base += l;
+                }
+            }
+            rows.push(row);
+        }
+        Ok(Self { rows, dim: q * per_query })
+    }
+
     /// Dense features, `x[i]` of length `dim` each.
     pub fn dense(x: &[Vec<f32>]) -> Result<Self> {
         let dim = x.first().map_or(0, |r| r.len());
@@ -259,5 +288,36 @@ mod tests {
         let x = ProbeFeatures::dense(&[vec![1.0], vec![0.0]]).unwrap();
         assert!(LinearProbe::fit(&x, &[0], 2, ProbeConfig::default()).is_err());
         assert!(LinearProbe::fit(&x, &[0, 2], 2, ProbeConfig::default()).is_err());
+    }
+
+    #[test]
+    fn digit_features_generalise_to_unseen_codes_where_one_hot_cannot() {
+        // Levels [4, 3]: label = the first digit. Train on codes whose second digit is 0 or 1, test on
+        // second digit 2: every test code is new, but its first digit is not.
+        let levels = [4usize, 3];
+        let code = |a: u32, b: u32| a + 4 * b;
+        let train: Vec<Vec<u32>> = (0..40).map(|i| vec![code(i % 4, (i / 4) % 2)]).collect();
+        let ytr: Vec<usize> = (0..40).map(|i| i % 4).collect();
+        let test: Vec<Vec<u32>> = (0..4).map(|a| vec![code(a, 2)]).collect();
+        let yte: Vec<usize> = (0..4).collect();
+        let cfg = ProbeConfig::default();
+        let digits = probe_accuracy(
+            (&ProbeFeatures::fsq_digits(&train, &levels).unwrap(), &ytr),
+            (&ProbeFeatures::fsq_digits(&test, &levels).unwrap(), &yte),
+            4,
+            cfg,
+        )
+        .unwrap();
+        let one_hot = probe_accuracy(
+            (&ProbeFeatures::one_hot(&train, 12).unwrap(), &ytr),
+            (&ProbeFeatures::one_hot(&test, 12).unwrap(), &yte),
+            4,
+            cfg,
+        )
+        .unwrap();
+        assert_eq!(digits.test_accuracy, 1.0);
+        assert!(one_hot.test_accuracy <= 0.25 + 1e-9, "{}", one_hot.test_accuracy);
+        assert_eq!(ProbeFeatures::fsq_digits(&[vec![5]], &levels).unwrap().rows[0], vec![(1, 1.0), (4 + 1, 1.0)]);
+        assert!(ProbeFeatures::fsq_digits(&[vec![12]], &levels).is_err());
     }
 }

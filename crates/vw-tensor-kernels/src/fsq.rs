@@ -34,6 +34,20 @@ pub(crate) fn level_constants(levels: &[usize]) -> Result<Vec<[f64; 5]>> {
     Ok(out)
 }
 
+/// The per-level digits of a code index (mixed radix, the first level least significant — the
+/// convention of [`fsq_quantize`]'s indices): `digits[k]` is in `0..levels[k]`.
+pub fn index_digits(index: u32, levels: &[usize]) -> Vec<usize> {
+    let mut rest = index as usize;
+    levels
+        .iter()
+        .map(|&l| {
+            let d = rest % l;
+            rest /= l;
+            d
+        })
+        .collect()
+}
+
 /// Number of codes of `levels` (their product).
 pub fn codebook_size(levels: &[usize]) -> usize {
     levels.iter().product()
@@ -208,9 +222,8 @@ pub fn reference_decode(idx: &[u32], levels: &[usize]) -> Result<Vec<f32>> {
     let c = level_constants(levels)?;
     let mut out = Vec::with_capacity(idx.len() * levels.len());
     for &i in idx {
-        for (k, &l) in levels.iter().enumerate() {
+        for (k, digit) in index_digits(i, levels).into_iter().enumerate() {
             let hw = c[k][3] as f32;
-            let digit = (i as usize / c[k][4] as usize) % l;
             out.push((digit as f32 - hw) / hw);
         }
     }

@@ -92,12 +92,12 @@ pub struct StepSpan {
 /// Times (fractions of a step) at which the segments end: reach, descend, lift, carry, lower, retreat.
 const SEGMENT_END: [f32; 6] = [0.25, 0.375, 0.5, 0.75, 0.875, 1.0];
 
-fn smoothstep(t: f32) -> f32 {
+pub(crate) fn smoothstep(t: f32) -> f32 {
     let t = t.clamp(0.0, 1.0);
     t * t * (3.0 - 2.0 * t)
 }
 
-fn lerp(a: (f32, f32), b: (f32, f32), t: f32) -> (f32, f32) {
+pub(crate) fn lerp(a: (f32, f32), b: (f32, f32), t: f32) -> (f32, f32) {
     (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t)
 }
 
@@ -164,7 +164,14 @@ pub(crate) fn rollout(
         spans.push(StepSpan { start_frame: start, end_frame: states.len() - 1 });
         before = states[states.len() - 1].clone();
     }
-    let truth = (0..states.len())
+    let truth = frame_truths(&states, &truth_parts);
+    (states, truth, spans)
+}
+
+/// The ground truth of every state of a trajectory: the action from each state to the next (the last
+/// gets "stay" with an unchanged gripper) and its `(step, steps_done, phase)`.
+pub(crate) fn frame_truths(states: &[SceneState], parts: &[(usize, usize, Phase)]) -> Vec<FrameTruth> {
+    (0..states.len())
         .map(|t| {
             let next = states.get(t + 1).unwrap_or(&states[t]);
             let action = Action {
@@ -172,11 +179,10 @@ pub(crate) fn rollout(
                 dy: next.hand.1 - states[t].hand.1,
                 grip: u8::from(next.closed),
             };
-            let (step, steps_done, phase) = truth_parts[t];
+            let (step, steps_done, phase) = parts[t];
             FrameTruth { step, steps_done, phase, scene: states[t].clone(), action, action_label: action.label() }
         })
-        .collect();
-    (states, truth, spans)
+        .collect()
 }
 
 #[cfg(test)]

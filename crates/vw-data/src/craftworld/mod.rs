@@ -27,6 +27,7 @@
 
 mod expert;
 mod judge;
+mod play;
 mod recipe;
 mod render;
 mod scene;
@@ -34,6 +35,7 @@ mod writer;
 
 pub use expert::{Action, FrameTruth, Phase, StepSpan, NUM_ACTION_CLASSES, STAY_EPS};
 pub use judge::Judge;
+pub use play::generate_play_episode;
 pub use recipe::{BlockId, Cell, Placement, Recipe, Structure, BLOCK_NAMES, GLYPH_NAMES, NUM_BLOCKS, PALETTE_HSV};
 pub use render::{render, Renderer};
 pub use scene::{

@@ -5,7 +5,7 @@ use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use vw_data::craftworld::{generate_episode, CraftConfig, Episode, Split};
+use vw_data::craftworld::{generate_episode, generate_play_episode, CraftConfig, Episode, Split};
 
 /// Which episodes to render.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -17,11 +17,15 @@ pub struct CraftData {
     pub episodes: usize,
     /// Seed of the first episode; episode i has seed `first_seed + i`.
     pub first_seed: u64,
+    /// 0: the scripted expert's episodes. N > 0: play episodes of N frames instead
+    /// (`vw_data::craftworld::generate_play_episode`: random moves whose next motion the current
+    /// frame does not give away). Probes always score expert episodes.
+    pub play_frames: usize,
 }
 
 impl Default for CraftData {
     fn default() -> Self {
-        Self { world: CraftConfig::default(), episodes: 48, first_seed: 0 }
+        Self { world: CraftConfig::default(), episodes: 48, first_seed: 0, play_frames: 0 }
     }
 }
 
@@ -50,8 +54,12 @@ impl Transitions {
     pub fn render(data: &CraftData, split: Split, device: &Device) -> Result<Self> {
         let eps = (0..data.episodes)
             .map(|i| {
-                generate_episode(&data.world, split, data.first_seed + i as u64)
-                    .map_err(|e| Error::Invalid(format!("CraftWorld episode {}: {e}", data.first_seed + i as u64)))
+                let seed = data.first_seed + i as u64;
+                match data.play_frames {
+                    0 => generate_episode(&data.world, split, seed),
+                    n => generate_play_episode(&data.world, split, seed, n),
+                }
+                .map_err(|e| Error::Invalid(format!("CraftWorld episode {}: {e}", data.first_seed + i as u64)))
             })
             .collect::<Result<Vec<Episode>>>()?;
         Self::from_episodes(&eps, device)
@@ -130,5 +138,115 @@ impl Transitions {
         let start: usize = self.frames_per_episode[..e].iter().sum();
         let t = self.frames_per_episode[e];
         Ok(self.frames.narrow(0, start, t)?.transpose(0, 1)?.unsqueeze(0)?)
+    }
+}
+
+/// Training-time appearance augmentation of transition pairs: the same random change of look is
+/// applied to x_t and x_{t+1} of a pair, so the motion between them is untouched and only what the
+/// scene looks like varies. Off (all zero) by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Augment {
+    /// Per-channel gain in `1 ± color_jitter` and offset in `± color_jitter` (tinted light).
+    pub color_jitter: f32,
+    /// Std of a static texture added to both frames: pixel noise plus 4x4-block noise.
+    pub static_noise: f32,
+}
+
+impl Augment {
+    /// Whether it changes anything.
+    pub fn is_off(&self) -> bool {
+        self.color_jitter == 0.0 && self.static_noise == 0.0
+    }
+
+    /// Augments rows `rows` of a global batch of `batch` pairs: the parameters of all `batch` pairs are
+    /// drawn from `rng` (so every data-parallel rank draws the same) and this shard's are applied.
+    pub fn apply(
+        &self,
+        x_t: &Tensor,
+        x_next: &Tensor,
+        rng: &mut impl Rng,
+        batch: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(Tensor, Tensor)> {
+        if self.is_off() {
+            return Ok((x_t.clone(), x_next.clone()));
+        }
+        let (n, c, h, w) = x_t.dims4()?;
+        if n != rows.len() || rows.end > batch || x_next.dims4()? != (n, c, h, w) {
+            return Err(Error::Invalid(format!(
+                "augment: pairs {:?} / {:?} do not match rows {rows:?} of a batch of {batch}",
+                x_t.shape(),
+                x_next.shape()
+            )));
+        }
+        let j = self.color_jitter;
+        let mut uni = |k: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..k).map(|_| if hi > lo { rng.random_range(lo..hi) } else { lo }).collect()
+        };
+        let gain = uni(batch * c, 1.0 - j, 1.0 + j);
+        let offset = uni(batch * c, -j, j);
+        // Box-Muller from uniforms keeps this on `Rng` alone.
+        let mut normal = |k: usize| -> Vec<f32> {
+            let u = uni(2 * k, f32::EPSILON, 1.0);
+            (0..k).map(|i| (-2.0 * u[2 * i].ln()).sqrt() * (std::f32::consts::TAU * u[2 * i + 1]).cos()).collect()
+        };
+        let (bh, bw) = (h.div_ceil(4), w.div_ceil(4));
+        let pix = normal(batch * c * h * w);
+        let blocks = normal(batch * c * bh * bw);
+        let dev = x_t.device();
+        let take = |v: Vec<f32>, shape: &[usize]| -> Result<Tensor> {
+            let dims: Vec<usize> = std::iter::once(batch).chain(shape.iter().copied()).collect();
+            Ok(Tensor::from_vec(v, dims, dev)?.narrow(0, rows.start, n)?)
+        };
+        let gain = take(gain, &[c, 1, 1])?.to_dtype(x_t.dtype())?;
+        let offset = take(offset, &[c, 1, 1])?.to_dtype(x_t.dtype())?;
+        let blocks = take(blocks, &[c, bh, bw])?
+            .unsqueeze(3)?
+            .unsqueeze(5)?
+            .broadcast_as((n, c, bh, 4, bw, 4))?
+            .reshape((n, c, bh * 4, bw * 4))?
+            .narrow(2, 0, h)?
+            .narrow(3, 0, w)?;
+        let texture =
+            ((take(pix, &[c, h, w])? + blocks)? * (self.static_noise as f64 / 2f64.sqrt()))?.to_dtype(x_t.dtype())?;
+        let f = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?) };
+        Ok((f(x_t)?, f(x_next)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn augment_changes_the_look_not_the_motion_and_shards_like_the_whole_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let x_t = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
+        let x_next = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
+        let aug = Augment { color_jitter: 0.3, static_noise: 0.1 };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (a, b) = aug.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
+        // Same gain on both frames: the change between them is only scaled, per channel.
+        let d0 = (&x_next - &x_t)?;
+        let d1 = (&b - &a)?;
+        let g = ((&d1 * &d0)?.sum_keepdim((2, 3))? / (&d0 * &d0)?.sum_keepdim((2, 3))?)?;
+        let resid = (&d1 - d0.broadcast_mul(&g)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(resid < 1e-5, "{resid}");
+        for gain in g.flatten_all()?.to_vec1::<f32>()? {
+            assert!((0.69..=1.31).contains(&gain), "{gain}");
+        }
+        assert!((&a - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.05);
+        // Rows 2..4 of a two-rank split see exactly rows 2..4 of the whole batch.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (a2, _) = aug.apply(&x_t.narrow(0, 2, 2)?, &x_next.narrow(0, 2, 2)?, &mut rng, 4, 2..4)?;
+        let diff = (a2 - a.narrow(0, 2, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+        assert!(aug.apply(&x_t, &x_next, &mut rng, 4, 0..2).is_err());
+        let off = Augment::default();
+        let (a3, _) = off.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
+        assert_eq!((a3 - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
     }
 }

@@ -25,6 +25,8 @@ pub struct Stage1Config {
     pub data: CraftData,
     /// Seed of the weight initialisation.
     pub init_seed: u64,
+    /// Appearance augmentation of the training pairs (off by default).
+    pub augment: super::craft::Augment,
 }
 
 impl Default for Stage1Config {
@@ -54,6 +56,7 @@ impl Stage1Config {
             },
             data,
             init_seed: 0,
+            augment: Default::default(),
         }
     }
 
@@ -120,7 +123,9 @@ pub fn train_stage1_in(
     let bs = cfg.train.batch_size;
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         let ids = data.sample_ids(ctx.rng, bs);
-        let (x_t, x_next) = data.pairs(&ids[ctx.shard.range(bs)?])?;
+        let rows = ctx.shard.range(bs)?;
+        let (x_t, x_next) = data.pairs(&ids[rows.clone()])?;
+        let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, ctx.rng, bs, rows)?;
         *ctx.data_pos += bs as u64;
         let (loss, idx) = model.pair_loss_and_codes(&x_t, &x_next)?;
         // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).

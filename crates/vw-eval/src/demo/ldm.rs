@@ -92,7 +92,7 @@ pub fn stage1_config(
 ) -> Stage1Config {
     let mut s = Stage1Config::tiny();
     s.model = kind.model(world.image_size);
-    s.data = CraftData { world: world.clone(), episodes, first_seed };
+    s.data = CraftData { world: world.clone(), episodes, first_seed, play_frames: 0 };
     s.train.total_steps = tc.steps;
     s.train.warmup_steps = tc.warmup.min(tc.steps);
     s.train.batch_size = tc.batch;
