@@ -12,7 +12,7 @@
 //!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
 //!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
 //!     [--probe digits|onehot] [--play FRAMES]
-//!     [--jitter J] [--texture STD]
+//!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only]
 //! ```
 
 use anyhow::Context;
@@ -53,6 +53,8 @@ struct Args {
     play: Option<usize>,
     jitter: Option<f32>,
     texture: Option<f32>,
+    grating: Option<f32>,
+    diff_only: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -78,6 +80,8 @@ fn parse() -> anyhow::Result<Args> {
         play: None,
         jitter: None,
         texture: None,
+        grating: None,
+        diff_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -110,6 +114,8 @@ fn parse() -> anyhow::Result<Args> {
             "--play" => a.play = Some(val()?.parse()?),
             "--jitter" => a.jitter = Some(val()?.parse()?),
             "--texture" => a.texture = Some(val()?.parse()?),
+            "--grating" => a.grating = Some(val()?.parse()?),
+            "--diff-only" => a.diff_only = true,
             "--probe" => {
                 a.onehot_probe = match val()?.as_str() {
                     "digits" => false,
@@ -215,6 +221,12 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(t) = args.texture {
             cfg.augment.static_noise = t;
+        }
+        if args.diff_only {
+            cfg.model.diff_only = true;
+        }
+        if let Some(g) = args.grating {
+            cfg.augment.grating = g;
         }
         if let Some(n) = args.play {
             cfg.data.play_frames = n;

@@ -4,14 +4,15 @@
 //! bound for what a reconstruction-trained encoder of the same architecture can put in its codes.
 //!
 //! ```text
-//! cargo run --release --example encoder_supervised -- STEPS [patch|motion]
+//! cargo run --release --example encoder_supervised -- STEPS [patch|motion|motion-diff] [PLAY_FRAMES] [JITTER] [TEXTURE] [GRATING]
 //! ```
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
+use rand::SeedableRng;
 use vw_data::craftworld::{Split, NUM_ACTION_CLASSES};
 use vw_dldm::baseline::{LdmArch, TinyLdm};
-use vw_dldm::train::craft::{CraftData, Transitions};
+use vw_dldm::train::craft::{Augment, CraftData, Transitions};
 use vw_dldm::train::stage1::Stage1Config;
 
 #[global_allocator]
@@ -32,13 +33,23 @@ fn accuracy(model: &TinyLdm, head: &candle_nn::Linear, data: &Transitions) -> an
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let steps: usize = a.first().map(|s| s.parse()).transpose()?.unwrap_or(200);
-    let arch = match a.get(1).map(String::as_str) {
-        Some("motion") => LdmArch::Motion,
-        _ => LdmArch::Patch,
+    let (arch, diff_only) = match a.get(1).map(String::as_str) {
+        Some("motion") => (LdmArch::Motion, false),
+        Some("motion-diff") => (LdmArch::Motion, true),
+        _ => (LdmArch::Patch, false),
     };
+    let arg = |i: usize| -> anyhow::Result<Option<f32>> { Ok(a.get(i).map(|s| s.parse()).transpose()?) };
+    let play = arg(2)?.unwrap_or(0.0) as usize;
+    let augment = Augment {
+        color_jitter: arg(3)?.unwrap_or(0.0),
+        static_noise: arg(4)?.unwrap_or(0.0),
+        grating: arg(5)?.unwrap_or(0.0),
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let dev = Device::Cpu;
-    let s1 = Stage1Config::tiny();
-    let cfg = vw_dldm::baseline::TinyLdmConfig { arch, ..s1.model.clone() };
+    let mut s1 = Stage1Config::tiny();
+    s1.data.play_frames = play;
+    let cfg = vw_dldm::baseline::TinyLdmConfig { arch, diff_only, ..s1.model.clone() };
     let data = Transitions::render(&s1.data, Split::Train, &dev)?;
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
@@ -57,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         let (x_t, x_next) = data.pairs(&ids)?;
+        let (x_t, x_next) = augment.apply(&x_t, &x_next, &mut rng, 32, 0..32)?;
         let y = Tensor::from_vec(ids.iter().map(|&i| data.labels[i]).collect::<Vec<u32>>(), 32, &dev)?;
         let logits = head.forward(&model.latents(&x_t, &x_next)?.flatten_from(1)?)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;

@@ -124,6 +124,9 @@ pub struct TinyLdmConfig {
     /// and the encoder gets the exact gradient. Codes, indices and inference are unchanged. The
     /// noise comes from candle's unseeded generator: such runs are not bitwise reproducible.
     pub quant_noise: bool,
+    /// The motion encoder's input: the frame pair and their difference (false), or the difference
+    /// x_{t+1} - x_t alone (true), in which everything static, whatever it looks like, is zero.
+    pub diff_only: bool,
 }
 
 impl Default for TinyLdmConfig {
@@ -145,6 +148,7 @@ impl Default for TinyLdmConfig {
             variance_weight: 0.0,
             variance_target: 0.5,
             quant_noise: false,
+            diff_only: false,
         }
     }
 }
@@ -169,6 +173,11 @@ impl TinyLdmConfig {
         }
         if self.levels.is_empty() || self.act_embedding_num == 0 {
             return Err(crate::Error::Invalid("TinyLdm: need FSQ levels and at least one query".into()));
+        }
+        if self.diff_only && self.arch == LdmArch::Patch {
+            return Err(crate::Error::Invalid(
+                "TinyLdm: diff_only needs arch motion or sprite (the patch encoder reads the pair)".into(),
+            ));
         }
         Ok(())
     }

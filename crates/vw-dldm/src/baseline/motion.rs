@@ -38,6 +38,7 @@ pub(super) struct MotionEncoder {
     mlp_out: Linear,
     to_code: Linear,
     dim: usize,
+    diff_only: bool,
 }
 
 impl MotionEncoder {
@@ -45,7 +46,7 @@ impl MotionEncoder {
         let (c, d) = (cfg.channels[2], cfg.dim);
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
         Ok(Self {
-            pyramid: Pyramid::new(9, cfg.channels, vb.pp("conv"))?,
+            pyramid: Pyramid::new(if cfg.diff_only { 3 } else { 9 }, cfg.channels, vb.pp("conv"))?,
             mix: [conv3(c, d, vb.pp("mix.0"))?, conv3(d, d, vb.pp("mix.1"))?],
             queries: vb.get_with_hints((cfg.act_embedding_num, d), "queries", init)?,
             q: linear(d, d, vb.pp("qformer.q"))?,
@@ -56,13 +57,14 @@ impl MotionEncoder {
             mlp_out: linear(2 * d, d, vb.pp("qformer.mlp_out"))?,
             to_code: linear(d, cfg.levels.len(), vb.pp("to_code"))?,
             dim: d,
+            diff_only: cfg.diff_only,
         })
     }
 
     /// x_t, x_next: (N, 3, H, W) -> pre-quantisation latents (N, Q, code_dim).
     pub(super) fn forward(&self, x_t: &Tensor, x_next: &Tensor) -> Result<Tensor> {
         let diff = (x_next - x_t)?;
-        let inp = Tensor::cat(&[x_t, x_next, &diff], 1)?;
+        let inp = if self.diff_only { diff } else { Tensor::cat(&[x_t, x_next, &diff], 1)? };
         let mut f = self.pyramid.forward(&inp)?.pop().ok_or_else(|| crate::Error::Invalid("empty pyramid".into()))?;
         for m in &self.mix {
             f = m.forward(&f)?.silu()?;

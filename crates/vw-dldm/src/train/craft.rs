@@ -151,12 +151,15 @@ pub struct Augment {
     pub color_jitter: f32,
     /// Std of a static texture added to both frames: pixel noise plus 4x4-block noise.
     pub static_noise: f32,
+    /// Largest per-channel amplitude of a static grating (stripes of random orientation, period
+    /// 3-16 px and phase) added to both frames. 0 = none.
+    pub grating: f32,
 }
 
 impl Augment {
     /// Whether it changes anything.
     pub fn is_off(&self) -> bool {
-        self.color_jitter == 0.0 && self.static_noise == 0.0
+        self.color_jitter == 0.0 && self.static_noise == 0.0 && self.grating == 0.0
     }
 
     /// Augments rows `rows` of a global batch of `batch` pairs: the parameters of all `batch` pairs are
@@ -208,8 +211,35 @@ impl Augment {
             .reshape((n, c, bh * 4, bw * 4))?
             .narrow(2, 0, h)?
             .narrow(3, 0, w)?;
-        let texture =
-            ((take(pix, &[c, h, w])? + blocks)? * (self.static_noise as f64 / 2f64.sqrt()))?.to_dtype(x_t.dtype())?;
+        let mut texture = ((take(pix, &[c, h, w])? + blocks)? * (self.static_noise as f64 / 2f64.sqrt()))?;
+        if self.grating > 0.0 {
+            // Drawn only when on, so runs without it draw exactly what they did before it existed.
+            let params: Vec<[f32; 4]> = (0..batch)
+                .map(|_| {
+                    let [theta, period, phase] = [
+                        uni(1, 0.0, std::f32::consts::PI)[0],
+                        uni(1, 3.0, 16.0)[0],
+                        uni(1, 0.0, std::f32::consts::TAU)[0],
+                    ];
+                    [theta.cos() / period, theta.sin() / period, phase, 0.0]
+                })
+                .collect();
+            let amps = uni(batch * c, 0.0, self.grating);
+            let mut g = Vec::with_capacity(n * c * h * w);
+            for r in rows.clone() {
+                let [fx, fy, phase, _] = params[r];
+                for ch in 0..c {
+                    let a = amps[r * c + ch];
+                    for y in 0..h {
+                        for x in 0..w {
+                            g.push(a * (std::f32::consts::TAU * (fx * x as f32 + fy * y as f32) + phase).sin());
+                        }
+                    }
+                }
+            }
+            texture = (texture + Tensor::from_vec(g, (n, c, h, w), dev)?)?;
+        }
+        let texture = texture.to_dtype(x_t.dtype())?;
         let f = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?) };
         Ok((f(x_t)?, f(x_next)?))
     }
@@ -225,7 +255,7 @@ mod tests {
         let dev = Device::Cpu;
         let x_t = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
         let x_next = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
-        let aug = Augment { color_jitter: 0.3, static_noise: 0.1 };
+        let aug = Augment { color_jitter: 0.3, static_noise: 0.1, grating: 0.2 };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let (a, b) = aug.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
         // Same gain on both frames: the change between them is only scaled, per channel.
