@@ -16,16 +16,21 @@ struct FsqParams {
   int d;
   int levels[8];
   float half_l[8], offset[8], shift[8], hw[8], basis[8];
-  float thr[8][FSQ_MAX_STEPS];      // ascending step thresholds, NaN-padded (never taken)
-  float val[8][FSQ_MAX_STEPS + 1];  // rounded level below the first threshold, then after each
+  float thr[8][FSQ_MAX_STEPS];  // ascending step thresholds, NaN-padded (never passed)
+  // The level after passing c thresholds is base + c, except that the zero level is split in two:
+  // c == zneg gives -0, c > zneg gives base + c - 1 (zneg = 1e9 where no -0 occurs).
+  float base[8], zneg[8];
 };
 
-// Rounded level of channel i read off the first S thresholds (NaN stays NaN, as in the reference).
+// Rounded level of channel i from the number of the first S thresholds that v reaches (NaN stays
+// NaN, as in the reference). Counted in float (exact small integers) with no table lookup: a
+// per-lane index into the parameters compiles to serialised LDC loads.
 template <int S>
 __device__ __forceinline__ float fsq_level(float v, const FsqParams& p, int i) {
-  float q = p.val[i][0];
+  float c = 0.f;
 #pragma unroll
-  for (int j = 0; j < S; ++j) q = v >= p.thr[i][j] ? p.val[i][j + 1] : q;
+  for (int j = 0; j < S; ++j) c += v >= p.thr[i][j] ? 1.f : 0.f;
+  const float q = c == p.zneg[i] ? -0.f : p.base[i] + c - (c > p.zneg[i] ? 1.f : 0.f);
   return v != v ? v : q;
 }
 

@@ -618,7 +618,8 @@ struct FsqParams {
     hw: [f32; 8],
     basis: [f32; 8],
     thr: [[f32; FSQ_MAX_STEPS]; 8],
-    val: [[f32; FSQ_MAX_STEPS + 1]; 8],
+    base: [f32; 8],
+    zneg: [f32; 8],
 }
 // SAFETY: plain old data with the C layout the kernel expects.
 unsafe impl DeviceRepr for FsqParams {}
@@ -647,19 +648,27 @@ fn fsq_params(levels: &[usize]) -> Result<(FsqParams, Option<usize>)> {
         hw: [1.; 8],
         basis: [1.; 8],
         thr: [[f32::NAN; FSQ_MAX_STEPS]; 8],
-        val: [[0.; FSQ_MAX_STEPS + 1]; 8],
+        base: [0.; 8],
+        zneg: [1e9; 8],
     };
     for (i, (l, k)) in levels.iter().zip(c).enumerate() {
         p.levels[i] = *l as i32;
         [p.half_l[i], p.offset[i], p.shift[i], p.hw[i], p.basis[i]] = k.map(|v| v as f32);
     }
-    let steps = crate::fsq::level_steps(levels)
-        .ok()
-        .filter(|s| s.iter().all(|s| s.thresholds.len() <= FSQ_MAX_STEPS));
+    // The kernel computes the level from the count of thresholds passed (see `fsq_level`); take
+    // that path only where it reproduces every value of the steps, bit for bit.
+    let counted = |s: &crate::fsq::LevelSteps| -> Option<(f32, f32)> {
+        let base = s.values[0];
+        let zneg = s.values.iter().position(|v| v.to_bits() == (-0f32).to_bits()).map_or(1e9, |z| z as f32);
+        let level = |c: f32| if c == zneg { -0.0 } else { base + c - if c > zneg { 1.0 } else { 0.0 } };
+        let ok = s.values.iter().enumerate().all(|(c, v)| level(c as f32).to_bits() == v.to_bits());
+        (ok && s.thresholds.len() <= FSQ_MAX_STEPS).then_some((base, zneg))
+    };
+    let steps = crate::fsq::level_steps(levels).ok().filter(|s| s.iter().all(|s| counted(s).is_some()));
     let max_steps = steps.map(|steps| {
         for (i, s) in steps.iter().enumerate() {
             p.thr[i][..s.thresholds.len()].copy_from_slice(&s.thresholds);
-            p.val[i][..s.values.len()].copy_from_slice(&s.values);
+            (p.base[i], p.zneg[i]) = counted(s).unwrap_or((0.0, 1e9));
         }
         steps.iter().map(|s| s.thresholds.len()).max().unwrap_or(0)
     });
