@@ -16,15 +16,17 @@ struct FsqParams {
   int d;
   int levels[8];
   float half_l[8], offset[8], shift[8], hw[8], basis[8];
-  float thr[8][FSQ_MAX_STEPS];  // ascending step thresholds, NaN-padded (never passed)
-  // The level after passing c thresholds is base + c, except that the zero level is split in two:
+  float thr[8][FSQ_MAX_STEPS];   // ascending steps of the rounded level, NaN-padded (never passed)
+  float dthr[8][FSQ_MAX_STEPS];  // the same without the -0 -> +0 step: steps of the digit q + hw
+  // The level after passing c steps is base + c, except that the zero level is split in two:
   // c == zneg gives -0, c > zneg gives base + c - 1 (zneg = 1e9 where no -0 occurs).
   float base[8], zneg[8];
+  float inv_hw[8];  // RN(1 / hw)
 };
 
-// Rounded level of channel i from the number of the first S thresholds that v reaches (NaN stays
-// NaN, as in the reference). Counted in float (exact small integers) with no table lookup: a
-// per-lane index into the parameters compiles to serialised LDC loads.
+// Rounded level of channel i from the number of the first S steps that v reaches (NaN stays NaN, as
+// in the reference). Counted in float (exact small integers) with no table lookup: a per-lane index
+// into the parameters compiles to serialised LDC loads.
 template <int S>
 __device__ __forceinline__ float fsq_level(float v, const FsqParams& p, int i) {
   float c = 0.f;
@@ -32,6 +34,26 @@ __device__ __forceinline__ float fsq_level(float v, const FsqParams& p, int i) {
   for (int j = 0; j < S; ++j) c += v >= p.thr[i][j] ? 1.f : 0.f;
   const float q = c == p.zneg[i] ? -0.f : p.base[i] + c - (c > p.zneg[i] ? 1.f : 0.f);
   return v != v ? v : q;
+}
+
+// Code q / hw of channel i: q * RN(1/hw) refined by one FMA residual step, with the sign of q (for
+// -0). The host takes this path only where it equals the IEEE quotient for every level value.
+template <int S>
+__device__ __forceinline__ float fsq_code(float v, const FsqParams& p, int i) {
+  const float q = fsq_level<S>(v, p, i);
+  const float y0 = __fmul_rn(q, p.inv_hw[i]);
+  const float e = __fmaf_rn(-y0, p.hw[i], q);
+  return copysignf(__fmaf_rn(e, p.inv_hw[i], y0), q);
+}
+
+// Digit q + hw of channel i (the reference's index term before the basis): the number of digit
+// steps v reaches (base == -hw, host-checked); NaN stays NaN.
+template <int S>
+__device__ __forceinline__ float fsq_digit(float v, const FsqParams& p, int i) {
+  float c = 0.f;
+#pragma unroll
+  for (int j = 0; j < S; ++j) c += v >= p.dthr[i][j] ? 1.f : 0.f;
+  return v != v ? v : c;
 }
 
 // The reference's formula (fallback for channels of more than 16 levels). Explicit _rn ops keep the
@@ -51,9 +73,14 @@ __device__ void fsq(const T* __restrict__ z, T* __restrict__ codes, unsigned int
     for (int i = 0; i < 8; ++i) {
       if (i >= p.d) break;
       const float v = to_f(z[r * p.d + i]);
-      const float q = S == 0 ? fsq_round_tanh(v, p, i) : fsq_level<S>(v, p, i);
-      if (codes) codes[r * p.d + i] = from_f<T>(__fdiv_rn(q, p.hw[i]));
-      acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
+      if constexpr (S == 0) {
+        const float q = fsq_round_tanh(v, p, i);
+        if (codes) codes[r * p.d + i] = from_f<T>(__fdiv_rn(q, p.hw[i]));
+        acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
+      } else {
+        if (codes) codes[r * p.d + i] = from_f<T>(fsq_code<S>(v, p, i));
+        if (idx) acc = __fadd_rn(acc, __fmul_rn(fsq_digit<S - 1>(v, p, i), p.basis[i]));
+      }
     }
     if (idx) idx[r] = (unsigned int)acc;
   }
@@ -82,7 +109,7 @@ __device__ void fsq_vec(const T* __restrict__ z, T* __restrict__ codes, unsigned
 #pragma unroll
       for (int r = 0; r < K; ++r) {
 #pragma unroll
-        for (int i = 0; i < D; ++i) o[r * D + i] = from_f<T>(__fdiv_rn(fsq_level<S>(to_f(e[r * D + i]), p, i), p.hw[i]));
+        for (int i = 0; i < D; ++i) o[r * D + i] = from_f<T>(fsq_code<S>(to_f(e[r * D + i]), p, i));
       }
       uint4* dst = reinterpret_cast<uint4*>(codes) + g * NV;
 #pragma unroll
@@ -94,10 +121,7 @@ __device__ void fsq_vec(const T* __restrict__ z, T* __restrict__ codes, unsigned
       for (int r = 0; r < K; ++r) {
         float acc = 0.f;
 #pragma unroll
-        for (int i = 0; i < D; ++i) {
-          const float q = fsq_level<S>(to_f(e[r * D + i]), p, i);
-          acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
-        }
+        for (int i = 0; i < D; ++i) acc = __fadd_rn(acc, __fmul_rn(fsq_digit<S - 1>(to_f(e[r * D + i]), p, i), p.basis[i]));
         ix[r] = (unsigned int)acc;
       }
       if constexpr (K % 4 == 0) {
@@ -116,9 +140,9 @@ __device__ void fsq_vec(const T* __restrict__ z, T* __restrict__ codes, unsigned
     float acc = 0.f;
 #pragma unroll
     for (int i = 0; i < D; ++i) {
-      const float q = fsq_level<S>(to_f(z[r * D + i]), p, i);
-      if (codes) codes[r * D + i] = from_f<T>(__fdiv_rn(q, p.hw[i]));
-      acc = __fadd_rn(acc, __fmul_rn(__fadd_rn(q, p.hw[i]), p.basis[i]));
+      const float v = to_f(z[r * D + i]);
+      if (codes) codes[r * D + i] = from_f<T>(fsq_code<S>(v, p, i));
+      if (idx) acc = __fadd_rn(acc, __fmul_rn(fsq_digit<S - 1>(v, p, i), p.basis[i]));
     }
     if (idx) idx[r] = (unsigned int)acc;
   }

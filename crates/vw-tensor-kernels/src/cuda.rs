@@ -605,6 +605,8 @@ pub(crate) fn rope_fwd(
 const FSQ_MAX_STEPS: usize = 16;
 /// Thresholds per channel the vector kernels unroll (`S` of `fsq_vec` in fsq.cu).
 const FSQ_VEC_STEPS: usize = 8;
+/// Most CTAs of an FSQ launch (grid-stride loops beyond).
+const FSQ_BLOCKS: u32 = 4096;
 
 /// FSQ constants passed by value (matches `FsqParams` in fsq.cu).
 #[repr(C)]
@@ -618,8 +620,10 @@ struct FsqParams {
     hw: [f32; 8],
     basis: [f32; 8],
     thr: [[f32; FSQ_MAX_STEPS]; 8],
+    dthr: [[f32; FSQ_MAX_STEPS]; 8],
     base: [f32; 8],
     zneg: [f32; 8],
+    inv_hw: [f32; 8],
 }
 // SAFETY: plain old data with the C layout the kernel expects.
 unsafe impl DeviceRepr for FsqParams {}
@@ -648,27 +652,24 @@ fn fsq_params(levels: &[usize]) -> Result<(FsqParams, Option<usize>)> {
         hw: [1.; 8],
         basis: [1.; 8],
         thr: [[f32::NAN; FSQ_MAX_STEPS]; 8],
+        dthr: [[f32::NAN; FSQ_MAX_STEPS]; 8],
         base: [0.; 8],
         zneg: [1e9; 8],
+        inv_hw: [1.; 8],
     };
     for (i, (l, k)) in levels.iter().zip(c).enumerate() {
         p.levels[i] = *l as i32;
         [p.half_l[i], p.offset[i], p.shift[i], p.hw[i], p.basis[i]] = k.map(|v| v as f32);
     }
-    // The kernel computes the level from the count of thresholds passed (see `fsq_level`); take
-    // that path only where it reproduces every value of the steps, bit for bit.
-    let counted = |s: &crate::fsq::LevelSteps| -> Option<(f32, f32)> {
-        let base = s.values[0];
-        let zneg = s.values.iter().position(|v| v.to_bits() == (-0f32).to_bits()).map_or(1e9, |z| z as f32);
-        let level = |c: f32| if c == zneg { -0.0 } else { base + c - if c > zneg { 1.0 } else { 0.0 } };
-        let ok = s.values.iter().enumerate().all(|(c, v)| level(c as f32).to_bits() == v.to_bits());
-        (ok && s.thresholds.len() <= FSQ_MAX_STEPS).then_some((base, zneg))
-    };
-    let steps = crate::fsq::level_steps(levels).ok().filter(|s| s.iter().all(|s| counted(s).is_some()));
+    // The threshold kernels where their arithmetic reproduces every level (`fsq::kernel_steps`).
+    let steps = crate::fsq::kernel_steps(levels)
+        .map_err(candle_core::Error::wrap)?
+        .filter(|s| s.iter().all(|s| s.thresholds.len() <= FSQ_MAX_STEPS));
     let max_steps = steps.map(|steps| {
         for (i, s) in steps.iter().enumerate() {
             p.thr[i][..s.thresholds.len()].copy_from_slice(&s.thresholds);
-            (p.base[i], p.zneg[i]) = counted(s).unwrap_or((0.0, 1e9));
+            p.dthr[i][..s.digit_thresholds.len()].copy_from_slice(&s.digit_thresholds);
+            (p.base[i], p.zneg[i], p.inv_hw[i]) = (s.base, s.zneg, s.inv_hw);
         }
         steps.iter().map(|s| s.thresholds.len()).max().unwrap_or(0)
     });
@@ -710,7 +711,10 @@ pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
     let k = 16 / gcd(16, d * esz);
     let vec = (l.start_offset() * esz).is_multiple_of(16) && max_steps.is_some_and(|m| m <= FSQ_VEC_STEPS);
     let tanh = max_steps.is_none();
-    let cfg = if vec { grid1((n / k).max(k), 256) } else { grid1(n, 256) };
+    // At most FSQ_BLOCKS CTAs: each thread then loops over several groups, which spreads its
+    // loads of the ~100 parameter words (into uniform registers) over them.
+    let mut cfg = if vec { grid1((n / k).max(k), 256) } else { grid1(n, 256) };
+    cfg.grid_dim.0 = cfg.grid_dim.0.min(FSQ_BLOCKS);
     macro_rules! run {
         ($t:ty, $variant:ident, $suf:literal) => {{
             let name = if tanh {

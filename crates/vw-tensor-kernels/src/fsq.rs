@@ -310,3 +310,92 @@ pub fn level_steps(levels: &[usize]) -> Result<Vec<LevelSteps>> {
     }
     Ok(out)
 }
+
+/// One channel's constants of the CUDA threshold kernels (`fsq_level`, `fsq_code`, `fsq_digit` in
+/// `kernels/fsq.cu`), with the kernels' arithmetic mirrored on the CPU by [`KernelSteps::code`] and
+/// [`KernelSteps::digit`] so the tests can hold it against the reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelSteps {
+    /// All steps of the rounded level (the [`LevelSteps`] thresholds).
+    pub thresholds: Vec<f32>,
+    /// The steps of the digit `level + half_width`: the thresholds without the -0 -> +0 one.
+    pub digit_thresholds: Vec<f32>,
+    /// Level below the first step.
+    pub base: f32,
+    /// Number of steps passed at which the level is -0 (1e9: never).
+    pub zneg: f32,
+    /// The half width and its f32 reciprocal.
+    pub hw: f32,
+    /// `1 / hw` rounded to f32.
+    pub inv_hw: f32,
+}
+
+impl KernelSteps {
+    fn count(ts: &[f32], v: f32) -> f32 {
+        ts.iter().map(|&t| if v >= t { 1f32 } else { 0f32 }).sum()
+    }
+
+    /// The rounded level as the kernel computes it (count of steps passed).
+    pub fn level(&self, v: f32) -> f32 {
+        let c = Self::count(&self.thresholds, v);
+        let q = if c == self.zneg { -0.0 } else { self.base + c - if c > self.zneg { 1.0 } else { 0.0 } };
+        if v.is_nan() {
+            v
+        } else {
+            q
+        }
+    }
+
+    fn divide(&self, q: f32) -> f32 {
+        let y0 = q * self.inv_hw;
+        let e = (-y0).mul_add(self.hw, q);
+        e.mul_add(self.inv_hw, y0).copysign(q)
+    }
+
+    /// The code `level / hw` as the kernel computes it (reciprocal, one FMA residual step, sign of q).
+    pub fn code(&self, v: f32) -> f32 {
+        self.divide(self.level(v))
+    }
+
+    /// The index digit `level + hw` as the kernel computes it (count of digit steps passed).
+    pub fn digit(&self, v: f32) -> f32 {
+        if v.is_nan() {
+            v
+        } else {
+            Self::count(&self.digit_thresholds, v)
+        }
+    }
+}
+
+/// The CUDA threshold kernels' constants for `levels`, or `None` where their arithmetic cannot
+/// reproduce the reference for every level value of some channel (the levels are not consecutive
+/// integers with one split zero, the lowest is not `-hw`, or the reciprocal division differs from
+/// the IEEE quotient for one of them); the caller then takes the tanh kernel.
+pub fn kernel_steps(levels: &[usize]) -> Result<Option<Vec<KernelSteps>>> {
+    let Ok(steps) = level_steps(levels) else { return Ok(None) };
+    let cs = level_constants(levels)?;
+    let mut out = Vec::with_capacity(levels.len());
+    for (s, c) in steps.iter().zip(cs) {
+        let hw = c[3] as f32;
+        let zpos = s.values.iter().position(|v| v.to_bits() == (-0f32).to_bits());
+        let k = KernelSteps {
+            thresholds: s.thresholds.clone(),
+            digit_thresholds: s.thresholds.iter().enumerate().filter(|&(j, _)| Some(j) != zpos).map(|(_, &t)| t).collect(),
+            base: s.values[0],
+            zneg: zpos.map_or(1e9, |z| z as f32),
+            hw,
+            inv_hw: 1.0 / hw,
+        };
+        // Level after c steps, its code and its digit, against the reference's values.
+        let ok = s.values.iter().enumerate().all(|(c, &want)| {
+            let c = c as f32;
+            let q = if c == k.zneg { -0.0 } else { k.base + c - if c > k.zneg { 1.0 } else { 0.0 } };
+            q.to_bits() == want.to_bits() && k.divide(want).to_bits() == (want / hw).to_bits()
+        }) && k.base + hw == 0.0;
+        if !ok {
+            return Ok(None);
+        }
+        out.push(k);
+    }
+    Ok(Some(out))
+}

@@ -363,9 +363,11 @@ fn fsq_level_steps_reproduce_reference() -> R {
             .enumerate()
     {
         let steps = fsq::level_steps(&levels)?;
+        let ks = fsq::kernel_steps(&levels)?.expect("the threshold kernels take these levels");
         let cs = fsq::level_constants(&levels)?;
-        for ((s, c), &l) in steps.iter().zip(&cs).zip(&levels) {
+        for (((s, k), c), &l) in steps.iter().zip(&ks).zip(&cs).zip(&levels) {
             let c = c.map(|x| x as f32);
+            let hw = c[3];
             // l integer levels; the zero level splits into -0 and +0 (l + 1 values, l thresholds).
             assert_eq!(s.values.len(), l + 1, "level {l}: values {:?}", s.values);
             assert_eq!(s.thresholds.len(), l);
@@ -374,7 +376,12 @@ fn fsq_level_steps_reproduce_reference() -> R {
             for v in fsq_probe_values(&steps, 900 + n as u64) {
                 let (want, got) = (fsq::round_level(v, c), s.level(v));
                 assert_eq!(got.to_bits(), want.to_bits(), "level {l} at z = {v:e} ({:#010x})", v.to_bits());
+                // The kernels' arithmetic: counted level, reciprocal division, digit.
+                assert_eq!(k.level(v).to_bits(), want.to_bits(), "kernel level {l} at z = {v:e}");
+                assert_eq!(k.code(v).to_bits(), (want / hw).to_bits(), "kernel code {l} at z = {v:e}");
+                assert_eq!(k.digit(v).to_bits(), (want + hw).to_bits(), "kernel digit {l} at z = {v:e}");
             }
+            assert!(k.code(f32::NAN).is_nan() && k.digit(f32::NAN).is_nan());
             assert!(s.level(f32::NAN).is_nan() && fsq::round_level(f32::NAN, c).is_nan());
         }
         // Whole rows: codes and indices from the steps equal the reference's, bit for bit.
@@ -391,14 +398,23 @@ fn fsq_level_steps_reproduce_reference() -> R {
         for (r, row) in z.chunks(d).enumerate() {
             let mut acc = 0f32;
             for (i, &v) in row.iter().enumerate() {
-                let [_, _, _, hw, basis] = cs[i].map(|x| x as f32);
-                let q = steps[i].level(v);
-                let code = q / hw;
+                let [_, _, _, _, basis] = cs[i].map(|x| x as f32);
+                let code = ks[i].code(v);
                 assert!(code.to_bits() == rc[r * d + i].to_bits() || (code.is_nan() && rc[r * d + i].is_nan()));
-                acc += (q + hw) * basis;
+                acc += ks[i].digit(v) * basis;
             }
             assert_eq!(acc as u32, ri[r], "index of row {row:?}");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn fsq_kernel_steps_cover_levels_2_to_16() -> R {
+    for l in 2..=16usize {
+        let ks = fsq::kernel_steps(&[l])?.unwrap_or_else(|| panic!("level {l} falls back to tanh"));
+        assert_eq!(ks[0].thresholds.len(), l);
+        assert_eq!(ks[0].digit_thresholds.len(), l - 1);
     }
     Ok(())
 }
