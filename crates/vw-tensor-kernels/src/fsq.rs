@@ -300,7 +300,10 @@ pub fn level_steps(levels: &[usize]) -> Result<Vec<LevelSteps>> {
             // A level of l values has l + 1 steps at most (the signed zeros split one); +0.0 as a
             // threshold would put -0.0 on the wrong side of an IEEE comparison.
             if q.is_nan() || thresholds.len() > l || from_order_key(hi as i32).to_bits() == 0 {
-                return Err(shape_err("fsq", format!("rounding of level {l} is not a step function of IEEE thresholds")));
+                return Err(shape_err(
+                    "fsq",
+                    format!("rounding of level {l} is not a step function of IEEE thresholds"),
+                ));
             }
             thresholds.push(from_order_key(hi as i32));
             values.push(q);
@@ -380,7 +383,13 @@ pub fn kernel_steps(levels: &[usize]) -> Result<Option<Vec<KernelSteps>>> {
         let zpos = s.values.iter().position(|v| v.to_bits() == (-0f32).to_bits());
         let k = KernelSteps {
             thresholds: s.thresholds.clone(),
-            digit_thresholds: s.thresholds.iter().enumerate().filter(|&(j, _)| Some(j) != zpos).map(|(_, &t)| t).collect(),
+            digit_thresholds: s
+                .thresholds
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| Some(j) != zpos)
+                .map(|(_, &t)| t)
+                .collect(),
             base: s.values[0],
             zneg: zpos.map_or(1e9, |z| z as f32),
             hw,
