@@ -220,22 +220,69 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
                 });
             }
         }
-        for levels in [vec![8usize, 5, 5, 5], vec![7, 5, 5, 5, 5], vec![8, 8, 8, 6, 5]] {
-            let n = 4097;
-            let (z, zr) = input(next(), &[n, levels.len()], 3.0, dt, &dev)?;
-            let (codes, idx) = fsq::fsq_quantize(&z, &levels)?;
-            let (rc, ri) = fsq::reference(&vw_tensor_kernels::host_f32(&zr)?, &levels)?;
-            let rc = Tensor::from_vec(rc, (n, levels.len()), &Device::Cpu)?;
+        // FSQ. Channels of <= 16 levels go through the threshold kernels, which must equal the
+        // reference bit for bit (codes, including the sign of zero, and indices): bound 0. "steps"
+        // inputs sit on and next to every step threshold (f32 and bf16 neighbours) plus signed
+        // zeros, subnormals, huge values and infinities; "offset" starts z 4 bytes past an aligned
+        // address (row-per-thread kernel); levels [12, 3, 16] take the row kernel's 16 thresholds,
+        // [32, 5] the tanh kernel (its tanhf is not the CPU's: bounded by the dtype as before).
+        let fsq_cases: [(&[usize], &str); 8] = [
+            (&[8, 5, 5, 5], "random"),
+            (&[8, 5, 5, 5], "steps"),
+            (&[8, 5, 5, 5], "offset"),
+            (&[7, 5, 5, 5, 5], "random"),
+            (&[8, 8, 8, 6, 5], "steps"),
+            (&[12, 3, 16], "steps"),
+            (&[12, 3, 16], "random"),
+            (&[32, 5], "random"),
+        ];
+        for (levels, mode) in fsq_cases {
+            // On the CPU the op is the composed candle path, whose round is half away from zero
+            // (the reference rounds half to even) and whose straight-through sum gives +0 for -0:
+            // it differs on exact ties and signed zeros, which the "steps" inputs hit on purpose.
+            if !dev.is_cuda() && mode == "steps" {
+                continue;
+            }
+            let (n, d) = (4097, levels.len());
+            let (z, zr) = match mode {
+                "steps" => {
+                    let v = fsq_probe(levels, next(), n)?;
+                    let t = Tensor::from_vec(v, (n, d), &Device::Cpu)?.to_dtype(dt)?;
+                    (t.to_device(&dev)?, t.to_dtype(DType::F32)?)
+                }
+                "offset" => {
+                    let (flat, flat_r) = input(next(), &[n * d + 1], 3.0, dt, &dev)?;
+                    (flat.narrow(0, 1, n * d)?.reshape((n, d))?, flat_r.narrow(0, 1, n * d)?.reshape((n, d))?)
+                }
+                _ => input(next(), &[n, d], 3.0, dt, &dev)?,
+            };
+            let (codes, idx) = fsq::fsq_quantize(&z, levels)?;
+            let (rc, ri) = fsq::reference(&vw_tensor_kernels::host_f32(&zr)?, levels)?;
+            let rc32 = Tensor::from_vec(rc, (n, d), &Device::Cpu)?;
+            let rc = rc32.to_dtype(dt)?;
             let got: Vec<u32> = idx.to_device(&Device::Cpu)?.to_vec1()?;
-            let mism = got.iter().zip(&ri).filter(|(a, b)| a != b).count();
-            let dec = fsq::fsq_indices_to_codes(&idx, &levels)?;
-            let e = err(&codes, &rc)?.max(err(&dec, &rc)?).max(mism as f32);
+            let bits = |t: &Tensor| -> anyhow::Result<Vec<u32>> {
+                Ok(t.to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect())
+            };
+            let exact = dev.is_cuda() && levels.iter().all(|&l| l <= 16);
+            let mut mism = got.iter().zip(&ri).filter(|(a, b)| a != b).count();
+            if exact {
+                mism += bits(&codes)?.iter().zip(bits(&rc)?).filter(|(a, b)| **a != *b).count();
+            }
+            let dec = fsq::fsq_indices_to_codes(&idx, levels)?;
+            let e = err(&codes, &rc)?.max(err(&dec, &rc32)?).max(mism as f32);
             rows.push(Row {
-                op: format!("fsq {levels:?} (codes, idx, decode)"),
+                op: format!("fsq {levels:?} {mode} (codes, idx, decode; mismatches)"),
                 dtype: dt,
-                shape: fmt_shape(&[&[n, levels.len()]]),
+                shape: fmt_shape(&[&[n, d]]),
                 err: e,
-                bound: bound(dt),
+                bound: if exact { 0.0 } else { bound(dt) },
             });
         }
     }
@@ -276,4 +323,43 @@ pub fn run(args: KernelCheckArgs) -> anyhow::Result<()> {
     }
     println!("all {} checks within bounds", rows.len());
     Ok(())
+}
+
+/// n rows of FSQ latents for `levels` that probe the step thresholds of the rounding: each value is,
+/// at random, a threshold or one of its neighbours (up to 3 f32 or bf16 units in the last place
+/// away), a uniform value in [-3, 3], or an edge value (signed zeros, subnormals, huge, infinite).
+fn fsq_probe(levels: &[usize], seed: u64, n: usize) -> anyhow::Result<Vec<f32>> {
+    let steps = fsq::level_steps(levels)?;
+    let mut s = seed | 1;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let edge = [0f32, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY];
+    let mut out = Vec::with_capacity(n * levels.len());
+    for _ in 0..n {
+        for st in &steps {
+            let r = rnd();
+            let v = match r % 8 {
+                0 => edge[(r >> 8) as usize % edge.len()],
+                1 | 2 => (((r >> 8) % 60001) as f32 / 10000.0) - 3.0,
+                k => {
+                    let t = st.thresholds[(r >> 8) as usize % st.thresholds.len()];
+                    let ulp: i64 = if k < 6 { 1 } else { 1 << 16 };
+                    let delta = ((r >> 32) % 7) as i64 - 3;
+                    let b = (t.to_bits() as i64 + delta * ulp).clamp(0, u32::MAX as i64) as u32;
+                    let v = f32::from_bits(b);
+                    if v.is_nan() || v.is_sign_negative() != t.is_sign_negative() {
+                        t
+                    } else {
+                        v
+                    }
+                }
+            };
+            out.push(v);
+        }
+    }
+    Ok(out)
 }

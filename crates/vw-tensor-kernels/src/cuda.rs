@@ -601,6 +601,13 @@ pub(crate) fn rope_fwd(
     Ok((CudaStorage { slice, device: dev }, l1.shape().clone()))
 }
 
+/// Thresholds per channel the threshold kernels take (`FSQ_MAX_STEPS` in fsq.cu).
+const FSQ_MAX_STEPS: usize = 16;
+/// Thresholds per channel the vector kernels unroll (`S` of `fsq_vec` in fsq.cu).
+const FSQ_VEC_STEPS: usize = 8;
+/// Most CTAs of an FSQ launch (grid-stride loops beyond).
+const FSQ_BLOCKS: u32 = 4096;
+
 /// FSQ constants passed by value (matches `FsqParams` in fsq.cu).
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -612,13 +619,28 @@ struct FsqParams {
     shift: [f32; 8],
     hw: [f32; 8],
     basis: [f32; 8],
+    thr: [[f32; FSQ_MAX_STEPS]; 8],
+    dthr: [[f32; FSQ_MAX_STEPS]; 8],
+    base: [f32; 8],
+    zneg: [f32; 8],
+    inv_hw: [f32; 8],
 }
 // SAFETY: plain old data with the C layout the kernel expects.
 unsafe impl DeviceRepr for FsqParams {}
 
-fn fsq_params(levels: &[usize]) -> Result<FsqParams> {
+/// The kernel parameters of `levels` and the most thresholds any channel has (`None`: a channel's
+/// rounding is not a step function of at most [`FSQ_MAX_STEPS`] thresholds; the tanh kernel then).
+/// Computed once per level list (the bisection costs a few hundred tanh evaluations).
+fn fsq_params(levels: &[usize]) -> Result<(FsqParams, Option<usize>)> {
+    type Cache = HashMap<Vec<usize>, (FsqParams, Option<usize>)>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
     if levels.len() > 8 {
         bail!("fsq kernel supports at most 8 levels, got {levels:?}");
+    }
+    let mut cache =
+        CACHE.get_or_init(Default::default).lock().map_err(|_| candle_core::Error::Msg("fsq cache poisoned".into()))?;
+    if let Some(p) = cache.get(levels) {
+        return Ok(*p);
     }
     let c = crate::fsq::level_constants(levels).map_err(candle_core::Error::wrap)?;
     let mut p = FsqParams {
@@ -629,12 +651,30 @@ fn fsq_params(levels: &[usize]) -> Result<FsqParams> {
         shift: [0.; 8],
         hw: [1.; 8],
         basis: [1.; 8],
+        thr: [[f32::NAN; FSQ_MAX_STEPS]; 8],
+        dthr: [[f32::NAN; FSQ_MAX_STEPS]; 8],
+        base: [0.; 8],
+        zneg: [1e9; 8],
+        inv_hw: [1.; 8],
     };
     for (i, (l, k)) in levels.iter().zip(c).enumerate() {
         p.levels[i] = *l as i32;
         [p.half_l[i], p.offset[i], p.shift[i], p.hw[i], p.basis[i]] = k.map(|v| v as f32);
     }
-    Ok(p)
+    // The threshold kernels where their arithmetic reproduces every level (`fsq::kernel_steps`).
+    let steps = crate::fsq::kernel_steps(levels)
+        .map_err(candle_core::Error::wrap)?
+        .filter(|s| s.iter().all(|s| s.thresholds.len() <= FSQ_MAX_STEPS));
+    let max_steps = steps.map(|steps| {
+        for (i, s) in steps.iter().enumerate() {
+            p.thr[i][..s.thresholds.len()].copy_from_slice(&s.thresholds);
+            p.dthr[i][..s.digit_thresholds.len()].copy_from_slice(&s.digit_thresholds);
+            (p.base[i], p.zneg[i], p.inv_hw[i]) = (s.base, s.zneg, s.inv_hw);
+        }
+        steps.iter().map(|s| s.thresholds.len()).max().unwrap_or(0)
+    });
+    cache.insert(levels.to_vec(), (p, max_steps));
+    Ok((p, max_steps))
 }
 
 fn gcd(a: usize, b: usize) -> usize {
@@ -647,7 +687,7 @@ fn gcd(a: usize, b: usize) -> usize {
 
 pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
     let dev = s.device().clone();
-    let p = fsq_params(&op.levels)?;
+    let (p, max_steps) = fsq_params(&op.levels)?;
     let d = op.levels.len();
     if op.want == FsqOutput::Decode {
         let n = l.shape().elem_count();
@@ -665,14 +705,21 @@ pub(crate) fn fsq_fwd(op: &FsqOp, s: &CudaStorage, l: &Layout) -> Result<(CudaSt
     let null: u64 = 0;
     let want_codes = op.want == FsqOutput::Codes;
     // The vector path (`fsq_v{d}_*`) takes groups of k rows that fill whole 16-byte vectors; it
-    // needs z 16-byte aligned (outputs are fresh allocations).
+    // needs z 16-byte aligned (outputs are fresh allocations) and at most 8 thresholds per channel.
+    // Up to 16 thresholds: the row-per-thread threshold kernel; more: the tanh kernel.
     let esz = s.dtype().size_in_bytes();
     let k = 16 / gcd(16, d * esz);
-    let vec = (l.start_offset() * esz).is_multiple_of(16);
-    let cfg = if vec { grid1((n / k).max(k), 256) } else { grid1(n, 256) };
+    let vec = (l.start_offset() * esz).is_multiple_of(16) && max_steps.is_some_and(|m| m <= FSQ_VEC_STEPS);
+    let tanh = max_steps.is_none();
+    // At most FSQ_BLOCKS CTAs: each thread then loops over several groups, which spreads its
+    // loads of the ~100 parameter words (into uniform registers) over them.
+    let mut cfg = if vec { grid1((n / k).max(k), 256) } else { grid1(n, 256) };
+    cfg.grid_dim.0 = cfg.grid_dim.0.min(FSQ_BLOCKS);
     macro_rules! run {
         ($t:ty, $variant:ident, $suf:literal) => {{
-            let name = if !vec {
+            let name = if tanh {
+                concat!("fsq_tanh_", $suf)
+            } else if !vec {
                 concat!("fsq_", $suf)
             } else {
                 match d {
@@ -735,4 +782,30 @@ pub(crate) fn vq_fwd(s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layou
         dt => bail!("vq kernel takes f32/bf16/f16, got {dt:?}"),
     }
     Ok((CudaStorage { slice: CudaStorageSlice::U32(out), device: dev }, Shape::from(n)))
+}
+
+/// Sets the release threshold of `dev`'s current memory pool (the one `cuMemAllocAsync` draws from)
+/// to "never": freed blocks stay mapped across synchronisations, as in PyTorch's caching allocator,
+/// instead of going back to the driver at each synchronise and being mapped again by the next
+/// allocation.
+pub(crate) fn retain_pool_memory(dev: &CudaDevice) -> Result<()> {
+    use driver::sys;
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().w()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: out-pointer to a pool handle of the context's device.
+    unsafe { sys::cuDeviceGetMemPool(&mut pool, ctx.cu_device()) }.result().w()?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the release threshold attribute takes a pointer to a cuuint64_t.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    }
+    .result()
+    .w()?;
+    Ok(())
 }

@@ -120,6 +120,18 @@ pub fn cuda_device_names() -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Keeps memory freed on `dev` in its CUDA memory pool across synchronisations (release threshold
+/// "never", as PyTorch's caching allocator does), so an allocation after a `synchronize` reuses
+/// mapped memory instead of mapping it again. A no-op on the CPU. Memory in the pool stays reserved
+/// for this process until it exits.
+pub fn retain_pool_memory(dev: &Device) -> Result<()> {
+    match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => crate::cuda::retain_pool_memory(d).map_err(Error::from),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

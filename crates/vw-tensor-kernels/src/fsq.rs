@@ -198,6 +198,14 @@ impl candle_core::CustomOp1 for FsqOp {
     }
 }
 
+/// The reference's rounded level of one latent `v` (before dividing by the half width), with the
+/// level constants `c` of [`level_constants`] in f32: `round_half_even(tanh(v + shift) * half_l - offset)`.
+#[inline]
+pub(crate) fn round_level(v: f32, c: [f32; 5]) -> f32 {
+    let [half_l, offset, shift, _, _] = c;
+    ((v + shift).tanh() * half_l - offset).round_ties_even()
+}
+
 /// Plain-Rust reference over a row-major (N, D) buffer: (codes, indices). Rounds half to even, as torch.
 pub fn reference(z: &[f32], levels: &[usize]) -> Result<(Vec<f32>, Vec<u32>)> {
     let c = level_constants(levels)?;
@@ -207,8 +215,8 @@ pub fn reference(z: &[f32], levels: &[usize]) -> Result<(Vec<f32>, Vec<u32>)> {
     for (n, row) in z.chunks(d).enumerate() {
         let mut acc = 0f32;
         for (i, &v) in row.iter().enumerate() {
-            let [half_l, offset, shift, hw, basis] = c[i].map(|x| x as f32);
-            let r = ((v + shift).tanh() * half_l - offset).round_ties_even();
+            let [_, _, _, hw, basis] = c[i].map(|x| x as f32);
+            let r = round_level(v, c[i].map(|x| x as f32));
             codes[n * d + i] = r / hw;
             acc += (r + hw) * basis;
         }
@@ -228,4 +236,188 @@ pub fn reference_decode(idx: &[u32], levels: &[usize]) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+/// The rounded level of the reference as a step function of the latent, for one level count:
+/// `values[0]` for `v < thresholds[0]`, `values[j + 1]` for `thresholds[j] <= v < thresholds[j + 1]`
+/// (IEEE comparisons; NaN maps to NaN). The values are the distinct results of the reference's
+/// rounding in f32 total order, so the signed zeros count as two steps (`-0` below the crossing,
+/// as `round_half_even` of a small negative number gives). The CUDA kernel compares against these
+/// thresholds instead of evaluating tanh, so it returns the reference's values bit for bit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelSteps {
+    /// Smallest f32 at which the rounded level moves to the next value (ascending).
+    pub thresholds: Vec<f32>,
+    /// The rounded levels, `thresholds.len() + 1` of them, ascending in f32 total order.
+    pub values: Vec<f32>,
+}
+
+impl LevelSteps {
+    /// The rounded level of `v` read off the steps (what the CUDA kernel computes).
+    pub fn level(&self, v: f32) -> f32 {
+        if v.is_nan() {
+            return v;
+        }
+        let mut out = self.values[0];
+        for (t, &q) in self.thresholds.iter().zip(&self.values[1..]) {
+            if v >= *t {
+                out = q;
+            }
+        }
+        out
+    }
+}
+
+/// Key of `v` in f32 total order (for bisection over all non-NaN floats).
+fn order_key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ (((b >> 31) as u32) >> 1) as i32
+}
+
+fn from_order_key(k: i32) -> f32 {
+    f32::from_bits((k ^ (((k >> 31) as u32) >> 1) as i32) as u32)
+}
+
+/// The step function of the reference's rounding for each level (see [`LevelSteps`]), found by
+/// bisection over all f32 on [`reference`]'s own arithmetic, from -inf upwards: each threshold is
+/// the smallest float whose rounded level exceeds (in f32 total order) the level just below it.
+/// Exact when the rounding is monotone in z, which holds because f32 `tanh` is monotone (checked over
+/// every f32 by the ignored test `fsq_tanh_monotone_over_all_f32`) and the rest (add, multiply by a
+/// positive constant, subtract, round) are monotone IEEE operations; the CPU tests also compare the
+/// steps with the reference on sweeps of random and edge values.
+pub fn level_steps(levels: &[usize]) -> Result<Vec<LevelSteps>> {
+    let cs = level_constants(levels)?;
+    let mut out = Vec::with_capacity(levels.len());
+    for (&l, c) in levels.iter().zip(cs) {
+        let c = c.map(|x| x as f32);
+        // Keys as i64: the distance between two i32 keys can exceed i32::MAX.
+        let r = |k: i64| round_level(from_order_key(k as i32), c);
+        let (lo_key, hi_key) = (order_key(f32::NEG_INFINITY) as i64, order_key(f32::INFINITY) as i64);
+        let top = r(hi_key);
+        let mut values = vec![r(lo_key)];
+        let mut thresholds = Vec::new();
+        let mut from = lo_key;
+        while values.last().is_some_and(|q| q.total_cmp(&top).is_lt()) {
+            let cur = *values.last().unwrap_or(&top);
+            // Invariant: r(lo) <= cur (total order), r(hi) > cur.
+            let (mut lo, mut hi) = (from, hi_key);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if r(mid).total_cmp(&cur).is_gt() {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            let q = r(hi);
+            // A level of l values has l + 1 steps at most (the signed zeros split one); +0.0 as a
+            // threshold would put -0.0 on the wrong side of an IEEE comparison.
+            if q.is_nan() || thresholds.len() > l || from_order_key(hi as i32).to_bits() == 0 {
+                return Err(shape_err(
+                    "fsq",
+                    format!("rounding of level {l} is not a step function of IEEE thresholds"),
+                ));
+            }
+            thresholds.push(from_order_key(hi as i32));
+            values.push(q);
+            from = hi;
+        }
+        out.push(LevelSteps { thresholds, values });
+    }
+    Ok(out)
+}
+
+/// One channel's constants of the CUDA threshold kernels (`fsq_level`, `fsq_code`, `fsq_digit` in
+/// `kernels/fsq.cu`), with the kernels' arithmetic mirrored on the CPU by [`KernelSteps::code`] and
+/// [`KernelSteps::digit`] so the tests can hold it against the reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelSteps {
+    /// All steps of the rounded level (the [`LevelSteps`] thresholds).
+    pub thresholds: Vec<f32>,
+    /// The steps of the digit `level + half_width`: the thresholds without the -0 -> +0 one.
+    pub digit_thresholds: Vec<f32>,
+    /// Level below the first step.
+    pub base: f32,
+    /// Number of steps passed at which the level is -0 (1e9: never).
+    pub zneg: f32,
+    /// The half width and its f32 reciprocal.
+    pub hw: f32,
+    /// `1 / hw` rounded to f32.
+    pub inv_hw: f32,
+}
+
+impl KernelSteps {
+    fn count(ts: &[f32], v: f32) -> f32 {
+        ts.iter().map(|&t| if v >= t { 1f32 } else { 0f32 }).sum()
+    }
+
+    /// The rounded level as the kernel computes it (count of steps passed).
+    pub fn level(&self, v: f32) -> f32 {
+        let c = Self::count(&self.thresholds, v);
+        let q = if c == self.zneg { -0.0 } else { self.base + c - if c > self.zneg { 1.0 } else { 0.0 } };
+        if v.is_nan() {
+            v
+        } else {
+            q
+        }
+    }
+
+    fn divide(&self, q: f32) -> f32 {
+        let y0 = q * self.inv_hw;
+        let e = (-y0).mul_add(self.hw, q);
+        e.mul_add(self.inv_hw, y0).copysign(q)
+    }
+
+    /// The code `level / hw` as the kernel computes it (reciprocal, one FMA residual step, sign of q).
+    pub fn code(&self, v: f32) -> f32 {
+        self.divide(self.level(v))
+    }
+
+    /// The index digit `level + hw` as the kernel computes it (count of digit steps passed).
+    pub fn digit(&self, v: f32) -> f32 {
+        if v.is_nan() {
+            v
+        } else {
+            Self::count(&self.digit_thresholds, v)
+        }
+    }
+}
+
+/// The CUDA threshold kernels' constants for `levels`, or `None` where their arithmetic cannot
+/// reproduce the reference for every level value of some channel (the levels are not consecutive
+/// integers with one split zero, the lowest is not `-hw`, or the reciprocal division differs from
+/// the IEEE quotient for one of them); the caller then takes the tanh kernel.
+pub fn kernel_steps(levels: &[usize]) -> Result<Option<Vec<KernelSteps>>> {
+    let Ok(steps) = level_steps(levels) else { return Ok(None) };
+    let cs = level_constants(levels)?;
+    let mut out = Vec::with_capacity(levels.len());
+    for (s, c) in steps.iter().zip(cs) {
+        let hw = c[3] as f32;
+        let zpos = s.values.iter().position(|v| v.to_bits() == (-0f32).to_bits());
+        let k = KernelSteps {
+            thresholds: s.thresholds.clone(),
+            digit_thresholds: s
+                .thresholds
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| Some(j) != zpos)
+                .map(|(_, &t)| t)
+                .collect(),
+            base: s.values[0],
+            zneg: zpos.map_or(1e9, |z| z as f32),
+            hw,
+            inv_hw: 1.0 / hw,
+        };
+        // Level after c steps, its code and its digit, against the reference's values.
+        let ok = s.values.iter().enumerate().all(|(c, &want)| {
+            let c = c as f32;
+            let q = if c == k.zneg { -0.0 } else { k.base + c - if c > k.zneg { 1.0 } else { 0.0 } };
+            q.to_bits() == want.to_bits() && k.divide(want).to_bits() == (want / hw).to_bits()
+        }) && k.base + hw == 0.0;
+        if !ok {
+            return Ok(None);
+        }
+        out.push(k);
+    }
+    Ok(Some(out))
 }

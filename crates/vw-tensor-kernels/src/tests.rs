@@ -315,6 +315,128 @@ fn fsq_matches_official_formula() -> R {
     Ok(())
 }
 
+/// Latents that probe the FSQ step thresholds: random at several scales, every threshold and
+/// its 64 float neighbours either side, signed zeros, subnormals, huge values and infinities.
+fn fsq_probe_values(steps: &[fsq::LevelSteps], seed: u64) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::new();
+    for (k, scale) in [0.01f32, 0.3, 1.0, 3.0, 10.0].into_iter().enumerate() {
+        v.extend(crate::random_f32(seed + k as u64, 4000).into_iter().map(|x| x * scale));
+    }
+    for s in steps {
+        for &t in &s.thresholds {
+            for d in -64i32..=64 {
+                // Neighbours in magnitude on the threshold's side of zero (down to zero, up to inf).
+                let (sign, mag) = (t.to_bits() & 0x8000_0000, (t.to_bits() & 0x7fff_ffff) as i64);
+                v.push(f32::from_bits(sign | (mag + d as i64).clamp(0, 0x7f80_0000) as u32));
+            }
+        }
+    }
+    let edge = [
+        0.0f32,
+        -0.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1e-45,
+        -1e-45,
+        1e-40,
+        -1e-40,
+        0.5,
+        -0.5,
+        9.0,
+        -9.0,
+        1e30,
+        -1e30,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    v.extend(edge);
+    v
+}
+
+#[test]
+fn fsq_level_steps_reproduce_reference() -> R {
+    for (n, levels) in
+        [vec![8usize, 5, 5, 5], vec![7, 5, 5, 5, 5], vec![8, 8, 8, 6, 5], vec![2, 3, 4, 6], vec![16, 17, 9, 10]]
+            .into_iter()
+            .enumerate()
+    {
+        let steps = fsq::level_steps(&levels)?;
+        let ks = fsq::kernel_steps(&levels)?.expect("the threshold kernels take these levels");
+        let cs = fsq::level_constants(&levels)?;
+        for (((s, k), c), &l) in steps.iter().zip(&ks).zip(&cs).zip(&levels) {
+            let c = c.map(|x| x as f32);
+            let hw = c[3];
+            // l integer levels; the zero level splits into -0 and +0 (l + 1 values, l thresholds).
+            assert_eq!(s.values.len(), l + 1, "level {l}: values {:?}", s.values);
+            assert_eq!(s.thresholds.len(), l);
+            assert!(s.thresholds.windows(2).all(|w| w[0] < w[1]), "level {l}: thresholds ascend");
+            assert_eq!(s.values[0], -((l / 2) as f32), "level {l}: lowest level");
+            for v in fsq_probe_values(&steps, 900 + n as u64) {
+                let (want, got) = (fsq::round_level(v, c), s.level(v));
+                assert_eq!(got.to_bits(), want.to_bits(), "level {l} at z = {v:e} ({:#010x})", v.to_bits());
+                // The kernels' arithmetic: counted level, reciprocal division, digit.
+                assert_eq!(k.level(v).to_bits(), want.to_bits(), "kernel level {l} at z = {v:e}");
+                assert_eq!(k.code(v).to_bits(), (want / hw).to_bits(), "kernel code {l} at z = {v:e}");
+                assert_eq!(k.digit(v).to_bits(), (want + hw).to_bits(), "kernel digit {l} at z = {v:e}");
+            }
+            assert!(k.code(f32::NAN).is_nan() && k.digit(f32::NAN).is_nan());
+            assert!(s.level(f32::NAN).is_nan() && fsq::round_level(f32::NAN, c).is_nan());
+        }
+        // Whole rows: codes and indices from the steps equal the reference's, bit for bit.
+        let d = levels.len();
+        let z: Vec<f32> = fsq_probe_values(&steps, 950 + n as u64)
+            .into_iter()
+            .chain([f32::NAN])
+            .collect::<Vec<_>>()
+            .chunks_exact(d)
+            .flatten()
+            .copied()
+            .collect();
+        let (rc, ri) = fsq::reference(&z, &levels)?;
+        for (r, row) in z.chunks(d).enumerate() {
+            let mut acc = 0f32;
+            for (i, &v) in row.iter().enumerate() {
+                let [_, _, _, _, basis] = cs[i].map(|x| x as f32);
+                let code = ks[i].code(v);
+                assert!(code.to_bits() == rc[r * d + i].to_bits() || (code.is_nan() && rc[r * d + i].is_nan()));
+                acc += ks[i].digit(v) * basis;
+            }
+            assert_eq!(acc as u32, ri[r], "index of row {row:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fsq_kernel_steps_cover_levels_2_to_16() -> R {
+    for l in 2..=16usize {
+        let ks = fsq::kernel_steps(&[l])?.unwrap_or_else(|| panic!("level {l} falls back to tanh"));
+        assert_eq!(ks[0].thresholds.len(), l);
+        assert_eq!(ks[0].digit_thresholds.len(), l - 1);
+    }
+    Ok(())
+}
+
+/// f32 `tanh` is monotone non-decreasing over every float (what makes [`fsq::level_steps`] exact).
+/// About 4.3e9 evaluations, ~30 s in release: `cargo test --release -p vw-tensor-kernels -- --ignored tanh_monotone`.
+#[test]
+#[ignore]
+fn fsq_tanh_monotone_over_all_f32() {
+    let mut prev = f32::NEG_INFINITY.tanh();
+    let neg = (0x8000_0000u32..=0xff80_0000).rev();
+    let mut bad = Vec::new();
+    for b in neg.chain(0..=0x7f80_0000u32) {
+        let y = f32::from_bits(b).tanh();
+        if y < prev && bad.len() < 8 {
+            bad.push(b);
+        }
+        prev = y;
+    }
+    assert!(bad.is_empty(), "tanh decreases at {bad:08x?}");
+}
+
 #[test]
 fn vq_nearest_matches_reference() -> R {
     let z = rt(81, &[53, 7]);
