@@ -98,11 +98,19 @@ pub fn composed(z: &Tensor, levels: &[usize]) -> Result<(Tensor, Tensor)> {
     let dev = z.device();
     let (hw, basis) = (half_widths(levels, dev)?, level_tensor(levels, 4, dev)?);
     let bounded = fsq_bound(z, levels)?;
-    let rounded = bounded.detach().round()?;
+    let rounded = round_half_even(&bounded.detach())?;
     let ste = (&bounded + (&rounded - bounded.detach())?)?;
     let codes = ste.broadcast_div(&hw)?.to_dtype(z.dtype())?;
     let idx = rounded.broadcast_add(&hw)?.broadcast_mul(&basis)?.sum(D::Minus1)?.to_dtype(DType::U32)?;
     Ok((codes, idx))
+}
+
+/// Rounds half to even, as the reference and torch.round (candle's `round` rounds ties away from
+/// zero, which gave another index than the CUDA kernel on exact ties).
+fn round_half_even(x: &Tensor) -> Result<Tensor> {
+    let tie = (x - x.floor()?)?.eq(0.5)?;
+    let even = ((x * 0.5)?.round()? * 2.0)?;
+    Ok(tie.where_cond(&even, &x.round()?)?)
 }
 
 /// Code vectors (..., D) in [-1, 1] (f32) of indices (...) (any integer dtype).
@@ -420,4 +428,18 @@ pub fn kernel_steps(levels: &[usize]) -> Result<Option<Vec<KernelSteps>>> {
         out.push(k);
     }
     Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composed_rounding_breaks_ties_to_even_like_the_reference() -> Result<()> {
+        let x = Tensor::new(&[0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 0.3, -0.7, 3.5], &candle_core::Device::Cpu)?;
+        let got = round_half_even(&x)?.to_vec1::<f32>()?;
+        let want: Vec<f32> = x.to_vec1::<f32>()?.iter().map(|v| v.round_ties_even()).collect();
+        assert_eq!(got, want);
+        Ok(())
+    }
 }
