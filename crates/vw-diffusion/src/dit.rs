@@ -10,6 +10,7 @@
 //! One departure from diffusers, for speed only: the AdaLN modulation is computed once per
 //! (sample, latent frame) and broadcast over the frame's tokens, instead of once per token.
 
+use crate::lora::{LoraConfig, LoraLinear};
 use crate::ops;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -246,10 +247,10 @@ impl AdaLnLora {
 /// Multi-head attention with RMS q/k norm (`attn1` self, `attn2` cross); bias-free projections.
 #[derive(Debug, Clone)]
 pub struct CosmosAttention {
-    to_q: Linear,
-    to_k: Linear,
-    to_v: Linear,
-    to_out: Linear,
+    to_q: LoraLinear,
+    to_k: LoraLinear,
+    to_v: LoraLinear,
+    to_out: LoraLinear,
     norm_q: Tensor,
     norm_k: Tensor,
     heads: usize,
@@ -261,15 +262,33 @@ impl CosmosAttention {
     pub fn new(dim: usize, kv_dim: usize, heads: usize, head_dim: usize, vb: VarBuilder) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: linear_no_bias(dim, inner, vb.pp("to_q"))?,
-            to_k: linear_no_bias(kv_dim, inner, vb.pp("to_k"))?,
-            to_v: linear_no_bias(kv_dim, inner, vb.pp("to_v"))?,
-            to_out: linear_no_bias(inner, dim, vb.pp("to_out").pp("0"))?,
+            to_q: linear_no_bias(dim, inner, vb.pp("to_q"))?.into(),
+            to_k: linear_no_bias(kv_dim, inner, vb.pp("to_k"))?.into(),
+            to_v: linear_no_bias(kv_dim, inner, vb.pp("to_v"))?.into(),
+            to_out: linear_no_bias(inner, dim, vb.pp("to_out").pp("0"))?.into(),
             norm_q: vb.pp("norm_q").get(head_dim, "weight")?,
             norm_k: vb.pp("norm_k").get(head_dim, "weight")?,
             heads,
             head_dim,
         })
+    }
+
+    /// Attaches LoRA adapters to the projections `cfg` targets, their weights under `vb` with the
+    /// checkpoint's module names (`to_out.0`); returns how many.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, vb: VarBuilder) -> Result<usize> {
+        let mut n = 0;
+        for (name, key, lin) in [
+            ("to_q", "to_q", &mut self.to_q),
+            ("to_k", "to_k", &mut self.to_k),
+            ("to_v", "to_v", &mut self.to_v),
+            ("to_out", "to_out.0", &mut self.to_out),
+        ] {
+            if cfg.targets(name) {
+                lin.attach(cfg.rank, cfg.alpha, vb.pp(key))?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     fn heads_first(&self, x: &Tensor) -> Result<Tensor> {
@@ -305,17 +324,24 @@ impl CosmosAttention {
 /// GELU (erf) MLP, `ff.net.0.proj` / `ff.net.2`, bias-free.
 #[derive(Debug, Clone)]
 pub struct FeedForward {
-    proj_in: Linear,
-    proj_out: Linear,
+    proj_in: LoraLinear,
+    proj_out: LoraLinear,
 }
 
 impl FeedForward {
     /// Builds from `ff`.
     pub fn new(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            proj_in: linear_no_bias(dim, hidden, vb.pp("net").pp("0").pp("proj"))?,
-            proj_out: linear_no_bias(hidden, dim, vb.pp("net").pp("2"))?,
+            proj_in: linear_no_bias(dim, hidden, vb.pp("net").pp("0").pp("proj"))?.into(),
+            proj_out: linear_no_bias(hidden, dim, vb.pp("net").pp("2"))?.into(),
         })
+    }
+
+    /// Attaches LoRA adapters to both projections (`net.0.proj`, `net.2`) under `vb`.
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, vb: VarBuilder) -> Result<usize> {
+        self.proj_in.attach(cfg.rank, cfg.alpha, vb.pp("net.0.proj"))?;
+        self.proj_out.attach(cfg.rank, cfg.alpha, vb.pp("net.2"))?;
+        Ok(2)
     }
 
     /// x (B, L, D) -> (B, L, D).
@@ -524,6 +550,24 @@ impl CosmosTransformer3DModel {
             dtype: vb.dtype(),
             device: vb.device().clone(),
         })
+    }
+
+    /// Attaches LoRA adapters (`cfg`) to every block's targeted projections, their weights read or
+    /// created under `vb` with the checkpoint's names (`transformer_blocks.{i}.attn1.to_q.lora_A.weight`,
+    /// ...). Build `vb` on a fresh `VarMap` to train them while the rest stays frozen. Returns the
+    /// number of adapted layers. See [`crate::lora`].
+    pub fn attach_lora(&mut self, cfg: &LoraConfig, vb: VarBuilder) -> Result<usize> {
+        cfg.validate()?;
+        let mut n = 0;
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let vb = vb.pp("transformer_blocks").pp(i);
+            n += b.attn1.attach_lora(cfg, vb.pp("attn1"))?;
+            n += b.attn2.attach_lora(cfg, vb.pp("attn2"))?;
+            if cfg.targets("ff") {
+                n += b.ff.attach_lora(cfg, vb.pp("ff"))?;
+            }
+        }
+        Ok(n)
     }
 
     /// The config.

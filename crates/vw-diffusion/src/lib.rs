@@ -6,6 +6,7 @@
 pub mod dit;
 pub mod error;
 pub mod hub;
+pub mod lora;
 mod ops;
 pub mod parity;
 pub mod pipeline;
