@@ -2,6 +2,7 @@
 
 mod bench_ar;
 mod bench_dit;
+mod bench_stage2;
 mod data;
 mod demo;
 mod dist_check;
@@ -61,6 +62,8 @@ pub enum Command {
     Parity(parity::ParityArgs),
     /// Time one Cosmos DiT forward (random weights).
     BenchDit(bench_dit::BenchDitArgs),
+    /// Time full stage-2 training steps (control branch + frozen 2B DiT, random weights).
+    BenchStage2(bench_stage2::BenchStage2Args),
     /// Time one Wan VAE decode (random weights).
     BenchVaeDecode(bench_dit::BenchVaeArgs),
     /// Time KV-cached decoding of the AR policy transformer (random weights).
@@ -105,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Parity(a) => parity::run(a),
         Command::BenchDit(a) => bench_dit::run(a),
         Command::BenchVaeDecode(a) => bench_dit::run_vae(a),
+        Command::BenchStage2(a) => bench_stage2::run(a),
         Command::DistCheck(a) => dist_check::run(a),
     }
 }

@@ -13,7 +13,7 @@
 //! of the frozen DiT conditioned on the first latent frame + the codes; see [`flow_matching_loss`].
 
 use crate::{Error, Result};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use vw_diffusion::dit::CosmosPatchEmbed;
@@ -186,6 +186,48 @@ pub fn codes_to_hint(code_vecs: &Tensor, proj: &Linear, h: usize, w: usize) -> R
     Ok(Tensor::cat(&[&zeros, &e.contiguous()?], 2)?)
 }
 
+/// The flow-matching problem of one batch: the noisy latents (given frame kept clean), the
+/// condition mask flagging the given frame, and the velocity target `eps - x0`.
+struct FlowMatching {
+    noisy: Tensor,
+    mask: Tensor,
+    target: Tensor,
+}
+
+impl FlowMatching {
+    fn new(x0: &Tensor, sigma: &Tensor, eps: &Tensor) -> Result<Self> {
+        let (b, _, t, h, w) = x0.dims5()?;
+        let s = sigma.reshape((b, 1, 1, 1, 1))?;
+        let noisy = (x0.broadcast_mul(&s.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&s)?)?;
+        // The given frame stays clean.
+        let noisy = Tensor::cat(&[&x0.narrow(2, 0, 1)?, &noisy.narrow(2, 1, t - 1)?], 2)?;
+        let mut mask = vec![0f32; t];
+        mask[0] = 1.0;
+        let mask = Tensor::from_vec(mask, (1, 1, t, 1, 1), x0.device())?.broadcast_as((b, 1, t, h, w))?.contiguous()?;
+        Ok(Self { noisy, mask, target: (eps - x0)? })
+    }
+
+    fn input<'a>(&'a self, sigma: &'a Tensor, text: &'a Tensor) -> DitInput<'a> {
+        DitInput {
+            latents: &self.noisy,
+            timestep: sigma,
+            text,
+            text_mask: None,
+            condition_mask: Some(&self.mask),
+            padding_mask: None,
+            fps: None,
+        }
+    }
+
+    /// Mean squared error of the predicted velocity `v` over the generated frames, in `v`'s dtype.
+    fn loss(&self, v: &Tensor) -> Result<Tensor> {
+        let t = v.dim(2)?;
+        let target = self.target.to_dtype(v.dtype())?;
+        let err = (v.narrow(2, 1, t - 1)? - target.narrow(2, 1, t - 1)?)?;
+        Ok(err.sqr()?.mean_all()?)
+    }
+}
+
 /// Flow-matching (rectified-flow) loss of a video2world DiT on clean latents `x0` (B, C, T, H, W)
 /// whose first latent frame is given: `x_s = (1 - s) x0 + s eps`, the DiT predicts the velocity
 /// `eps - x0` at timestep `s`; the given frame is clean and flagged by the condition mask, and the
@@ -200,31 +242,45 @@ pub fn flow_matching_loss(
     eps: &Tensor,
     text: &Tensor,
 ) -> Result<Tensor> {
-    let (b, _, t, h, w) = x0.dims5()?;
-    let s = sigma.reshape((b, 1, 1, 1, 1))?;
-    let noisy = (x0.broadcast_mul(&s.affine(-1.0, 1.0)?)? + eps.broadcast_mul(&s)?)?;
-    // The given frame stays clean.
-    let noisy = Tensor::cat(&[&x0.narrow(2, 0, 1)?, &noisy.narrow(2, 1, t - 1)?], 2)?;
-    let mut mask = vec![0f32; t];
-    mask[0] = 1.0;
-    let mask = Tensor::from_vec(mask, (1, 1, t, 1, 1), x0.device())?.broadcast_as((b, 1, t, h, w))?.contiguous()?;
-    let inp = DitInput {
-        latents: &noisy,
-        timestep: sigma,
-        text,
-        text_mask: None,
-        condition_mask: Some(&mask),
-        padding_mask: None,
-        fps: None,
-    };
+    let fm = FlowMatching::new(x0, sigma, eps)?;
+    let inp = fm.input(sigma, text);
     let residuals = match control {
         Some((branch, hint)) => branch.residuals(&inp, hint)?,
         None => Vec::new(),
     };
     let v = dit.forward_with_residuals(&inp, &residuals).map_err(|e| Error::Invalid(e.to_string()))?;
-    let target = (eps - x0)?;
-    let err = (v.narrow(2, 1, t - 1)? - target.narrow(2, 1, t - 1)?)?;
-    Ok(err.sqr()?.mean_all()?)
+    fm.loss(&v)
+}
+
+/// [`flow_matching_loss`] with the control branch, for a *frozen* `dit` too large for plain autograd
+/// (the 2B DiT at video size): the DiT's part of the backward runs block by block with recomputation
+/// ([`CosmosTransformer3DModel::residual_grads`]), and the returned tensor is a surrogate whose
+/// value is the loss (computed in f32) and whose gradient w.r.t. everything upstream of the
+/// residuals (branch, hint, dLDM encoder) is exactly the loss's. Only the branch's own graph is kept
+/// for `backward`; the DiT's weights get no gradient.
+pub fn flow_matching_loss_recompute(
+    dit: &CosmosTransformer3DModel,
+    branch: &ControlBranch,
+    hint: &Tensor,
+    x0: &Tensor,
+    sigma: &Tensor,
+    eps: &Tensor,
+    text: &Tensor,
+) -> Result<Tensor> {
+    let fm = FlowMatching::new(x0, sigma, eps)?;
+    let inp = fm.input(sigma, text);
+    let residuals = branch.residuals(&inp, hint)?;
+    let out = dit
+        .residual_grads(&inp, &residuals, |v| {
+            fm.loss(&v.to_dtype(DType::F32)?).map_err(|e| vw_diffusion::Error::Invalid(e.to_string()))
+        })
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut inner = Tensor::zeros((), DType::F32, x0.device())?;
+    for ((_, r), g) in residuals.iter().zip(&out.grads) {
+        inner = (inner + (r.to_dtype(DType::F32)? * g.to_dtype(DType::F32)?)?.sum_all()?)?;
+    }
+    // value: the loss (inner - inner is exactly 0); gradient: d inner = sum_i g_i dr_i.
+    Ok(((&inner - inner.detach())? + out.loss.to_dtype(DType::F32)?)?)
 }
 
 #[cfg(test)]
@@ -246,6 +302,61 @@ mod tests {
         assert_eq!(l.dims(), &[2, 12, 2, 4, 4]);
         let back = pixel_frames(&l, 2, 3)?;
         assert_eq!(x.flatten_all()?.to_vec1::<f32>()?, back.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    /// The checkpointed stage-2 path (block-level recomputation through the frozen DiT + the
+    /// surrogate loss) gives the same loss and the same gradients of every trainable tensor (control
+    /// branch and the code-to-hint projection) as plain autograd through the whole graph.
+    #[test]
+    fn recomputed_stage2_gradients_equal_plain_autograd() -> Result<()> {
+        let dev = Device::Cpu;
+        let dcfg = CosmosTransformerConfig { num_layers: 4, ..tiny_dit() };
+        let main_vm = VarMap::new();
+        let dit = CosmosTransformer3DModel::new(&dcfg, crate::train::seeded_var_builder(&main_vm, 7, DType::F32, &dev))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let ctrl_vm = VarMap::new();
+        let vb = crate::train::seeded_var_builder(&ctrl_vm, 8, DType::F32, &dev);
+        let ccfg = ControlConfig { num_control_blocks: 2, ..ControlConfig::tiny() };
+        let branch = ControlBranch::new(&ccfg, &dcfg, vb.pp("control"))?;
+        let hint_proj = linear(6, ccfg.hint_channels, vb.pp("hint_proj"))?;
+        // Random values everywhere: zero-initialised outputs would zero most gradients.
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(5);
+        let vars = named_vars(&ctrl_vm);
+        for (_, v) in &vars {
+            v.set(&(crate::train::randn_from(&mut rng, v.shape().clone(), &dev)? * 0.2)?)?;
+        }
+        let (b, t, h, w) = (2, 3, 4, 4);
+        let x0 = crate::train::randn_from(&mut rng, (b, 12, t, h, w), &dev)?;
+        let eps = crate::train::randn_from(&mut rng, (b, 12, t, h, w), &dev)?;
+        let codes = crate::train::randn_from(&mut rng, (b, t - 1, 6), &dev)?;
+        let sigma = Tensor::new(&[0.3f32, 0.8], &dev)?;
+        let text = crate::train::randn_from(&mut rng, (b, 3, dcfg.text_embed_dim), &dev)?;
+
+        let hint = codes_to_hint(&codes, &hint_proj, h, w)?;
+        let plain = flow_matching_loss(&dit, Some((&branch, &hint)), &x0, &sigma, &eps, &text)?;
+        let plain_grads = plain.backward()?;
+        let hint = codes_to_hint(&codes, &hint_proj, h, w)?;
+        let ck = flow_matching_loss_recompute(&dit, &branch, &hint, &x0, &sigma, &eps, &text)?;
+        let ck_grads = ck.backward()?;
+        let (lp, lc) = (plain.to_scalar::<f32>()?, ck.to_scalar::<f32>()?);
+        assert!((lp - lc).abs() <= 1e-6 * lp.abs(), "loss {lp} vs {lc}");
+        let mut compared = 0;
+        for (name, v) in &vars {
+            match (plain_grads.get(v.as_tensor()), ck_grads.get(v.as_tensor())) {
+                (None, None) => {}
+                (Some(want), Some(got)) => {
+                    let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                    assert!(scale > 0.0, "{name}: zero reference gradient");
+                    assert!(diff <= 1e-4 * scale, "{name}: max |diff| {diff} vs max |grad| {scale}");
+                    compared += 1;
+                }
+                (p, c) => panic!("{name}: gradient present plain {} / recomputed {}", p.is_some(), c.is_some()),
+            }
+        }
+        // Every copied block, the hint embedding and MLP, the zero blocks and the projection.
+        assert!(compared >= 40, "compared only {compared} tensors");
         Ok(())
     }
 

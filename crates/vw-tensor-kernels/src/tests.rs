@@ -92,6 +92,28 @@ fn attention_op_backward_matches_autograd() -> R {
     Ok(())
 }
 
+/// The op's gradients carry no backprop graph of their own: one that did kept every chunk's f32
+/// score block alive until the gradients were dropped (tens of GiB at video length on the GPU).
+#[test]
+fn attention_op_backward_records_no_graph() -> R {
+    let vars: Vec<Var> = [rt(5, &[1, 2, 13, 8]), rt(6, &[1, 2, 19, 8]), rt(7, &[1, 2, 19, 8])]
+        .iter()
+        .map(Var::from_tensor)
+        .collect::<candle_core::Result<_>>()?;
+    let (q, k, v) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+    let mut op = attention::FlashAttnOp::new(q, k, v, 0.3, false, None)?;
+    op.bwd_rows = 5;
+    let out = q.apply_op3(k, v, op)?;
+    let grads = (out * rt(9, &[1, 2, 13, 8]))?.sum_all()?.backward()?;
+    for (n, t) in ["dq", "dk", "dv"].iter().zip([q, k, v]) {
+        let g = grads.get(t).expect("gradient");
+        // A gradient with a graph back to the inputs would itself have gradients w.r.t. them.
+        let again = g.sum_all()?.backward()?;
+        assert!([q, k, v].iter().all(|x| again.get(x).is_none()), "{n} records a backprop graph");
+    }
+    Ok(())
+}
+
 #[test]
 fn conv3d_composed_matches_reference() -> R {
     #[allow(clippy::type_complexity)]

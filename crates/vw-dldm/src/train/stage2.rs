@@ -10,7 +10,10 @@
 use super::craft::{CraftData, Transitions};
 use super::{fit, rand_from, randn_from, RunDir, TrainConfig, Trainer};
 use crate::baseline::{TinyLdm, TinyLdmConfig};
-use crate::control::{codes_to_hint, flow_matching_loss, pixel_frames, pixel_latents, ControlBranch, ControlConfig};
+use crate::control::{
+    codes_to_hint, flow_matching_loss, flow_matching_loss_recompute, pixel_frames, pixel_latents, ControlBranch,
+    ControlConfig,
+};
 use crate::{Error, LatentDynamics, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{linear, Linear, VarBuilder, VarMap};
@@ -94,6 +97,9 @@ pub struct Stage2Config {
     pub init_seed: u64,
     /// Euler steps when rendering.
     pub sample_steps: usize,
+    /// Backward through the frozen DiT block by block with recomputation instead of plain autograd
+    /// (same gradients; needed at the 2B shape, see `vw_diffusion::recompute`).
+    pub recompute_dit: bool,
 }
 
 impl Default for Stage2Config {
@@ -125,6 +131,7 @@ impl Stage2Config {
             data: base.data,
             init_seed: 0,
             sample_steps: 10,
+            recompute_dit: false,
         }
     }
 
@@ -174,7 +181,11 @@ impl Stage2Model {
         let sigma = rand_from(rng, 0.0, 1.0, n, x0.device())?;
         let eps = randn_from(rng, x0.shape().clone(), x0.device())?;
         let text = self.text.broadcast_as((n, 1, self.cfg.dit.text_embed_dim))?.contiguous()?;
-        flow_matching_loss(&self.dit, Some((&self.branch, &hint)), &x0, &sigma, &eps, &text)
+        if self.cfg.recompute_dit {
+            flow_matching_loss_recompute(&self.dit, &self.branch, &hint, &x0, &sigma, &eps, &text)
+        } else {
+            flow_matching_loss(&self.dit, Some((&self.branch, &hint)), &x0, &sigma, &eps, &text)
+        }
     }
 
     /// Generates x_{t+1} from x_t (N, 3, H, W) and code vectors (N, Q, K) with Euler steps on the
@@ -355,6 +366,56 @@ pub fn load_stage2(run_dir: &Path, device: &Device) -> Result<(Stage2Config, Sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `recompute_dit` changes how the backward runs, not what it computes: same loss, same
+    /// gradients for the encoder, the control branch and the hint projection.
+    #[test]
+    fn recompute_dit_gives_the_same_loss_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut cfg = Stage2Config::tiny();
+        cfg.model.image_size = 32;
+        cfg.model.channels = [8, 16, 16];
+        cfg.model.dim = 32;
+        cfg.dit.num_layers = 3;
+        cfg.control.num_control_blocks = 2;
+        let main_vm = VarMap::new();
+        let dit = build_dit(&cfg, super::super::seeded_var_builder(&main_vm, 1, DType::F32, &dev))?;
+        let varmap = VarMap::new();
+        let mut model = Stage2Model::new(&cfg, dit, super::super::seeded_var_builder(&varmap, 2, DType::F32, &dev))?;
+        let vars = super::super::named_vars(&varmap);
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+        // The zero-initialised outputs would stop every gradient before the branch and the encoder.
+        for (k, v) in &vars {
+            if k.contains("zero_blocks") || k.contains("input_hint_block") {
+                v.set(&(randn_from(&mut rng, v.shape().clone(), &dev)? * 0.1)?)?;
+            }
+        }
+        let x_t = rand_from(&mut rng, -1.0, 1.0, (3, 3, 32, 32), &dev)?;
+        let x_next = rand_from(&mut rng, -1.0, 1.0, (3, 3, 32, 32), &dev)?;
+        let run = |model: &Stage2Model| -> Result<(f32, candle_core::backprop::GradStore)> {
+            let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4);
+            let loss = model.loss(&x_t, &x_next, &mut rng)?;
+            Ok((loss.to_scalar::<f32>()?, loss.backward()?))
+        };
+        let (lp, gp) = run(&model)?;
+        model.cfg.recompute_dit = true;
+        let (lc, gc) = run(&model)?;
+        assert!((lp - lc).abs() <= 1e-6 * lp.abs(), "loss {lp} vs {lc}");
+        let mut compared = 0;
+        for (name, v) in &vars {
+            let (p, c) = (gp.get(v.as_tensor()), gc.get(v.as_tensor()));
+            assert_eq!(p.is_some(), c.is_some(), "{name}: gradient present in one path only");
+            if let (Some(p), Some(c)) = (p, c) {
+                let diff = (c - p)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let scale = p.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(diff <= 1e-4 * scale.max(1e-12), "{name}: max |diff| {diff} vs max |grad| {scale}");
+                compared += 1;
+            }
+        }
+        assert!(vars.iter().filter(|(k, _)| k.starts_with("ldm.encoder")).count() > 0);
+        assert!(compared >= 40, "compared only {compared} tensors");
+        Ok(())
+    }
 
     #[test]
     fn stage2_trains_end_to_end_and_reloads() -> Result<()> {
