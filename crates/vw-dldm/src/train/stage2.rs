@@ -100,6 +100,10 @@ pub struct Stage2Config {
     /// Backward through the frozen DiT block by block with recomputation instead of plain autograd
     /// (same gradients; needed at the 2B shape, see `vw_diffusion::recompute`).
     pub recompute_dit: bool,
+    /// LoRA adapters on the frozen DiT, trained with the control branch (`dit_lora.*` in the
+    /// checkpoint); None trains no DiT weight. Not combined with `recompute_dit` yet (its backward
+    /// gives gradients for the residuals only).
+    pub lora: Option<vw_diffusion::lora::LoraConfig>,
 }
 
 impl Default for Stage2Config {
@@ -132,6 +136,7 @@ impl Stage2Config {
             init_seed: 0,
             sample_steps: 10,
             recompute_dit: false,
+            lora: None,
         }
     }
 
@@ -155,8 +160,17 @@ pub struct Stage2Model {
 }
 
 impl Stage2Model {
-    /// Builds the trainable part under `vb` (`ldm.*`, `control.*`, `hint_proj`) around `dit`.
-    pub fn new(cfg: &Stage2Config, dit: CosmosTransformer3DModel, vb: VarBuilder) -> Result<Self> {
+    /// Builds the trainable part under `vb` (`ldm.*`, `control.*`, `hint_proj`, and `dit_lora.*` when
+    /// `cfg.lora` is set) around `dit`.
+    pub fn new(cfg: &Stage2Config, mut dit: CosmosTransformer3DModel, vb: VarBuilder) -> Result<Self> {
+        if let Some(lora) = &cfg.lora {
+            if cfg.recompute_dit {
+                return Err(Error::Invalid(
+                    "stage 2: lora with recompute_dit is not supported (the recomputed backward has no DiT-weight gradients)".into(),
+                ));
+            }
+            dit.attach_lora(lora, vb.pp("dit_lora")).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         let dcfg = cfg.dit.cosmos(cfg.channels());
         let ldm = TinyLdm::new(&cfg.model, vb.pp("ldm"))?;
         let branch = ControlBranch::new(&cfg.control, &dcfg, vb.pp("control"))?;
@@ -419,8 +433,18 @@ mod tests {
 
     #[test]
     fn stage2_trains_end_to_end_and_reloads() -> Result<()> {
+        end_to_end(None)
+    }
+
+    #[test]
+    fn stage2_with_lora_trains_the_adapters_and_reloads() -> Result<()> {
+        end_to_end(Some(vw_diffusion::lora::LoraConfig { rank: 2, ..Default::default() }))
+    }
+
+    fn end_to_end(lora: Option<vw_diffusion::lora::LoraConfig>) -> Result<()> {
         let dir = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
         let mut cfg = Stage2Config::tiny();
+        cfg.lora = lora.clone();
         cfg.model.image_size = 32;
         cfg.model.channels = [8, 16, 16];
         cfg.model.dim = 32;
@@ -446,6 +470,26 @@ mod tests {
         assert_eq!(a.dims(), &[1, 3, 2, 32, 32]);
         let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "reloaded model renders differently: {diff}");
+        // The adapters are in the checkpoint and have left their zero start.
+        let path = super::super::checkpoint::committed_tensors_path(dir.path())?;
+        let saved = candle_core::safetensors::load(&path, &dev)?;
+        let b_norms: Vec<f32> = saved
+            .iter()
+            .filter(|(k, _)| k.starts_with("dit_lora.") && k.ends_with("lora_B.weight"))
+            .map(|(_, t)| t.abs()?.sum_all()?.to_scalar::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        match lora {
+            None => assert!(b_norms.is_empty()),
+            Some(_) => {
+                assert_eq!(b_norms.len(), cfg.dit.num_layers * 8);
+                assert!(b_norms.iter().any(|&n| n > 0.0), "no adapter was trained");
+            }
+        }
+        let mut both = cfg.clone();
+        both.lora = Some(Default::default());
+        both.recompute_dit = true;
+        let dit = build_dit(&both, VarBuilder::zeros(DType::F32, &dev))?;
+        assert!(Stage2Model::new(&both, dit, VarBuilder::zeros(DType::F32, &dev)).is_err());
         Ok(())
     }
 }
