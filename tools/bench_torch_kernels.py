@@ -34,18 +34,8 @@ def timed_b2b(fn, iters, reps):
 
 
 def timed(fn, iters):
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    ts.sort()
-    return ts[len(ts) // 2]
+    """Seconds of one call between two CUDA events (median)."""
+    return timed_b2b(fn, iters, 1)
 
 
 def row(name, shape, t, work, unit):

@@ -7,12 +7,10 @@ use vw_diffusion::dit::{CosmosTransformer3DModel, CosmosTransformerConfig, DitIn
 use vw_diffusion::vae::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use vw_diffusion::weights::build_random;
 
-/// Arguments of `vw bench-dit`.
+/// The DiT and video shape of a benchmark (`vw bench-dit`, `vw bench-stage2`).
 #[derive(Debug, Args)]
-pub struct BenchDitArgs {
-    #[command(flatten)]
-    pub device: super::DeviceArgs,
-    /// Model config: `2b` (Cosmos-Predict2-2B-Video2World) or `tiny`.
+pub struct DitShapeArgs {
+    /// DiT config: `2b` (Cosmos-Predict2-2B-Video2World) or `tiny`.
     #[arg(long, default_value = "2b")]
     pub config: String,
     /// Video frames (latent frames = (frames - 1) / 4 + 1).
@@ -27,6 +25,31 @@ pub struct BenchDitArgs {
     /// Text tokens.
     #[arg(long, default_value_t = 512)]
     pub text_len: usize,
+}
+
+impl DitShapeArgs {
+    /// The DiT config `--config` names.
+    pub fn dit_config(&self) -> anyhow::Result<CosmosTransformerConfig> {
+        Ok(match self.config.as_str() {
+            "2b" => CosmosTransformerConfig::predict2_2b_video2world(),
+            "tiny" => CosmosTransformerConfig::tiny(),
+            o => anyhow::bail!("unknown --config `{o}` (2b or tiny)"),
+        })
+    }
+
+    /// Latent frames, height and width of the video (4x temporal, 8x spatial compression).
+    pub fn latent_shape(&self) -> (usize, usize, usize) {
+        ((self.frames - 1) / 4 + 1, self.height / 8, self.width / 8)
+    }
+}
+
+/// Arguments of `vw bench-dit`.
+#[derive(Debug, Args)]
+pub struct BenchDitArgs {
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+    #[command(flatten)]
+    pub shape: DitShapeArgs,
     /// Random weights (the only mode: no checkpoint download needed).
     #[arg(long, default_value_t = true)]
     pub random_weights: bool,
@@ -38,7 +61,8 @@ pub struct BenchDitArgs {
     pub iters: usize,
 }
 
-fn sync(d: &candle_core::Device) -> anyhow::Result<()> {
+/// Waits for the device's queued work (timing boundaries of the benchmarks).
+pub(super) fn sync(d: &candle_core::Device) -> anyhow::Result<()> {
     d.synchronize()?;
     Ok(())
 }
@@ -58,14 +82,9 @@ fn report(name: &str, mut times: Vec<f64>, extra: serde_json::Value) {
 pub fn run(args: BenchDitArgs) -> anyhow::Result<()> {
     let device = args.device.open()?;
     let dtype = args.device.dtype.dtype();
-    let cfg = match args.config.as_str() {
-        "2b" => CosmosTransformerConfig::predict2_2b_video2world(),
-        "tiny" => CosmosTransformerConfig::tiny(),
-        o => anyhow::bail!("unknown --config `{o}` (2b or tiny)"),
-    };
+    let cfg = args.shape.dit_config()?;
     let model = build_random(0, dtype, &device, |vb| CosmosTransformer3DModel::new(&cfg, vb))?;
-    let t = (args.frames - 1) / 4 + 1;
-    let (h, w) = (args.height / 8, args.width / 8);
+    let (t, h, w) = args.shape.latent_shape();
     let lat_c = cfg.in_channels - 1;
     let x = candle_core::Tensor::randn(0f32, 1.0, (1, lat_c, t, h, w), &device)?.to_dtype(dtype)?;
     let mut cm = vec![0f32; t];
@@ -73,9 +92,9 @@ pub fn run(args: BenchDitArgs) -> anyhow::Result<()> {
     let cond =
         candle_core::Tensor::from_vec(cm, (1, 1, t, 1, 1), &device)?.broadcast_as((1, 1, t, h, w))?.contiguous()?;
     let ts = candle_core::Tensor::full(0.5f32, (1, t), &device)?;
-    let text =
-        candle_core::Tensor::randn(0f32, 1.0, (1, args.text_len, cfg.text_embed_dim), &device)?.to_dtype(dtype)?;
-    let pad = candle_core::Tensor::zeros((1, 1, args.height, args.width), dtype, &device)?;
+    let text = candle_core::Tensor::randn(0f32, 1.0, (1, args.shape.text_len, cfg.text_embed_dim), &device)?
+        .to_dtype(dtype)?;
+    let pad = candle_core::Tensor::zeros((1, 1, args.shape.height, args.shape.width), dtype, &device)?;
     let inp = DitInput {
         latents: &x,
         timestep: &ts,
@@ -100,7 +119,7 @@ pub fn run(args: BenchDitArgs) -> anyhow::Result<()> {
     report(
         "vw-candle",
         times,
-        serde_json::json!({"latent": [t, h, w], "tokens": tokens, "dtype": format!("{dtype:?}"), "config": args.config}),
+        serde_json::json!({"latent": [t, h, w], "tokens": tokens, "dtype": format!("{dtype:?}"), "config": args.shape.config}),
     );
     Ok(())
 }

@@ -10,11 +10,12 @@
 //! The dLDM side is a stand-in: random code vectors (4 queries x 4 FSQ dims per transition) through
 //! the trainable code-to-hint projection, not the full dLDM encoder on pixels.
 
+use super::bench_dit::sync;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Args;
 use std::time::Instant;
-use vw_diffusion::dit::{CosmosTransformer3DModel, CosmosTransformerConfig, DitInput};
+use vw_diffusion::dit::{CosmosTransformer3DModel, DitInput};
 use vw_diffusion::weights::build_random;
 use vw_dldm::control::{codes_to_hint, flow_matching_loss_recompute, ControlBranch, ControlConfig};
 use vw_dldm::train::{named_vars, AdamWConfig, TrainConfig, Trainer};
@@ -24,21 +25,8 @@ use vw_dldm::train::{named_vars, AdamWConfig, TrainConfig, Trainer};
 pub struct BenchStage2Args {
     #[command(flatten)]
     pub device: super::DeviceArgs,
-    /// DiT config: `2b` (Cosmos-Predict2-2B-Video2World) or `tiny`.
-    #[arg(long, default_value = "2b")]
-    pub config: String,
-    /// Video frames (latent frames = (frames - 1) / 4 + 1).
-    #[arg(long, default_value_t = 93)]
-    pub frames: usize,
-    /// Video height in pixels.
-    #[arg(long, default_value_t = 480)]
-    pub height: usize,
-    /// Video width in pixels.
-    #[arg(long, default_value_t = 832)]
-    pub width: usize,
-    /// Text tokens.
-    #[arg(long, default_value_t = 512)]
-    pub text_len: usize,
+    #[command(flatten)]
+    pub shape: super::bench_dit::DitShapeArgs,
     /// DiT blocks copied into the control branch (official `layer_mask`: the first 3).
     #[arg(long, default_value_t = 3)]
     pub control_blocks: usize,
@@ -117,26 +105,14 @@ impl Drop for MemSampler {
     }
 }
 
-fn sync(d: &Device) -> anyhow::Result<()> {
-    d.synchronize()?;
-    Ok(())
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-#[cfg(feature = "cuda")]
-fn used_gib(device: &Device) -> anyhow::Result<f64> {
-    let Device::Cuda(d) = device else { return Ok(0.0) };
-    let (free, total) = d.cuda_stream().context().mem_get_info()?;
-    Ok((total - free) as f64 / (1u64 << 30) as f64)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn used_gib(_: &Device) -> anyhow::Result<f64> {
-    Ok(0.0)
+/// The device's used memory now, GiB (0 without CUDA).
+fn used_gib(device: &Device) -> f64 {
+    MemSampler::used_bytes(device).and_then(|used| used()).map_or(0.0, |b| b as f64 / (1u64 << 30) as f64)
 }
 
 fn probe(
@@ -147,12 +123,12 @@ fn probe(
 ) -> anyhow::Result<()> {
     let dtype = args.device.dtype.dtype();
     let cfg = dit.config();
-    let t = (args.frames - 1) / 4 + 1;
-    let n = t * (args.height / 16) * (args.width / 16);
+    let (t, h8, w8) = args.shape.latent_shape();
+    let n = t * (h8 / 2) * (w8 / 2);
     let (h, hd) = (cfg.num_attention_heads, cfg.attention_head_dim);
     let mark = |what: &str| -> anyhow::Result<()> {
         sync(device)?;
-        eprintln!("{what}: used {:.2} GiB, peak {:.2} GiB", used_gib(device)?, mem.peak_gib().unwrap_or(0.0));
+        eprintln!("{what}: used {:.2} GiB, peak {:.2} GiB", used_gib(device), mem.peak_gib().unwrap_or(0.0));
         Ok(())
     };
     mark("built")?;
@@ -174,7 +150,7 @@ fn probe(
             &Tensor::randn(0f32, 1.0, (1, rows, cfg.hidden_size()), device)?.to_dtype(dtype)?,
         )?;
         let lat = Tensor::zeros((1, cfg.in_channels - 1, 1, 2, 2), dtype, device)?;
-        let text = Tensor::randn(0f32, 1.0, (1, args.text_len, cfg.text_embed_dim), device)?.to_dtype(dtype)?;
+        let text = Tensor::randn(0f32, 1.0, (1, args.shape.text_len, cfg.text_embed_dim), device)?.to_dtype(dtype)?;
         let ts = Tensor::new(&[0.5f32], device)?;
         let cond = Tensor::zeros((1, 1, 1, 2, 2), dtype, device)?;
         let inp = DitInput {
@@ -210,11 +186,7 @@ pub fn run(args: BenchStage2Args) -> anyhow::Result<()> {
         candle_core::cuda_backend::set_gemm_reduced_precision_f32(true);
     }
     let mem = MemSampler::start(&device);
-    let dcfg = match args.config.as_str() {
-        "2b" => CosmosTransformerConfig::predict2_2b_video2world(),
-        "tiny" => CosmosTransformerConfig::tiny(),
-        o => anyhow::bail!("unknown --config `{o}` (2b or tiny)"),
-    };
+    let dcfg = args.shape.dit_config()?;
     // Frozen main DiT: plain tensors, so no gradient is ever computed for its weights.
     let dit = build_random(0, dtype, &device, |vb| CosmosTransformer3DModel::new(&dcfg, vb))?;
     if args.probe {
@@ -242,13 +214,12 @@ pub fn run(args: BenchStage2Args) -> anyhow::Result<()> {
     };
     let mut trainer = Trainer::new(params, Vec::new(), train_cfg)?;
 
-    let t = (args.frames - 1) / 4 + 1;
-    let (h, w) = (args.height / 8, args.width / 8);
+    let (t, h, w) = args.shape.latent_shape();
     let c = dcfg.out_channels;
     let x0 = Tensor::randn(0f32, 1.0, (1, c, t, h, w), &device)?;
     let eps = Tensor::randn(0f32, 1.0, (1, c, t, h, w), &device)?;
     let sigma = Tensor::new(&[0.5f32], &device)?;
-    let text = Tensor::randn(0f32, 1.0, (1, args.text_len, dcfg.text_embed_dim), &device)?.to_dtype(dtype)?;
+    let text = Tensor::randn(0f32, 1.0, (1, args.shape.text_len, dcfg.text_embed_dim), &device)?.to_dtype(dtype)?;
     let codes = Tensor::randn(0f32, 1.0, (1, t - 1, code_dim), &device)?.to_dtype(dtype)?;
     sync(&device)?;
     let after_build = mem.peak_gib();
@@ -301,7 +272,7 @@ pub fn run(args: BenchStage2Args) -> anyhow::Result<()> {
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let v = serde_json::json!({
         "impl": "vw-candle-stage2",
-        "config": args.config,
+        "config": args.shape.config,
         "latent": [t, h, w],
         "tokens": tokens,
         "dtype": format!("{dtype:?}"),
