@@ -245,10 +245,12 @@ fn main() -> anyhow::Result<()> {
         }
         let dir = args.out.join(name);
         let t0 = Instant::now();
-        let model = if args.reuse && dir.join("checkpoint.json").exists() {
-            load_stage1(&dir, &dev)?.1
+        // A reused run is probed with the config it was trained with (levels, data), not the flags'.
+        let (cfg, model) = if args.reuse && dir.join("checkpoint.json").exists() {
+            load_stage1(&dir, &dev)?
         } else {
-            train_stage1(&cfg, &dir, false, &dev, true)?
+            let model = train_stage1(&cfg, &dir, false, &dev, true)?;
+            (cfg, model)
         };
         let secs = t0.elapsed().as_secs_f64();
         eprintln!("{name}: trained/loaded in {secs:.1} s");
