@@ -224,10 +224,15 @@ impl SimpleBackend for RandomBackend {
             *c += 1;
             *c
         };
-        // candle's device RNG is seeded per device; mixing in a counter keeps tensors distinct.
+        // A counter mixed into the seed keeps tensors distinct. candle cannot seed its CPU generator
+        // (`set_seed` fails there), so the CPU draws from our own seeded stream; a GPU seeds its own.
+        let seed = self.seed.wrapping_mul(1_000_003).wrapping_add(n);
         if dev.is_cpu() {
-            dev.set_seed(self.seed.wrapping_mul(1_000_003).wrapping_add(n))?;
+            return crate::pipeline::seeded_noise(s.dims(), seed, DType::F32, dev)
+                .and_then(|t| Ok((t * 0.02)?.to_dtype(dtype)?))
+                .map_err(|e| candle_core::Error::Msg(e.to_string()));
         }
+        dev.set_seed(seed)?;
         Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
     }
 
@@ -344,4 +349,27 @@ pub fn take(map: &HashMap<String, Tensor>, key: &str, path: &Path) -> Result<Ten
         key: key.to_string(),
         expected: vec![],
     })
+}
+
+#[cfg(test)]
+mod random_weight_tests {
+    use super::*;
+
+    /// `vw bench-dit --device cpu` used to fail here: candle cannot seed its CPU generator.
+    #[test]
+    fn random_weights_build_on_cpu_and_repeat_with_the_seed() -> Result<()> {
+        let dev = Device::Cpu;
+        let make = |seed| {
+            build_random(seed, DType::F32, &dev, |vb| {
+                Ok((vb.get((3, 5), "a")?.flatten_all()?.to_vec1::<f32>()?, vb.get(7, "b")?.to_vec1::<f32>()?))
+            })
+        };
+        let (a0, b0) = make(1)?;
+        assert_eq!((a0.clone(), b0.clone()), make(1)?);
+        assert_ne!(a0, make(2)?.0);
+        assert_ne!(a0[..5], b0[..5], "two tensors of one model draw different values");
+        let std = (a0.iter().chain(&b0).map(|v| v * v).sum::<f32>() / 22.0).sqrt();
+        assert!((0.005..0.05).contains(&std), "std {std}");
+        Ok(())
+    }
 }
