@@ -1,4 +1,5 @@
-//! `vw data`: write datasets to disk. `vw data craftworld` renders CraftWorld expert episodes as
+//! `vw data`: write datasets to disk. `vw data craftworld` renders CraftWorld expert (or, with
+//! `--play N`, play) episodes as
 //! image-sequence clips (numbered PNGs + an `episode.json` ground-truth sidecar per episode).
 
 use clap::{Args, Subcommand};
@@ -14,7 +15,7 @@ pub struct DataArgs {
 /// The datasets `vw data` can write.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Render CraftWorld expert episodes into DIR/episode_NNNNN/{frame_NNNNN.png, episode.json}.
+    /// Render CraftWorld expert (or play) episodes into DIR/episode_NNNNN/{frame_NNNNN.png, episode.json}.
     Craftworld(CraftworldArgs),
 }
 
@@ -48,6 +49,10 @@ pub struct CraftworldArgs {
     /// Draw each recipe's blocks at random instead of the structure's canonical colours.
     #[arg(long)]
     pub shuffle_colours: bool,
+    /// Write play episodes of this many frames (the gripper moves random blocks to random columns
+    /// through random detours; what the dLDM trains on) instead of the scripted expert's.
+    #[arg(long, value_name = "FRAMES")]
+    pub play: Option<usize>,
 }
 
 /// Runs `vw data`.
@@ -67,11 +72,12 @@ fn craftworld(a: CraftworldArgs) -> anyhow::Result<()> {
         ..CraftConfig::default()
     };
     let start = std::time::Instant::now();
-    let summary = write_dataset(&a.out, &cfg, a.split, a.episodes, a.seed, true)?;
+    let summary = write_dataset(&a.out, &cfg, a.split, a.episodes, a.seed, a.play, true)?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "wrote {} {} episodes ({} frames, {}x{}) to {} in {secs:.1} s ({:.0} frames/s)",
+        "wrote {} {} {} episodes ({} frames, {}x{}) to {} in {secs:.1} s ({:.0} frames/s)",
         summary.episodes.len(),
+        if a.play.is_some() { "play" } else { "expert" },
         a.split,
         summary.frames,
         a.size,

@@ -185,7 +185,7 @@ fn judge_fails_the_missing_step_and_everything_after() {
 fn written_episodes_read_back_identically() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = CraftConfig::tiny();
-    let summary = write_dataset(dir.path(), &cfg, Split::TestAppearance, 2, 5, false).unwrap();
+    let summary = write_dataset(dir.path(), &cfg, Split::TestAppearance, 2, 5, None, false).unwrap();
     assert_eq!(summary.episodes.len(), 2);
     let ep = generate_episode(&cfg, Split::TestAppearance, 6).unwrap();
     let back = load_episode(&summary.episodes[1]).unwrap();
@@ -205,6 +205,11 @@ fn written_episodes_read_back_identically() {
     let text = std::fs::read_to_string(&p).unwrap().replace(EPISODE_FORMAT, "something-else");
     std::fs::write(&p, text).unwrap();
     assert!(load_episode(&summary.episodes[0]).is_err());
+    // Play episodes: the frames and truth of `generate_play_episode`.
+    let play = write_dataset(&dir.path().join("play"), &cfg, Split::Train, 1, 3, Some(9), false).unwrap();
+    let back = load_episode(&play.episodes[0]).unwrap();
+    let want = generate_play_episode(&cfg, Split::Train, 3, 9).unwrap();
+    assert_eq!((back.frames.len(), &back.frames, &back.truth), (9, &want.frames, &want.truth));
 }
 
 /// Measures the judge's tolerance for docs/craftworld.md:

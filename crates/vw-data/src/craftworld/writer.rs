@@ -91,13 +91,16 @@ pub fn read_episode_meta(path: &Path) -> Result<EpisodeMeta> {
 }
 
 /// Generates and writes `episodes` episodes of `split` into `out/episode_%05d/`; episode `i` uses seed
-/// `seed + i`. Also writes `out/craftworld.json` (config, split, seeds). Shows a progress bar if `progress`.
+/// `seed + i`. The scripted expert's episodes, or with `play_frames = Some(n)` play episodes of `n`
+/// frames ([`super::generate_play_episode`]). Also writes `out/craftworld.json` (config, split, seeds,
+/// play frames). Shows a progress bar if `progress`.
 pub fn write_dataset(
     out: &Path,
     cfg: &CraftConfig,
     split: Split,
     episodes: usize,
     seed: u64,
+    play_frames: Option<usize>,
     progress: bool,
 ) -> Result<DatasetSummary> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -106,6 +109,7 @@ pub fn write_dataset(
         "split": split,
         "episodes": episodes,
         "first_seed": seed,
+        "play_frames": play_frames,
         "config": cfg,
     });
     let mpath = out.join("craftworld.json");
@@ -119,7 +123,10 @@ pub fn write_dataset(
     bar.set_message(format!("craftworld {split}"));
     let mut summary = DatasetSummary { episodes: Vec::with_capacity(episodes), frames: 0 };
     for i in 0..episodes {
-        let ep = generate_episode(cfg, split, seed.wrapping_add(i as u64))?;
+        let ep = match play_frames {
+            None => generate_episode(cfg, split, seed.wrapping_add(i as u64))?,
+            Some(n) => super::generate_play_episode(cfg, split, seed.wrapping_add(i as u64), n)?,
+        };
         let dir = out.join(format!("episode_{i:05}"));
         write_episode(&dir, &ep)?;
         summary.frames += ep.frames.len();
