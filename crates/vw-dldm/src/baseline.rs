@@ -18,7 +18,7 @@
 //! size); it exists because the official architecture does not train on 2 CPU cores in minutes.
 
 use crate::{LatentDynamics, Result};
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 use vw_tensor_kernels::conv2d::{conv2d, depth_to_space, Conv2d};
@@ -546,10 +546,39 @@ impl TinyLdm {
 
     /// [`TinyLdm::pair_loss`] and the code indices (N, Q) it quantised to, for code-usage logging.
     /// Includes the code-usage regulariser when `entropy_weight` > 0.
+    /// With `quant_noise` the noise is drawn from candle's (unseeded) generator; training passes its
+    /// own through [`TinyLdm::pair_loss_and_codes_with`].
     pub fn pair_loss_and_codes(&self, x_t: &Tensor, x_next: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.pair_loss_and_codes_with(x_t, x_next, None)
+    }
+
+    /// [`TinyLdm::pair_loss_and_codes`] with the quantisation noise of `quant_noise` given: uniform in
+    /// [-0.5, 0.5), shape (N, Q, code_dim) (see [`TinyLdm::quant_noise_shape`]). Ignored without
+    /// `quant_noise`; `None` draws it from candle's generator.
+    pub fn pair_loss_and_codes_with(
+        &self,
+        x_t: &Tensor,
+        x_next: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let z = self.encoder.forward(x_t, x_next)?;
         let (codes, idx) = fsq::fsq_quantize(&z, &self.cfg.levels).map_err(kernel_err)?;
-        let codes = if self.cfg.quant_noise { fsq_noisy_codes(&z, &self.cfg.levels)? } else { codes };
+        let codes = if self.cfg.quant_noise {
+            let noise = match noise {
+                Some(n) if n.dims() == z.dims() => n.to_dtype(DType::F32)?,
+                Some(n) => {
+                    return Err(crate::Error::Invalid(format!(
+                        "quantisation noise {:?} does not match the latents {:?}",
+                        n.shape(),
+                        z.shape()
+                    )))
+                }
+                None => Tensor::rand(-0.5f32, 0.5, z.shape(), z.device())?,
+            };
+            fsq_noisy_codes(&z, &self.cfg.levels, &noise)?
+        } else {
+            codes
+        };
         let mut loss = self.reconstruction_loss(x_t, x_next, &codes)?;
         if self.cfg.variance_weight > 0.0 && z.dim(0)? > 1 {
             // On tanh(z), the shape of FSQ's bound: a hinge on raw z is met by pushing a few
@@ -580,11 +609,12 @@ impl TinyLdm {
     }
 }
 
-/// FSQ's bound of z (..., D) plus uniform noise of one bin, divided by the half width: the codes
-/// FSQ would give with the rounding replaced by noise (see `TinyLdmConfig::quant_noise`).
-pub fn fsq_noisy_codes(z: &Tensor, levels: &[usize]) -> Result<Tensor> {
+/// FSQ's bound of z (..., D) plus `noise` (uniform in [-0.5, 0.5), z's shape, f32: one bin), divided
+/// by the half width: the codes FSQ would give with the rounding replaced by noise (see
+/// `TinyLdmConfig::quant_noise`).
+pub fn fsq_noisy_codes(z: &Tensor, levels: &[usize], noise: &Tensor) -> Result<Tensor> {
     let bounded = fsq::fsq_bound(z, levels).map_err(kernel_err)?;
-    let noise = Tensor::rand(-0.5f32, 0.5, bounded.shape(), z.device())?;
+    let noise = noise.to_device(bounded.device())?.to_dtype(bounded.dtype())?;
     let hw = fsq::half_widths(levels, z.device()).map_err(kernel_err)?;
     Ok((bounded + noise)?.broadcast_div(&hw)?.to_dtype(z.dtype())?)
 }
@@ -771,7 +801,8 @@ mod tests {
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(2);
         let z = crate::train::rand_from(&mut rng, -3.0, 3.0, (256, 4), &Device::Cpu)?;
         let (codes, _) = fsq::fsq_quantize(&z, &levels).map_err(kernel_err)?;
-        let noisy = fsq_noisy_codes(&z, &levels)?;
+        let noise = crate::train::rand_from(&mut rng, -0.5, 0.5, (256, 4), &Device::Cpu)?;
+        let noisy = fsq_noisy_codes(&z, &levels, &noise)?;
         // |bounded + u - round(bounded)| <= 1 bin, in code units 1 / half_width.
         let hw = Tensor::new(&[4f32, 2., 2., 2.], &Device::Cpu)?;
         let gap = (noisy - &codes)?.abs()?.broadcast_mul(&hw)?.max_all()?.to_scalar::<f32>()?;

@@ -154,12 +154,23 @@ pub struct Augment {
     /// Largest per-channel amplitude of a static grating (stripes of random orientation, period
     /// 3-16 px and phase) added to both frames. 0 = none.
     pub grating: f32,
+    /// Largest translation, in pixels, of a pair (both frames by the same whole-pixel offset in x and
+    /// y, edges replicated): a camera that is not always in the same place. 0 = none.
+    pub shift: usize,
+}
+
+/// `x` (1, C, H, W) moved by (dx, dy) pixels, the border replicated; |dx|, |dy| <= `max`.
+fn translate(x: &Tensor, dx: i64, dy: i64, max: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let m = max as i64;
+    let padded = x.pad_with_same(2, max, max)?.pad_with_same(3, max, max)?;
+    Ok(padded.narrow(2, (m - dy) as usize, h)?.narrow(3, (m - dx) as usize, w)?)
 }
 
 impl Augment {
     /// Whether it changes anything.
     pub fn is_off(&self) -> bool {
-        self.color_jitter == 0.0 && self.static_noise == 0.0 && self.grating == 0.0
+        self.color_jitter == 0.0 && self.static_noise == 0.0 && self.grating == 0.0 && self.shift == 0
     }
 
     /// Augments rows `rows` of a global batch of `batch` pairs: the parameters of all `batch` pairs are
@@ -240,8 +251,25 @@ impl Augment {
             texture = (texture + Tensor::from_vec(g, (n, c, h, w), dev)?)?;
         }
         let texture = texture.to_dtype(x_t.dtype())?;
+        let (x_t, x_next) = if self.shift > 0 {
+            // Drawn only when on, like the grating.
+            let s = self.shift as i64;
+            let offsets: Vec<(i64, i64)> =
+                (0..batch).map(|_| (rng.random_range(-s..=s), rng.random_range(-s..=s))).collect();
+            let moved = |x: &Tensor| -> Result<Tensor> {
+                let rows = rows
+                    .clone()
+                    .enumerate()
+                    .map(|(i, r)| translate(&x.narrow(0, i, 1)?, offsets[r].0, offsets[r].1, self.shift))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&rows, 0)?)
+            };
+            (moved(x_t)?, moved(x_next)?)
+        } else {
+            (x_t.clone(), x_next.clone())
+        };
         let f = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?) };
-        Ok((f(x_t)?, f(x_next)?))
+        Ok((f(&x_t)?, f(&x_next)?))
     }
 }
 
@@ -255,7 +283,7 @@ mod tests {
         let dev = Device::Cpu;
         let x_t = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
         let x_next = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
-        let aug = Augment { color_jitter: 0.3, static_noise: 0.1, grating: 0.2 };
+        let aug = Augment { color_jitter: 0.3, static_noise: 0.1, grating: 0.2, shift: 0 };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let (a, b) = aug.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
         // Same gain on both frames: the change between them is only scaled, per channel.
@@ -277,6 +305,56 @@ mod tests {
         let off = Augment::default();
         let (a3, _) = off.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
         assert_eq!((a3 - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn shift_moves_both_frames_of_a_pair_by_one_offset_and_shards_like_the_whole_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, w, s) = (9usize, 7usize, 2usize);
+        let x_t = Tensor::randn(0f32, 1.0, (6, 3, h, w), &dev)?;
+        let x_next = Tensor::randn(0f32, 1.0, (6, 3, h, w), &dev)?;
+        let aug = Augment { shift: s, ..Default::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (a, b) = aug.apply(&x_t, &x_next, &mut rng, 6, 0..6)?;
+        // Each row of both outputs is its input read at (y - dy, x - dx), clamped to the border, for
+        // one (dx, dy) per pair; exactly one offset fits, and it is the same for x_t and x_{t+1}.
+        let moved = |x: &[Vec<Vec<f32>>], dx: i64, dy: i64| -> Vec<f32> {
+            let mut out = Vec::new();
+            for plane in x {
+                for y in 0..h as i64 {
+                    for xx in 0..w as i64 {
+                        let (sy, sx) = ((y - dy).clamp(0, h as i64 - 1), (xx - dx).clamp(0, w as i64 - 1));
+                        out.push(plane[sy as usize][sx as usize]);
+                    }
+                }
+            }
+            out
+        };
+        let mut used = std::collections::HashSet::new();
+        for r in 0..6 {
+            let fit = |inp: &Tensor, out: &Tensor| -> Result<Vec<(i64, i64)>> {
+                let planes = inp.get(r)?.to_vec3::<f32>()?;
+                let got = out.get(r)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut fits = Vec::new();
+                for dy in -(s as i64)..=s as i64 {
+                    for dx in -(s as i64)..=s as i64 {
+                        if moved(&planes, dx, dy) == got {
+                            fits.push((dx, dy));
+                        }
+                    }
+                }
+                Ok(fits)
+            };
+            let (ft, fnext) = (fit(&x_t, &a)?, fit(&x_next, &b)?);
+            assert_eq!(ft.len(), 1, "row {r}: {ft:?}");
+            assert_eq!(ft, fnext, "row {r}");
+            used.insert(ft[0]);
+        }
+        assert!(used.len() > 1, "six pairs all moved by {used:?}");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (a2, _) = aug.apply(&x_t.narrow(0, 4, 2)?, &x_next.narrow(0, 4, 2)?, &mut rng, 6, 4..6)?;
+        assert_eq!((a2 - a.narrow(0, 4, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
 }

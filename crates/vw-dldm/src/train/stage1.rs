@@ -6,7 +6,7 @@ use super::craft::{CraftData, Transitions};
 use super::{fit, RunDir, TrainConfig, Trainer};
 use crate::baseline::{TinyLdm, TinyLdmConfig};
 use crate::{Error, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -27,6 +27,31 @@ pub struct Stage1Config {
     pub init_seed: u64,
     /// Appearance augmentation of the training pairs (off by default).
     pub augment: super::craft::Augment,
+    /// Restart from a fresh initialisation when the codebook has collapsed early (off by default).
+    pub restart_on_collapse: Option<CollapseRestart>,
+}
+
+/// A label-free check for the early codebook collapse of docs/results.md: if the training batches
+/// of steps `step - window + 1 ..= step` together used at most `max_codes` distinct codes, the run
+/// is abandoned and started again with `init_seed` and `train.seed` one higher, up to
+/// `max_restarts` times. The abandoned attempt's log is kept as `metrics.collapsed-seed<S>.jsonl`,
+/// and the checkpoint records the seeds that were used, so the run repeats exactly from its config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollapseRestart {
+    /// The step (1-based, as logged) at which the check runs; before the first checkpoint.
+    pub step: u64,
+    /// How many steps, ending at `step`, the distinct codes are counted over.
+    pub window: u64,
+    /// At most this many distinct codes in the window counts as collapsed.
+    pub max_codes: usize,
+    /// How many fresh starts to try before giving up with the error.
+    pub max_restarts: u32,
+}
+
+impl Default for CollapseRestart {
+    fn default() -> Self {
+        Self { step: 150, window: 50, max_codes: 2, max_restarts: 5 }
+    }
 }
 
 impl Default for Stage1Config {
@@ -57,6 +82,7 @@ impl Stage1Config {
             data,
             init_seed: 0,
             augment: Default::default(),
+            restart_on_collapse: None,
         }
     }
 
@@ -101,9 +127,51 @@ pub fn train_stage1_in(
     progress: bool,
     comm: Arc<dyn Collective>,
 ) -> Result<TinyLdm> {
+    let mut cfg = cfg.clone();
+    let mut restarts = 0;
+    loop {
+        match train_stage1_attempt(&cfg, run_dir, resume, device, progress, comm.clone()) {
+            Err(Error::Collapsed { step, from, codes })
+                if cfg.restart_on_collapse.is_some_and(|r| restarts < r.max_restarts) =>
+            {
+                if comm.is_main() {
+                    let log = run_dir.join(super::run::METRICS_FILE);
+                    let kept = run_dir.join(format!("metrics.collapsed-seed{}.jsonl", cfg.init_seed));
+                    std::fs::rename(&log, &kept).map_err(|e| Error::io(&log, e))?;
+                    tracing::warn!(
+                        "stage 1: {codes} distinct code(s) in steps {from}..={step} with init seed {}: \
+                         restarting with the next seed",
+                        cfg.init_seed
+                    );
+                }
+                restarts += 1;
+                cfg.init_seed += 1;
+                cfg.train.seed += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn train_stage1_attempt(
+    cfg: &Stage1Config,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+    comm: Arc<dyn Collective>,
+) -> Result<TinyLdm> {
+    if let Some(r) = cfg.restart_on_collapse {
+        if r.window == 0 || r.window > r.step || r.step >= cfg.train.checkpoint_every {
+            return Err(Error::Invalid(format!(
+                "restart_on_collapse: need 0 < window <= step < checkpoint_every ({}), got {r:?}",
+                cfg.train.checkpoint_every
+            )));
+        }
+    }
     let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
     let (varmap, model) = build_model(&cfg.model, cfg.init_seed, device)?;
-    let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?.with_collective(comm)?;
+    let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?.with_collective(comm.clone())?;
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
     if let Some(saved) = &resumed {
         // Model and data must match; optimisation settings may be changed on resume (e.g. more steps).
@@ -121,16 +189,43 @@ pub fn train_stage1_in(
     let mut run =
         RunDir::open_as(trainer.is_main(), run_dir, resumed.map(|_| trainer.step), cfg.train.total_steps, progress)?;
     let bs = cfg.train.batch_size;
+    let vocab: usize = cfg.model.levels.iter().product();
+    let mut seen = vec![0f32; vocab];
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         let ids = data.sample_ids(ctx.rng, bs);
         let rows = ctx.shard.range(bs)?;
         let (x_t, x_next) = data.pairs(&ids[rows.clone()])?;
-        let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, ctx.rng, bs, rows)?;
+        let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, ctx.rng, bs, rows.clone())?;
         *ctx.data_pos += bs as u64;
-        let (loss, idx) = model.pair_loss_and_codes(&x_t, &x_next)?;
+        // The quantisation noise of `quant_noise` comes from the trainer's generator, which the
+        // checkpoint carries: seeded runs repeat and resume exactly. Drawn for the whole batch, so
+        // every data-parallel rank stays in step, then cut to this rank's rows.
+        let noise = if cfg.model.quant_noise {
+            let (q, d) = (cfg.model.act_embedding_num, cfg.model.levels.len());
+            Some(super::rand_from(ctx.rng, -0.5, 0.5, (bs, q, d), device)?.narrow(0, rows.start, rows.len())?)
+        } else {
+            None
+        };
+        let (loss, idx) = model.pair_loss_and_codes_with(&x_t, &x_next, noise.as_ref())?;
         // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).
         let used: std::collections::HashSet<u32> = idx.flatten_all()?.to_vec1::<u32>()?.into_iter().collect();
         ctx.extra.insert("codes_used".into(), used.len().into());
+        if let Some(r) = cfg.restart_on_collapse {
+            let step = ctx.step + 1;
+            if step + r.window > r.step && step <= r.step {
+                for &c in &used {
+                    seen[c as usize] = 1.0;
+                }
+            }
+            if step == r.step {
+                // Every rank counts its own shard; summed, all ranks decide alike.
+                let all = comm.all_reduce_sum(&Tensor::from_vec(seen.clone(), vocab, device)?)?;
+                let codes = all.to_vec1::<f32>()?.iter().filter(|&&v| v > 0.0).count();
+                if codes <= r.max_codes {
+                    return Err(Error::Collapsed { step, from: step + 1 - r.window, codes });
+                }
+            }
+        }
         // At log steps: does the renderer use the codes (L1 with own vs centre vs another
         // transition's codes), and how far is it from copying x_t? (docs/results.md, collapse.)
         if (ctx.step + 1).is_multiple_of(cfg.train.log_every.max(1)) {
@@ -255,6 +350,68 @@ mod tests {
         let g = ThreadGroup::new(4).into_iter().next().ok_or_else(|| Error::Invalid("no rank".into()))?;
         let err = train_stage1_in(&cfg, &tmp.path().join("bad"), false, &dev, false, Arc::new(g)).err();
         assert!(err.is_some_and(|e| e.to_string().contains("split evenly")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_collapsed_start_is_restarted_with_the_next_seed_and_its_log_kept() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let dev = Device::Cpu;
+        let mut cfg = tiny_cfg(4, 4);
+        // Every start counts as collapsed (at most all 1000 codes): one restart, then the error.
+        cfg.restart_on_collapse = Some(CollapseRestart { step: 3, window: 2, max_codes: 1000, max_restarts: 1 });
+        let err = train_stage1(&cfg, tmp.path(), false, &dev, false).err();
+        assert!(matches!(err, Some(Error::Collapsed { step: 3, from: 2, .. })), "{err:?}");
+        let first = std::fs::read_to_string(tmp.path().join("metrics.collapsed-seed0.jsonl"))
+            .map_err(|e| Error::io("collapsed log", e))?;
+        assert_eq!(first.lines().count(), 2, "the first attempt logged steps 1 and 2");
+        assert!(!tmp.path().join("metrics.collapsed-seed1.jsonl").exists(), "the last attempt is not renamed");
+        // Never collapsed (at most 0 codes): trains to the end as without the check.
+        cfg.restart_on_collapse = Some(CollapseRestart { step: 3, window: 2, max_codes: 0, max_restarts: 1 });
+        let dir = tmp.path().join("ok");
+        train_stage1(&cfg, &dir, false, &dev, false)?;
+        assert_eq!(losses(&dir)?.len(), 4);
+        // A check after the first checkpoint could not restart cleanly: refused.
+        cfg.restart_on_collapse = Some(CollapseRestart { step: 600, window: 50, max_codes: 1, max_restarts: 1 });
+        assert!(matches!(train_stage1(&cfg, &tmp.path().join("bad"), false, &dev, false), Err(Error::Invalid(_))));
+        Ok(())
+    }
+
+    /// The play recipe's random parts (quantisation noise, shifted pairs) come from the trainer's
+    /// generator: the same seed gives the same run, another seed another, and 2 data-parallel ranks
+    /// follow the single process.
+    #[test]
+    fn quant_noise_and_shift_are_seeded_and_shard_like_one_process() -> Result<()> {
+        use vw_tensor_kernels::dist::ThreadGroup;
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let mut cfg = tiny_cfg(4, 4);
+        cfg.model.arch = crate::baseline::LdmArch::Motion;
+        cfg.model.loss = crate::baseline::ReconLoss::Mse;
+        cfg.model.quant_noise = true;
+        cfg.augment.shift = 2;
+        let dev = Device::Cpu;
+        train_stage1(&cfg, &tmp.path().join("a"), false, &dev, false)?;
+        train_stage1(&cfg, &tmp.path().join("b"), false, &dev, false)?;
+        let a = losses(&tmp.path().join("a"))?;
+        assert_eq!(a, losses(&tmp.path().join("b"))?);
+        let mut other = cfg.clone();
+        other.train.seed += 1;
+        train_stage1(&other, &tmp.path().join("c"), false, &dev, false)?;
+        assert_ne!(a, losses(&tmp.path().join("c"))?);
+        let dp = tmp.path().join("dp");
+        let ranks: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                let (cfg, dir) = (cfg.clone(), dp.clone());
+                std::thread::spawn(move || train_stage1_in(&cfg, &dir, false, &Device::Cpu, false, Arc::new(g)))
+            })
+            .collect();
+        for r in ranks {
+            r.join().map_err(|_| Error::Invalid("a rank panicked".into()))??;
+        }
+        for (x, y) in a.iter().zip(&losses(&dp)?) {
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "loss {x} vs {y}");
+        }
         Ok(())
     }
 }
