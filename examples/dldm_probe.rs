@@ -12,7 +12,7 @@
 //!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
 //!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
 //!     [--probe digits|onehot] [--play FRAMES]
-//!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only]
+//!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only] [--shift PX] [--restart-on-collapse]
 //! ```
 
 use anyhow::Context;
@@ -31,30 +31,19 @@ use vw_eval::probe::{probe_accuracy, ProbeConfig, ProbeFeatures, ProbeReport};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A change the command line makes to both models' stage-1 config.
+type Override = Box<dyn Fn(&mut Stage1Config)>;
+
 struct Args {
     out: PathBuf,
     reuse: bool,
     stage2: bool,
     seed: u64,
-    steps: Option<u64>,
     test_episodes: usize,
-    motion_weight: Option<f64>,
-    renderer_mix: Option<usize>,
-    entropy_weight: Option<f64>,
-    zero_init: bool,
-    arch: Option<vw_dldm::baseline::LdmArch>,
-    mse: bool,
-    quant_noise: bool,
-    variance_weight: Option<f64>,
     only: Option<String>,
-    batch: Option<usize>,
-    lr: Option<f64>,
     onehot_probe: bool,
-    play: Option<usize>,
-    jitter: Option<f32>,
-    texture: Option<f32>,
-    grating: Option<f32>,
-    diff_only: bool,
+    /// In command-line order, after the seed.
+    overrides: Vec<Override>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -63,68 +52,112 @@ fn parse() -> anyhow::Result<Args> {
         reuse: false,
         stage2: false,
         seed: 0,
-        steps: None,
         test_episodes: 24,
-        motion_weight: None,
-        renderer_mix: None,
-        entropy_weight: None,
-        zero_init: false,
-        arch: None,
-        mse: false,
-        quant_noise: false,
-        variance_weight: None,
         only: None,
-        batch: None,
-        lr: None,
         onehot_probe: false,
-        play: None,
-        jitter: None,
-        texture: None,
-        grating: None,
-        diff_only: false,
+        overrides: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().with_context(|| format!("{k} needs a value"));
-        match k.as_str() {
-            "--out" => a.out = val()?.into(),
-            "--reuse" => a.reuse = true,
-            "--stage2" => a.stage2 = true,
-            "--seed" => a.seed = val()?.parse()?,
-            "--steps" => a.steps = Some(val()?.parse()?),
-            "--test-episodes" => a.test_episodes = val()?.parse()?,
-            "--motion-weight" => a.motion_weight = Some(val()?.parse()?),
-            "--renderer-mix" => a.renderer_mix = Some(val()?.parse()?),
-            "--entropy-weight" => a.entropy_weight = Some(val()?.parse()?),
-            "--zero-init" => a.zero_init = true,
-            "--arch" => {
-                a.arch = Some(match val()?.as_str() {
-                    "motion" => vw_dldm::baseline::LdmArch::Motion,
-                    "sprite" => vw_dldm::baseline::LdmArch::Sprite,
-                    "patch" => vw_dldm::baseline::LdmArch::Patch,
-                    other => anyhow::bail!("--arch {other}: expected patch, motion or sprite"),
-                })
+        let set: Override = match k.as_str() {
+            "--out" => {
+                a.out = val()?.into();
+                continue;
             }
-            "--mse" => a.mse = true,
-            "--quant-noise" => a.quant_noise = true,
-            "--variance-weight" => a.variance_weight = Some(val()?.parse()?),
-            "--only" => a.only = Some(val()?),
-            "--batch" => a.batch = Some(val()?.parse()?),
-            "--lr" => a.lr = Some(val()?.parse()?),
-            "--play" => a.play = Some(val()?.parse()?),
-            "--jitter" => a.jitter = Some(val()?.parse()?),
-            "--texture" => a.texture = Some(val()?.parse()?),
-            "--grating" => a.grating = Some(val()?.parse()?),
-            "--diff-only" => a.diff_only = true,
+            "--reuse" => {
+                a.reuse = true;
+                continue;
+            }
+            "--stage2" => {
+                a.stage2 = true;
+                continue;
+            }
+            "--seed" => {
+                a.seed = val()?.parse()?;
+                continue;
+            }
+            "--test-episodes" => {
+                a.test_episodes = val()?.parse()?;
+                continue;
+            }
+            "--only" => {
+                a.only = Some(val()?);
+                continue;
+            }
             "--probe" => {
                 a.onehot_probe = match val()?.as_str() {
                     "digits" => false,
                     "onehot" => true,
                     other => anyhow::bail!("--probe {other}: expected digits or onehot"),
-                }
+                };
+                continue;
             }
+            "--steps" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.train.total_steps = v)
+            }
+            "--motion-weight" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.model.motion_weight = v)
+            }
+            "--renderer-mix" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.model.renderer_mix_layers = v)
+            }
+            "--entropy-weight" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.model.entropy_weight = v)
+            }
+            "--zero-init" => Box::new(|c| c.model.zero_init_residual = true),
+            "--arch" => {
+                let v = match val()?.as_str() {
+                    "motion" => vw_dldm::baseline::LdmArch::Motion,
+                    "sprite" => vw_dldm::baseline::LdmArch::Sprite,
+                    "patch" => vw_dldm::baseline::LdmArch::Patch,
+                    other => anyhow::bail!("--arch {other}: expected patch, motion or sprite"),
+                };
+                Box::new(move |c| c.model.arch = v)
+            }
+            "--mse" => Box::new(|c| c.model.loss = vw_dldm::baseline::ReconLoss::Mse),
+            "--quant-noise" => Box::new(|c| c.model.quant_noise = true),
+            "--variance-weight" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.model.variance_weight = v)
+            }
+            "--diff-only" => Box::new(|c| c.model.diff_only = true),
+            "--batch" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.train.batch_size = v)
+            }
+            "--lr" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.train.optim.lr = v)
+            }
+            "--play" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.data.play_frames = v)
+            }
+            "--jitter" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.augment.color_jitter = v)
+            }
+            "--texture" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.augment.static_noise = v)
+            }
+            "--grating" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.augment.grating = v)
+            }
+            "--shift" => {
+                let v = val()?.parse()?;
+                Box::new(move |c| c.augment.shift = v)
+            }
+            "--restart-on-collapse" => Box::new(|c| c.restart_on_collapse = Some(Default::default())),
             other => anyhow::bail!("unknown argument {other}"),
-        }
+        };
+        a.overrides.push(set);
     }
     Ok(a)
 }
@@ -195,53 +228,8 @@ fn main() -> anyhow::Result<()> {
         }
         cfg.train.seed = args.seed;
         cfg.init_seed = args.seed;
-        if let Some(s) = args.steps {
-            cfg.train.total_steps = s;
-        }
-        if let Some(w) = args.motion_weight {
-            cfg.model.motion_weight = w;
-        }
-        if let Some(arch) = args.arch {
-            cfg.model.arch = arch;
-        }
-        if args.quant_noise {
-            cfg.model.quant_noise = true;
-        }
-        if args.mse {
-            cfg.model.loss = vw_dldm::baseline::ReconLoss::Mse;
-        }
-        if let Some(w) = args.variance_weight {
-            cfg.model.variance_weight = w;
-        }
-        if let Some(b) = args.batch {
-            cfg.train.batch_size = b;
-        }
-        if let Some(j) = args.jitter {
-            cfg.augment.color_jitter = j;
-        }
-        if let Some(t) = args.texture {
-            cfg.augment.static_noise = t;
-        }
-        if args.diff_only {
-            cfg.model.diff_only = true;
-        }
-        if let Some(g) = args.grating {
-            cfg.augment.grating = g;
-        }
-        if let Some(n) = args.play {
-            cfg.data.play_frames = n;
-        }
-        if let Some(lr) = args.lr {
-            cfg.train.optim.lr = lr;
-        }
-        if let Some(n) = args.renderer_mix {
-            cfg.model.renderer_mix_layers = n;
-        }
-        if args.zero_init {
-            cfg.model.zero_init_residual = true;
-        }
-        if let Some(w) = args.entropy_weight {
-            cfg.model.entropy_weight = w;
+        for set in &args.overrides {
+            set(&mut cfg);
         }
         let dir = args.out.join(name);
         let t0 = Instant::now();
