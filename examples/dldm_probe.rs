@@ -60,6 +60,13 @@ fn parse() -> anyhow::Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().with_context(|| format!("{k} needs a value"));
+        // `--flag VALUE` that sets one field of the config to the parsed value.
+        macro_rules! set {
+            ($($field:ident).+) => {{
+                let v = val()?.parse()?;
+                Box::new(move |c: &mut Stage1Config| c.$($field).+ = v)
+            }};
+        }
         let set: Override = match k.as_str() {
             "--out" => {
                 a.out = val()?.into();
@@ -93,22 +100,10 @@ fn parse() -> anyhow::Result<Args> {
                 };
                 continue;
             }
-            "--steps" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.train.total_steps = v)
-            }
-            "--motion-weight" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.model.motion_weight = v)
-            }
-            "--renderer-mix" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.model.renderer_mix_layers = v)
-            }
-            "--entropy-weight" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.model.entropy_weight = v)
-            }
+            "--steps" => set!(train.total_steps),
+            "--motion-weight" => set!(model.motion_weight),
+            "--renderer-mix" => set!(model.renderer_mix_layers),
+            "--entropy-weight" => set!(model.entropy_weight),
             "--zero-init" => Box::new(|c| c.model.zero_init_residual = true),
             "--arch" => {
                 let v = match val()?.as_str() {
@@ -121,39 +116,15 @@ fn parse() -> anyhow::Result<Args> {
             }
             "--mse" => Box::new(|c| c.model.loss = vw_dldm::baseline::ReconLoss::Mse),
             "--quant-noise" => Box::new(|c| c.model.quant_noise = true),
-            "--variance-weight" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.model.variance_weight = v)
-            }
+            "--variance-weight" => set!(model.variance_weight),
             "--diff-only" => Box::new(|c| c.model.diff_only = true),
-            "--batch" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.train.batch_size = v)
-            }
-            "--lr" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.train.optim.lr = v)
-            }
-            "--play" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.data.play_frames = v)
-            }
-            "--jitter" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.augment.color_jitter = v)
-            }
-            "--texture" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.augment.static_noise = v)
-            }
-            "--grating" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.augment.grating = v)
-            }
-            "--shift" => {
-                let v = val()?.parse()?;
-                Box::new(move |c| c.augment.shift = v)
-            }
+            "--batch" => set!(train.batch_size),
+            "--lr" => set!(train.optim.lr),
+            "--play" => set!(data.play_frames),
+            "--jitter" => set!(augment.color_jitter),
+            "--texture" => set!(augment.static_noise),
+            "--grating" => set!(augment.grating),
+            "--shift" => set!(augment.shift),
             "--restart-on-collapse" => Box::new(|c| c.restart_on_collapse = Some(Default::default())),
             other => anyhow::bail!("unknown argument {other}"),
         };

@@ -280,6 +280,18 @@ mod tests {
         text.lines().map(|l| serde_json::from_str(l).map_err(|e| Error::Invalid(format!("{l}: {e}")))).collect()
     }
 
+    /// Trains `cfg` in `dir` on `n` data-parallel ranks (threads standing in for GPUs).
+    fn train_ranks(cfg: &Stage1Config, dir: &Path, n: usize) -> Result<Vec<TinyLdm>> {
+        let ranks: Vec<_> = vw_tensor_kernels::dist::ThreadGroup::new(n)
+            .into_iter()
+            .map(|g| {
+                let (cfg, dir) = (cfg.clone(), dir.to_path_buf());
+                std::thread::spawn(move || train_stage1_in(&cfg, &dir, false, &Device::Cpu, false, Arc::new(g)))
+            })
+            .collect();
+        ranks.into_iter().map(|r| r.join().map_err(|_| Error::Invalid("a rank panicked".into()))?).collect()
+    }
+
     fn losses(dir: &Path) -> Result<Vec<f64>> {
         Ok(records(dir)?.iter().map(|r| r.loss).collect())
     }
@@ -321,17 +333,7 @@ mod tests {
         let dev = Device::Cpu;
         let solo = train_stage1(&cfg, &tmp.path().join("solo"), false, &dev, false)?;
         let dp_dir = tmp.path().join("dp");
-        let ranks: Vec<_> = ThreadGroup::new(3)
-            .into_iter()
-            .map(|g| {
-                let (cfg, dir) = (cfg.clone(), dp_dir.clone());
-                std::thread::spawn(move || train_stage1_in(&cfg, &dir, false, &Device::Cpu, false, Arc::new(g)))
-            })
-            .collect();
-        let mut models = Vec::new();
-        for r in ranks {
-            models.push(r.join().map_err(|_| Error::Invalid("a rank panicked".into()))??);
-        }
+        let models = train_ranks(&cfg, &dp_dir, 3)?;
         let (a, b) = (losses(&tmp.path().join("solo"))?, losses(&dp_dir)?);
         assert_eq!(a.len(), 6);
         assert_eq!(b.len(), 6, "rank 0 alone logs");
@@ -382,7 +384,6 @@ mod tests {
     /// follow the single process.
     #[test]
     fn quant_noise_and_shift_are_seeded_and_shard_like_one_process() -> Result<()> {
-        use vw_tensor_kernels::dist::ThreadGroup;
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
         let mut cfg = tiny_cfg(4, 4);
         cfg.model.arch = crate::baseline::LdmArch::Motion;
@@ -399,16 +400,7 @@ mod tests {
         train_stage1(&other, &tmp.path().join("c"), false, &dev, false)?;
         assert_ne!(a, losses(&tmp.path().join("c"))?);
         let dp = tmp.path().join("dp");
-        let ranks: Vec<_> = ThreadGroup::new(2)
-            .into_iter()
-            .map(|g| {
-                let (cfg, dir) = (cfg.clone(), dp.clone());
-                std::thread::spawn(move || train_stage1_in(&cfg, &dir, false, &Device::Cpu, false, Arc::new(g)))
-            })
-            .collect();
-        for r in ranks {
-            r.join().map_err(|_| Error::Invalid("a rank panicked".into()))??;
-        }
+        train_ranks(&cfg, &dp, 2)?;
         for (x, y) in a.iter().zip(&losses(&dp)?) {
             assert!((x - y).abs() <= 1e-5 * x.abs().max(1e-3), "loss {x} vs {y}");
         }
