@@ -553,7 +553,7 @@ impl TinyLdm {
     }
 
     /// [`TinyLdm::pair_loss_and_codes`] with the quantisation noise of `quant_noise` given: uniform in
-    /// [-0.5, 0.5), shape (N, Q, code_dim) (see [`TinyLdm::quant_noise_shape`]). Ignored without
+    /// [-0.5, 0.5), shape (N, `act_embedding_num`, `levels.len()`) like the latents. Ignored without
     /// `quant_noise`; `None` draws it from candle's generator.
     pub fn pair_loss_and_codes_with(
         &self,
