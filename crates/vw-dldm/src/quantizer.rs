@@ -1,4 +1,4 @@
-//! The code quantizer: FSQ (`FSQuantizer` of the official `modules/quantizers.py`, levels [8,5,5,5],
+//! The code quantizer: FSQ (`FSQuantizer` of the official `modules/quantizers.py`, levels `[8,5,5,5]`,
 //! no projections since `dim == len(levels)`) or a VQ codebook (our option; the official
 //! `VectorQuantizer` expects 4D input and cannot run inside this tokenizer). Both go through the
 //! vw-tensor-kernels ops and pass gradients straight through.
