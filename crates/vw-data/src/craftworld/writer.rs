@@ -123,9 +123,10 @@ pub fn write_dataset(
     bar.set_message(format!("craftworld {split}"));
     let mut summary = DatasetSummary { episodes: Vec::with_capacity(episodes), frames: 0 };
     for i in 0..episodes {
+        let ep_seed = seed.wrapping_add(i as u64);
         let ep = match play_frames {
-            None => generate_episode(cfg, split, seed.wrapping_add(i as u64))?,
-            Some(n) => super::generate_play_episode(cfg, split, seed.wrapping_add(i as u64), n)?,
+            None => generate_episode(cfg, split, ep_seed)?,
+            Some(n) => super::generate_play_episode(cfg, split, ep_seed, n)?,
         };
         let dir = out.join(format!("episode_{i:05}"));
         write_episode(&dir, &ep)?;

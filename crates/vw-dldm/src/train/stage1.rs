@@ -127,10 +127,20 @@ pub fn train_stage1_in(
     progress: bool,
     comm: Arc<dyn Collective>,
 ) -> Result<TinyLdm> {
+    if let Some(r) = cfg.restart_on_collapse {
+        if r.window == 0 || r.window > r.step || r.step >= cfg.train.checkpoint_every {
+            return Err(Error::Invalid(format!(
+                "restart_on_collapse: need 0 < window <= step < checkpoint_every ({}), got {r:?}",
+                cfg.train.checkpoint_every
+            )));
+        }
+    }
+    // Rendered once: a restart changes the seeds, not the data.
+    let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
     let mut cfg = cfg.clone();
     let mut restarts = 0;
     loop {
-        match train_stage1_attempt(&cfg, run_dir, resume, device, progress, comm.clone()) {
+        match train_stage1_attempt(&cfg, &data, run_dir, resume, device, progress, comm.clone()) {
             Err(Error::Collapsed { step, from, codes })
                 if cfg.restart_on_collapse.is_some_and(|r| restarts < r.max_restarts) =>
             {
@@ -153,23 +163,16 @@ pub fn train_stage1_in(
     }
 }
 
+/// One start of [`train_stage1_in`] on its already rendered training transitions.
 fn train_stage1_attempt(
     cfg: &Stage1Config,
+    data: &Transitions,
     run_dir: &Path,
     resume: bool,
     device: &Device,
     progress: bool,
     comm: Arc<dyn Collective>,
 ) -> Result<TinyLdm> {
-    if let Some(r) = cfg.restart_on_collapse {
-        if r.window == 0 || r.window > r.step || r.step >= cfg.train.checkpoint_every {
-            return Err(Error::Invalid(format!(
-                "restart_on_collapse: need 0 < window <= step < checkpoint_every ({}), got {r:?}",
-                cfg.train.checkpoint_every
-            )));
-        }
-    }
-    let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
     let (varmap, model) = build_model(&cfg.model, cfg.init_seed, device)?;
     let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?.with_collective(comm.clone())?;
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
