@@ -158,11 +158,17 @@ impl RunDir {
     }
 }
 
-/// Draws `(step, loss)` points as a line chart PNG.
+/// Draws `(step, loss)` points as a line chart PNG. Where no font can be loaded (a headless machine
+/// without fontconfig's fonts) the chart is drawn without its caption and axis labels instead of
+/// failing the run that asked for it.
 pub fn plot_loss(path: &Path, points: &[(u64, f64)]) -> Result<()> {
+    let pts: Vec<(f64, f64)> = points.iter().filter(|(_, l)| l.is_finite()).map(|&(s, l)| (s as f64, l)).collect();
+    draw_loss(path, &pts, true).or_else(|_| draw_loss(path, &pts, false))
+}
+
+fn draw_loss(path: &Path, pts: &[(f64, f64)], text: bool) -> Result<()> {
     use plotters::prelude::*;
     let err = |e: String| Error::Invalid(format!("plotting {}: {e}", path.display()));
-    let pts: Vec<(f64, f64)> = points.iter().filter(|(_, l)| l.is_finite()).map(|&(s, l)| (s as f64, l)).collect();
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     if pts.is_empty() {
@@ -173,19 +179,27 @@ pub fn plot_loss(path: &Path, points: &[(u64, f64)]) -> Result<()> {
     let y_lo = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let y_hi = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
     let mut builder = ChartBuilder::on(&root);
-    builder.caption("training loss", ("sans-serif", 22)).margin(12).x_label_area_size(36).y_label_area_size(64);
+    builder.margin(12);
+    if text {
+        builder.caption("training loss", ("sans-serif", 22)).x_label_area_size(36).y_label_area_size(64);
+    }
+    let line = LineSeries::new(pts.iter().copied(), &BLUE);
     if positive {
         let mut chart = builder
             .build_cartesian_2d(0f64..x_max, (y_lo * 0.9..y_hi * 1.1).log_scale())
             .map_err(|e| err(e.to_string()))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss (log)").draw().map_err(|e| err(e.to_string()))?;
-        chart.draw_series(LineSeries::new(pts, &BLUE)).map_err(|e| err(e.to_string()))?;
+        if text {
+            chart.configure_mesh().x_desc("step").y_desc("loss (log)").draw().map_err(|e| err(e.to_string()))?;
+        }
+        chart.draw_series(line).map_err(|e| err(e.to_string()))?;
     } else {
         let pad = ((y_hi - y_lo) * 0.05).max(1e-6);
         let mut chart =
             builder.build_cartesian_2d(0f64..x_max, y_lo - pad..y_hi + pad).map_err(|e| err(e.to_string()))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|e| err(e.to_string()))?;
-        chart.draw_series(LineSeries::new(pts, &BLUE)).map_err(|e| err(e.to_string()))?;
+        if text {
+            chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|e| err(e.to_string()))?;
+        }
+        chart.draw_series(line).map_err(|e| err(e.to_string()))?;
     }
     root.present().map_err(|e| err(e.to_string()))
 }
