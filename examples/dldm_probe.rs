@@ -8,17 +8,23 @@
 //! train-split codes, and reports its accuracy on the held-out appearance for both models.
 //!
 //! ```text
-//! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--reuse] [--stage2]
+//! cargo run --release --example dldm_probe -- --out runs/dldm_probe [--preset tiny|play] [--reuse] [--stage2]
 //!     [--steps N] [--test-episodes N] [--motion-weight W] [--renderer-mix N]
 //!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
-//!     [--probe digits|onehot] [--play FRAMES]
-//!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only] [--shift PX] [--restart-on-collapse]
+//!     [--probe digits|onehot|embedding|digits+embedding] [--play FRAMES]
+//!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only] [--motion-gate TAU] [--shift PX] [--zoom Z] [--rotate RAD] [--background-only]
+//!     [--restart-on-collapse] [--factors] [--device cpu|cuda:N]
 //! ```
+//!
+//! `--factors` also scores the held-out episodes in the training look with one factor of their
+//! held-out look swapped in (camera, table, wall, light, blocks + distractors), to say which factor
+//! the transfer fails on. `--device cuda:0` trains and encodes on a GPU (a sweep there; the issue's
+//! budget is the CPU one).
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use vw_data::craftworld::{Split, NUM_ACTION_CLASSES};
+use vw_data::craftworld::{generate_episode_with_factor, Split, LOOK_FACTORS, NUM_ACTION_CLASSES};
 use vw_dldm::train::codes::{encode_transitions, CodesFile};
 use vw_dldm::train::craft::{CraftData, Transitions};
 use vw_dldm::train::stage1::{load_stage1, train_stage1, Stage1Config};
@@ -41,7 +47,12 @@ struct Args {
     seed: u64,
     test_episodes: usize,
     only: Option<String>,
-    onehot_probe: bool,
+    probe: ProbeKind,
+    factors: bool,
+    device: vw_tensor_kernels::device::DeviceSpec,
+    /// `--preset play`: start both models from `Stage1Config::tiny_play` (the VW1-style one with its
+    /// codes-only renderer) instead of `tiny`.
+    play_preset: bool,
     /// In command-line order, after the seed.
     overrides: Vec<Override>,
 }
@@ -54,7 +65,10 @@ fn parse() -> anyhow::Result<Args> {
         seed: 0,
         test_episodes: 24,
         only: None,
-        onehot_probe: false,
+        probe: ProbeKind::Digits,
+        factors: false,
+        device: "cpu".parse()?,
+        play_preset: false,
         overrides: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -93,11 +107,29 @@ fn parse() -> anyhow::Result<Args> {
                 continue;
             }
             "--probe" => {
-                a.onehot_probe = match val()?.as_str() {
-                    "digits" => false,
-                    "onehot" => true,
-                    other => anyhow::bail!("--probe {other}: expected digits or onehot"),
+                a.probe = match val()?.as_str() {
+                    "digits" => ProbeKind::Digits,
+                    "onehot" => ProbeKind::OneHot,
+                    "embedding" => ProbeKind::Embedding,
+                    "digits+embedding" => ProbeKind::DigitsAndEmbedding,
+                    other => anyhow::bail!("--probe {other}: expected digits, onehot, embedding or digits+embedding"),
                 };
+                continue;
+            }
+            "--factors" => {
+                a.factors = true;
+                continue;
+            }
+            "--preset" => {
+                a.play_preset = match val()?.as_str() {
+                    "tiny" => false,
+                    "play" => true,
+                    other => anyhow::bail!("--preset {other}: expected tiny or play"),
+                };
+                continue;
+            }
+            "--device" => {
+                a.device = val()?.parse()?;
                 continue;
             }
             "--steps" => set!(train.total_steps),
@@ -118,6 +150,7 @@ fn parse() -> anyhow::Result<Args> {
             "--quant-noise" => Box::new(|c| c.model.quant_noise = true),
             "--variance-weight" => set!(model.variance_weight),
             "--diff-only" => Box::new(|c| c.model.diff_only = true),
+            "--motion-gate" => set!(model.motion_gate_tau),
             "--batch" => set!(train.batch_size),
             "--lr" => set!(train.optim.lr),
             "--play" => set!(data.play_frames),
@@ -125,6 +158,9 @@ fn parse() -> anyhow::Result<Args> {
             "--texture" => set!(augment.static_noise),
             "--grating" => set!(augment.grating),
             "--shift" => set!(augment.shift),
+            "--zoom" => set!(augment.zoom),
+            "--rotate" => set!(augment.rotate),
+            "--background-only" => Box::new(|c| c.augment.background_only = true),
             "--restart-on-collapse" => Box::new(|c| c.restart_on_collapse = Some(Default::default())),
             other => anyhow::bail!("unknown argument {other}"),
         };
@@ -133,22 +169,44 @@ fn parse() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Probe features of a codes file: the FSQ digits of each code (`levels` given), else one-hot codes.
-fn features(c: &CodesFile, levels: Option<&[usize]>) -> anyhow::Result<(ProbeFeatures, Vec<usize>)> {
-    let x = match levels {
-        Some(l) => ProbeFeatures::fsq_digits(&c.codes, l)?,
-        None => ProbeFeatures::one_hot(&c.codes, c.vocab_size)?,
+/// How the probe reads a code (see `vw_eval::probe::ProbeFeatures`).
+#[derive(Clone, Copy)]
+enum ProbeKind {
+    /// One-hot FSQ digits.
+    Digits,
+    /// One-hot whole codes.
+    OneHot,
+    /// The FSQ code vectors.
+    Embedding,
+    /// Both of the first and the third.
+    DigitsAndEmbedding,
+}
+
+/// Probe features of a codes file.
+fn features(c: &CodesFile, kind: ProbeKind, levels: &[usize]) -> anyhow::Result<(ProbeFeatures, Vec<usize>)> {
+    let x = match kind {
+        ProbeKind::Digits => ProbeFeatures::fsq_digits(&c.codes, levels)?,
+        ProbeKind::OneHot => ProbeFeatures::one_hot(&c.codes, c.vocab_size)?,
+        ProbeKind::Embedding => ProbeFeatures::fsq_embedding(&c.codes, levels)?,
+        ProbeKind::DigitsAndEmbedding => {
+            ProbeFeatures::fsq_digits(&c.codes, levels)?.concat(&ProbeFeatures::fsq_embedding(&c.codes, levels)?)?
+        }
     };
     Ok((x, c.action_label.iter().map(|&l| l as usize).collect()))
 }
 
 /// Probe fit on `train` codes, scored on each of `tests`.
-fn probe(train: &CodesFile, tests: &[&CodesFile], levels: Option<&[usize]>) -> anyhow::Result<Vec<ProbeReport>> {
-    let (xtr, ytr) = features(train, levels)?;
+fn probe(
+    train: &CodesFile,
+    tests: &[&CodesFile],
+    kind: ProbeKind,
+    levels: &[usize],
+) -> anyhow::Result<Vec<ProbeReport>> {
+    let (xtr, ytr) = features(train, kind, levels)?;
     tests
         .iter()
         .map(|t| {
-            let (xte, yte) = features(t, levels)?;
+            let (xte, yte) = features(t, kind, levels)?;
             Ok(probe_accuracy((&xtr, &ytr), (&xte, &yte), NUM_ACTION_CLASSES, ProbeConfig::default())?)
         })
         .collect()
@@ -163,37 +221,61 @@ struct Row {
     train_s: f64,
     reports: Vec<ProbeReport>,
     distinct: usize,
+    /// (factor, probe report) of the held-out episodes in the training look with one factor swapped.
+    factors: Vec<(&'static str, ProbeReport)>,
+}
+
+/// What `evaluate` needs besides the model and its config's data and FSQ levels.
+struct Eval<'a> {
+    test_n: usize,
+    out: &'a Path,
+    kind: ProbeKind,
+    factors: bool,
+    device: &'a candle_core::Device,
 }
 
 fn evaluate(
     name: &'static str,
     model: &dyn LatentDynamics,
-    data: &CraftData,
-    test_n: usize,
     train_s: f64,
-    out: &Path,
-    levels: Option<&[usize]>,
+    (data, levels): (&CraftData, &[usize]),
+    e: &Eval,
 ) -> anyhow::Result<Row> {
-    let dev = candle_core::Device::Cpu;
+    let dev = e.device;
     // The probe is fit on the expert's train episodes even when the model trained on play.
     let expert = CraftData { play_frames: 0, ..data.clone() };
-    let train = encode_transitions(model, &Transitions::render(&expert, Split::Train, &dev)?)?;
+    let train = encode_transitions(model, &Transitions::render(&expert, Split::Train, dev)?)?;
     // Held-out episodes: new seeds (new recipes and layouts), in both appearances.
-    let held = CraftData { episodes: test_n, first_seed: 100_000, play_frames: 0, ..data.clone() };
-    let same = encode_transitions(model, &Transitions::render(&held, Split::Train, &dev)?)?;
-    let other = encode_transitions(model, &Transitions::render(&held, Split::TestAppearance, &dev)?)?;
-    train.save(&out.join(format!("{name}_codes_train.safetensors")))?;
-    other.save(&out.join(format!("{name}_codes_test_appearance.safetensors")))?;
-    let reports = probe(&train, &[&same, &other], levels)?;
-    Ok(Row { name, train_s, reports, distinct: distinct_codes(&train) })
+    let held = CraftData { episodes: e.test_n, first_seed: 100_000, play_frames: 0, ..data.clone() };
+    let same = encode_transitions(model, &Transitions::render(&held, Split::Train, dev)?)?;
+    let other = encode_transitions(model, &Transitions::render(&held, Split::TestAppearance, dev)?)?;
+    train.save(&e.out.join(format!("{name}_codes_train.safetensors")))?;
+    other.save(&e.out.join(format!("{name}_codes_test_appearance.safetensors")))?;
+    let reports = probe(&train, &[&same, &other], e.kind, levels)?;
+    let mut factors = Vec::new();
+    if e.factors {
+        for f in &LOOK_FACTORS {
+            let eps = (0..held.episodes as u64)
+                .map(|i| generate_episode_with_factor(&held.world, held.first_seed + i, f))
+                .collect::<vw_data::Result<Vec<_>>>()?;
+            let codes = encode_transitions(model, &Transitions::from_episodes(&eps, dev)?)?;
+            factors.push((f.0, probe(&train, &[&codes], e.kind, levels)?.remove(0)));
+        }
+    }
+    Ok(Row { name, train_s, reports, distinct: distinct_codes(&train), factors })
 }
 
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
     std::fs::create_dir_all(&args.out)?;
-    let dev = candle_core::Device::Cpu;
+    let dev = args.device.open()?;
+    let e = Eval { test_n: args.test_episodes, out: &args.out, kind: args.probe, factors: args.factors, device: &dev };
     let mut rows = Vec::new();
-    for (name, mut cfg) in [("dldm", Stage1Config::tiny()), ("vw1", Stage1Config::tiny_vw1())] {
+    let base = if args.play_preset { Stage1Config::tiny_play() } else { Stage1Config::tiny() };
+    // The VW1-style baseline: the same encoder, quantizer and training, a codes-only renderer.
+    let mut vw1 = base.clone();
+    vw1.model.renderer = vw_dldm::baseline::RendererKind::CodesOnly;
+    for (name, mut cfg) in [("dldm", base), ("vw1", vw1)] {
         if args.only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
@@ -213,8 +295,7 @@ fn main() -> anyhow::Result<()> {
         };
         let secs = t0.elapsed().as_secs_f64();
         eprintln!("{name}: trained/loaded in {secs:.1} s");
-        let levels = (!args.onehot_probe).then_some(&cfg.model.levels[..]);
-        rows.push(evaluate(name, &model, &cfg.data, args.test_episodes, secs, &args.out, levels)?);
+        rows.push(evaluate(name, &model, secs, (&cfg.data, &cfg.model.levels), &e)?);
     }
     if args.stage2 {
         let mut cfg = Stage2Config::tiny();
@@ -228,8 +309,7 @@ fn main() -> anyhow::Result<()> {
             train_stage2(&cfg, Some(&args.out.join("dldm")), &dir, false, &dev, true)?
         };
         let secs = t0.elapsed().as_secs_f64();
-        let levels = (!args.onehot_probe).then_some(&cfg.model.levels[..]);
-        rows.push(evaluate("dldm_stage2", &model, &cfg.data, args.test_episodes, secs, &args.out, levels)?);
+        rows.push(evaluate("dldm_stage2", &model, secs, (&cfg.data, &cfg.model.levels), &e)?);
     }
     let mut md = String::from(
         "| model | train s | distinct codes (train) | probe acc. train codes | held-out episodes, train appearance | held-out episodes, **held-out appearance** | majority class |\n|---|---|---|---|---|---|---|\n",
@@ -246,11 +326,19 @@ fn main() -> anyhow::Result<()> {
             r.reports[1].majority_baseline
         ));
     }
+    if rows.iter().any(|r| !r.factors.is_empty()) {
+        md.push_str("\n| model | held-out eps., train look + held-out ... |\n|---|---|\n");
+        for r in &rows {
+            let cells: Vec<String> = r.factors.iter().map(|(f, rep)| format!("{f} {:.3}", rep.test_accuracy)).collect();
+            md.push_str(&format!("| {} | {} |\n", r.name, cells.join(" · ")));
+        }
+    }
     let json: Vec<_> = rows
         .iter()
         .map(|r| {
             serde_json::json!({"model": r.name, "train_seconds": r.train_s, "distinct_codes": r.distinct,
-            "same_appearance": r.reports[0], "held_out_appearance": r.reports[1]})
+            "same_appearance": r.reports[0], "held_out_appearance": r.reports[1],
+            "held_out_factor": r.factors.iter().map(|(f, rep)| (f.to_string(), rep)).collect::<std::collections::BTreeMap<_, _>>()})
         })
         .collect();
     std::fs::write(args.out.join("probe.json"), serde_json::to_string_pretty(&json)?)?;

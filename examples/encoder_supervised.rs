@@ -4,13 +4,13 @@
 //! bound for what a reconstruction-trained encoder of the same architecture can put in its codes.
 //!
 //! ```text
-//! cargo run --release --example encoder_supervised -- STEPS [patch|motion|motion-diff] [PLAY_FRAMES] [JITTER] [TEXTURE] [GRATING] [SHIFT_PX]
+//! cargo run --release --example encoder_supervised -- STEPS [patch|motion|motion-diff] [PLAY_FRAMES] [JITTER] [TEXTURE] [GRATING] [SHIFT_PX] [ZOOM] [ROTATE_RAD]
 //! ```
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Optimizer, VarMap};
 use rand::SeedableRng;
-use vw_data::craftworld::{generate_episode, Appearance, Renderer, Split, NUM_ACTION_CLASSES};
+use vw_data::craftworld::{generate_episode_with_factor, Split, LOOK_FACTORS, NUM_ACTION_CLASSES};
 use vw_dldm::baseline::{LdmArch, TinyLdm};
 use vw_dldm::train::craft::{Augment, CraftData, Transitions};
 use vw_dldm::train::stage1::Stage1Config;
@@ -46,6 +46,9 @@ fn main() -> anyhow::Result<()> {
         static_noise: arg(4)?.unwrap_or(0.0),
         grating: arg(5)?.unwrap_or(0.0),
         shift: arg(6)?.unwrap_or(0.0) as usize,
+        zoom: arg(7)?.unwrap_or(0.0),
+        rotate: arg(8)?.unwrap_or(0.0),
+        ..Default::default()
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let dev = Device::Cpu;
@@ -65,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     for step in 1..=steps {
         let ids = data.sample_ids(&mut rng, 32);
         let (x_t, x_next) = data.pairs(&ids)?;
-        let (x_t, x_next) = augment.apply(&x_t, &x_next, &mut rng, 32, 0..32)?;
+        let (x_t, x_next) = augment.apply(&x_t, &x_next, None, &mut rng, 32, 0..32)?;
         let y = Tensor::from_vec(ids.iter().map(|&i| data.labels[i]).collect::<Vec<u32>>(), 32, &dev)?;
         let logits = head.forward(&model.latents(&x_t, &x_next)?.flatten_from(1)?)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
@@ -81,27 +84,12 @@ fn main() -> anyhow::Result<()> {
     }
     // Which part of the held-out look costs the accuracy: the same held-out episodes in the training
     // look with one factor of their held-out look swapped in.
-    type Swap = fn(&mut Appearance, &Appearance);
-    let factors: [(&str, Swap); 5] = [
-        ("camera", |a, t| a.camera = t.camera),
-        ("table", |a, t| (a.table, a.table_rgb) = (t.table, t.table_rgb)),
-        ("wall", |a, t| (a.wall, a.wall_rgb) = (t.wall, t.wall_rgb)),
-        ("light", |a, t| (a.light_gain, a.spot) = (t.light_gain, t.spot)),
-        ("blocks+distractors", |a, t| (a.speckled_blocks, a.distractors) = (t.speckled_blocks, t.distractors.clone())),
-    ];
-    for (name, swap) in factors {
+    for factor in &LOOK_FACTORS {
         let eps = (0..held.episodes as u64)
-            .map(|i| {
-                let seed = held.first_seed + i;
-                let mut ep = generate_episode(&held.world, Split::Train, seed)?;
-                swap(&mut ep.appearance, &Appearance::sample(Split::TestAppearance, seed));
-                let r = Renderer::new(&ep.recipe, &ep.appearance, held.world.image_size);
-                ep.frames = ep.truth.iter().map(|t| r.render(&t.scene)).collect();
-                Ok(ep)
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|i| generate_episode_with_factor(&held.world, held.first_seed + i, factor))
+            .collect::<vw_data::Result<Vec<_>>>()?;
         let t = Transitions::from_episodes(&eps, &dev)?;
-        println!("{spec} train look + held-out {name}: held-out accuracy {:.3}", accuracy(&model, &head, &t)?);
+        println!("{spec} train look + held-out {}: held-out accuracy {:.3}", factor.0, accuracy(&model, &head, &t)?);
     }
     Ok(())
 }

@@ -127,6 +127,12 @@ pub struct TinyLdmConfig {
     /// The motion encoder's input: the frame pair and their difference (false), or the difference
     /// x_{t+1} - x_t alone (true), in which everything static, whatever it looks like, is zero.
     pub diff_only: bool,
+    /// Gate the motion encoder's feature grid by how much each cell changes between the frames
+    /// (`m / (m + motion_gate_tau)`, m the cell's mean over pixels of the largest channel of
+    /// |x_{t+1} - x_t|), before and after its mixing convolutions: a cell where nothing moves
+    /// contributes nothing to the codes whatever its texture or light (docs/results.md, sixth pass:
+    /// the live codes lost 5-8 points to the held-out table and wall textures). 0 = off.
+    pub motion_gate_tau: f64,
 }
 
 impl Default for TinyLdmConfig {
@@ -149,6 +155,7 @@ impl Default for TinyLdmConfig {
             variance_target: 0.5,
             quant_noise: false,
             diff_only: false,
+            motion_gate_tau: 0.0,
         }
     }
 }
@@ -173,6 +180,12 @@ impl TinyLdmConfig {
         }
         if self.levels.is_empty() || self.act_embedding_num == 0 {
             return Err(crate::Error::Invalid("TinyLdm: need FSQ levels and at least one query".into()));
+        }
+        if self.motion_gate_tau < 0.0 || (self.motion_gate_tau > 0.0 && self.arch == LdmArch::Patch) {
+            return Err(crate::Error::Invalid(format!(
+                "TinyLdm: motion_gate_tau {} must be >= 0, and > 0 needs arch motion or sprite",
+                self.motion_gate_tau
+            )));
         }
         if self.diff_only && self.arch == LdmArch::Patch {
             return Err(crate::Error::Invalid(
@@ -845,7 +858,8 @@ mod tests {
             (FrameConditioned, 0, LdmArch::Sprite),
         ] {
             let vm = VarMap::new();
-            let cfg = TinyLdmConfig { renderer_mix_layers: mix, arch, ..small(kind) };
+            let gate = if arch == LdmArch::Motion { 0.02 } else { 0.0 };
+            let cfg = TinyLdmConfig { renderer_mix_layers: mix, arch, motion_gate_tau: gate, ..small(kind) };
             // Seeded weights: the same model on every run.
             let m = TinyLdm::new(&cfg, crate::train::seeded_var_builder(&vm, 5, DType::F32, &Device::Cpu))?;
             // 10 transitions. The attention blocks sum in another order in a batch (gemm blocking):
@@ -865,6 +879,32 @@ mod tests {
                 assert!(dr < tol, "{kind:?} transition {i}: rendering differs by {dr} (mix {mix}) inside a batch");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_motion_gate_makes_the_codes_blind_to_what_does_not_move() -> Result<()> {
+        // 16x16 frames = 2x2 cells of 8 px. Only cell (0, 0) changes between the frames; a texture
+        // added to both frames in the other three cells must not move the latents with the gate on,
+        // and does without it.
+        let (x_t, x_next) = transition_pairs(&clip(2, 9)?)?;
+        let keep =
+            Tensor::ones((1, 1, 8, 8), DType::F32, &Device::Cpu)?.pad_with_zeros(2, 0, 8)?.pad_with_zeros(3, 0, 8)?;
+        let x_next = (x_next.broadcast_mul(&keep)? + x_t.broadcast_mul(&keep.affine(-1.0, 1.0)?)?)?;
+        let texture = Tensor::randn(0f32, 0.5, x_t.shape(), &Device::Cpu)?.broadcast_mul(&keep.affine(-1.0, 1.0)?)?;
+        let shift = |tau: f64| -> Result<f32> {
+            let cfg =
+                TinyLdmConfig { arch: LdmArch::Motion, motion_gate_tau: tau, ..small(RendererKind::FrameConditioned) };
+            let vm = VarMap::new();
+            let m = TinyLdm::new(&cfg, crate::train::seeded_var_builder(&vm, 3, DType::F32, &Device::Cpu))?;
+            let z = m.encoder.forward(&x_t, &x_next)?;
+            let zt = m.encoder.forward(&(&x_t + &texture)?, &(&x_next + &texture)?)?;
+            Ok((z - zt)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert!(shift(0.02)? < 1e-5, "{}", shift(0.02)?);
+        assert!(shift(0.0)? > 1e-3, "{}", shift(0.0)?);
+        let bad = TinyLdmConfig { motion_gate_tau: 0.02, ..small(RendererKind::FrameConditioned) };
+        assert!(TinyLdm::new(&bad, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).is_err());
         Ok(())
     }
 

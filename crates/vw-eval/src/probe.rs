@@ -66,6 +66,52 @@ impl ProbeFeatures {
         Ok(Self { rows, dim: q * per_query })
     }
 
+    /// The FSQ code vectors of discrete codes as dense features: digit `k` of code `c` of query `q`
+    /// becomes `(digit - m) / m` with `m = (levels[k] - 1) / 2`, in [-1, 1] — an affine map of the
+    /// vector FSQ gives the renderer for that code. Neighbouring levels of a digit get neighbouring
+    /// values, so a probe can carry a direction across levels it never saw (a move a little longer
+    /// than any in the fitting set); [`Self::fsq_digits`] gives every level its own weight.
+    pub fn fsq_embedding(codes: &[Vec<u32>], levels: &[usize]) -> Result<Self> {
+        let vocab: usize = levels.iter().product();
+        if levels.iter().any(|&l| l < 2) {
+            return Err(Error::Invalid(format!("FSQ levels {levels:?}: every level count must be >= 2")));
+        }
+        let x = codes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut row = Vec::with_capacity(c.len() * levels.len());
+                for &v in c {
+                    if v as usize >= vocab {
+                        return Err(Error::Invalid(format!(
+                            "code {v} of example {i} is outside the vocabulary {vocab}"
+                        )));
+                    }
+                    for (d, &l) in vw_tensor_kernels::fsq::index_digits(v, levels).into_iter().zip(levels) {
+                        let m = (l - 1) as f32 / 2.0;
+                        row.push((d as f32 - m) / m);
+                    }
+                }
+                Ok(row)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::dense(&x)
+    }
+
+    /// The features of `self` followed by those of `other`, row by row (same examples).
+    pub fn concat(&self, other: &Self) -> Result<Self> {
+        if self.len() != other.len() {
+            return Err(Error::Invalid(format!("concat: {} rows vs {}", self.len(), other.len())));
+        }
+        let rows = self
+            .rows
+            .iter()
+            .zip(&other.rows)
+            .map(|(a, b)| a.iter().copied().chain(b.iter().map(|&(j, v)| (self.dim + j, v))).collect())
+            .collect();
+        Ok(Self { rows, dim: self.dim + other.dim })
+    }
+
     /// Dense features, `x[i]` of length `dim` each.
     pub fn dense(x: &[Vec<f32>]) -> Result<Self> {
         let dim = x.first().map_or(0, |r| r.len());
@@ -319,5 +365,30 @@ mod tests {
         assert!(one_hot.test_accuracy <= 0.25 + 1e-9, "{}", one_hot.test_accuracy);
         assert_eq!(ProbeFeatures::fsq_digits(&[vec![5]], &levels).unwrap().rows[0], vec![(1, 1.0), (4 + 1, 1.0)]);
         assert!(ProbeFeatures::fsq_digits(&[vec![12]], &levels).is_err());
+    }
+
+    #[test]
+    fn embedding_features_carry_an_ordered_digit_to_levels_never_fitted() {
+        // Levels [8, 5]: label = whether the first digit is in the upper half. Fit on first digits
+        // {0, 1, 6, 7}, test on {2, 5}: a level the digit one-hot never saw has no weight, the
+        // embedding places it between the fitted ones.
+        let levels = [8usize, 5];
+        let code = |a: u32, b: u32| a + 8 * b;
+        let train: Vec<Vec<u32>> = (0..40).map(|i| vec![code([0, 1, 6, 7][i % 4], (i / 4) as u32 % 5)]).collect();
+        let ytr: Vec<usize> = (0..40).map(|i| usize::from(i % 4 >= 2)).collect();
+        let test: Vec<Vec<u32>> = (0..10).map(|i| vec![code([2, 5][i % 2], i as u32 / 2)]).collect();
+        let yte: Vec<usize> = (0..10).map(|i| i % 2).collect();
+        let fit = |f: fn(&[Vec<u32>], &[usize]) -> Result<ProbeFeatures>| {
+            let (xtr, xte) = (f(&train, &levels).unwrap(), f(&test, &levels).unwrap());
+            probe_accuracy((&xtr, &ytr), (&xte, &yte), 2, ProbeConfig::default()).unwrap().test_accuracy
+        };
+        assert_eq!(fit(ProbeFeatures::fsq_embedding), 1.0);
+        assert!(fit(ProbeFeatures::fsq_digits) <= 0.5 + 1e-9);
+        let e = ProbeFeatures::fsq_embedding(&[vec![code(7, 2)]], &levels).unwrap();
+        assert_eq!(e.rows[0], vec![(0, 1.0), (1, 0.0)]);
+        assert!(ProbeFeatures::fsq_embedding(&[vec![40]], &levels).is_err());
+        let both = ProbeFeatures::fsq_digits(&[vec![code(7, 2)]], &levels).unwrap().concat(&e).unwrap();
+        assert_eq!((both.dim, both.rows[0].len()), (13 + 2, 4));
+        assert_eq!(both.rows[0][2..], [(13, 1.0), (14, 0.0)]);
     }
 }

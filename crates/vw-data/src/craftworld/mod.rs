@@ -272,5 +272,28 @@ pub fn generate_episode(cfg: &CraftConfig, split: Split, seed: u64) -> Result<Ep
     Ok(Episode { seed, split, recipe, appearance, frames, truth, steps })
 }
 
+/// One factor of an episode's look: its name and how to copy it from one [`Appearance`] into another.
+pub type LookFactor = (&'static str, fn(&mut Appearance, &Appearance));
+
+/// The factors in which the test-appearance split differs from the training one, for finding which
+/// of them a model's transfer fails on (docs/results.md).
+pub const LOOK_FACTORS: [LookFactor; 5] = [
+    ("camera", |a, t| a.camera = t.camera),
+    ("table", |a, t| (a.table, a.table_rgb) = (t.table, t.table_rgb)),
+    ("wall", |a, t| (a.wall, a.wall_rgb) = (t.wall, t.wall_rgb)),
+    ("light", |a, t| (a.light_gain, a.spot) = (t.light_gain, t.spot)),
+    ("blocks+distractors", |a, t| (a.speckled_blocks, a.distractors) = (t.speckled_blocks, t.distractors.clone())),
+];
+
+/// The expert episode of `seed` in the training look with one factor of its test-appearance look
+/// swapped in (`factor.1`, one of [`LOOK_FACTORS`]).
+pub fn generate_episode_with_factor(cfg: &CraftConfig, seed: u64, factor: &LookFactor) -> Result<Episode> {
+    let mut ep = generate_episode(cfg, Split::Train, seed)?;
+    (factor.1)(&mut ep.appearance, &Appearance::sample(Split::TestAppearance, seed));
+    let renderer = Renderer::new(&ep.recipe, &ep.appearance, cfg.image_size);
+    ep.frames = ep.truth.iter().map(|t| renderer.render(&t.scene)).collect();
+    Ok(ep)
+}
+
 #[cfg(test)]
 mod tests;

@@ -68,6 +68,22 @@ fn same_seed_same_pixels_and_splits_share_the_task() {
 }
 
 #[test]
+fn one_swapped_factor_changes_that_factor_only() {
+    let cfg = CraftConfig::tiny();
+    let train = generate_episode(&cfg, Split::Train, 11).unwrap();
+    let test = generate_episode(&cfg, Split::TestAppearance, 11).unwrap();
+    let [camera, _, wall, ..] = &LOOK_FACTORS;
+    let cam = generate_episode_with_factor(&cfg, 11, camera).unwrap();
+    assert_eq!(cam.appearance.camera, test.appearance.camera);
+    assert_eq!(cam.appearance.wall, train.appearance.wall);
+    assert_eq!(cam.truth, train.truth);
+    assert_ne!(cam.frames[0], train.frames[0]);
+    let w = generate_episode_with_factor(&cfg, 11, wall).unwrap();
+    assert_eq!((w.appearance.wall, w.appearance.camera), (test.appearance.wall, train.appearance.camera));
+    assert_ne!(w.frames[0], train.frames[0]);
+}
+
+#[test]
 fn every_structure_is_drawn_and_configs_are_checked() {
     let cfg = CraftConfig { image_size: 16, frames_per_step: 1, ..CraftConfig::default() };
     let mut seen = std::collections::HashSet::new();

@@ -39,6 +39,7 @@ pub(super) struct MotionEncoder {
     to_code: Linear,
     dim: usize,
     diff_only: bool,
+    gate_tau: f64,
 }
 
 impl MotionEncoder {
@@ -58,17 +59,30 @@ impl MotionEncoder {
             to_code: linear(d, cfg.levels.len(), vb.pp("to_code"))?,
             dim: d,
             diff_only: cfg.diff_only,
+            gate_tau: cfg.motion_gate_tau,
         })
     }
 
     /// x_t, x_next: (N, 3, H, W) -> pre-quantisation latents (N, Q, code_dim).
     pub(super) fn forward(&self, x_t: &Tensor, x_next: &Tensor) -> Result<Tensor> {
         let diff = (x_next - x_t)?;
+        let gate = match self.gate_tau {
+            0.0 => None,
+            tau => Some(motion_gate(&diff, tau)?),
+        };
         let inp = if self.diff_only { diff } else { Tensor::cat(&[x_t, x_next, &diff], 1)? };
         let mut f = self.pyramid.forward(&inp)?.pop().ok_or_else(|| crate::Error::Invalid("empty pyramid".into()))?;
+        let gated = |f: Tensor| -> Result<Tensor> {
+            Ok(match &gate {
+                Some(g) => f.broadcast_mul(g)?,
+                None => f,
+            })
+        };
+        f = gated(f)?;
         for m in &self.mix {
             f = m.forward(&f)?.silu()?;
         }
+        let f = gated(f)?;
         let (n, d, h, w) = f.dims4()?;
         // Contiguous before every Linear / matmul (huggingface/candle#3744, see `Encoder::forward`).
         let tokens = f.reshape((n, d, h * w))?.transpose(1, 2)?.contiguous()?;
@@ -85,6 +99,15 @@ impl MotionEncoder {
         debug_assert_eq!(self.dim, d);
         Ok(self.to_code.forward(&z)?)
     }
+}
+
+/// How much each 8x8 cell of a frame pair changes: `m / (m + tau)` with m the cell's mean of the
+/// largest channel of |diff| (N, C, H, W) -> (N, 1, H/8, W/8), in [0, 1); 0 where nothing changes.
+/// A function of the data alone (no gradient flows through it).
+pub(super) fn motion_gate(diff: &Tensor, tau: f64) -> Result<Tensor> {
+    let (n, _, h, w) = diff.dims4()?;
+    let m = diff.detach().abs()?.max_keepdim(1)?.reshape((n, 1, h / 8, 8, w / 8, 8))?.mean(5)?.mean(3)?;
+    Ok((&m / (&m + tau)?)?)
 }
 
 /// `h * (1 + scale) + shift` with (scale, shift) a linear map of the flattened codes.

@@ -2,7 +2,7 @@
 //! every adjacent frame pair with its ground-truth action label.
 
 use crate::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use vw_data::craftworld::{generate_episode, generate_play_episode, CraftConfig, Episode, Split};
@@ -28,6 +28,10 @@ impl Default for CraftData {
         Self { world: CraftConfig::default(), episodes: 48, first_seed: 0, play_frames: 0 }
     }
 }
+
+/// How far (in [-1, 1] pixel units, any channel) a pixel must be from its episode's background to
+/// count as foreground in [`Transitions::foreground`].
+pub const FOREGROUND_THRESHOLD: f64 = 0.1;
 
 /// All frames of a set of episodes plus the index of every transition.
 pub struct Transitions {
@@ -69,7 +73,7 @@ impl Transitions {
     pub fn from_episodes(eps: &[Episode], device: &Device) -> Result<Self> {
         let mut frames = Vec::new();
         let mut out = Self {
-            frames: Tensor::zeros(1, candle_core::DType::F32, device)?,
+            frames: Tensor::zeros(1, DType::F32, device)?,
             starts: Vec::new(),
             episode: Vec::new(),
             index_in_episode: Vec::new(),
@@ -133,6 +137,42 @@ impl Transitions {
         (0..n).map(|_| rng.random_range(0..self.len())).collect()
     }
 
+    /// The static background of every episode, estimated from its own frames alone: the per-pixel
+    /// median over the episode (the gripper and the blocks it carries are elsewhere most of the
+    /// time). (E, 3, H, W), as `frames`.
+    pub fn backgrounds(&self) -> Result<Tensor> {
+        let (_, c, h, w) = self.frames.dims4()?;
+        let mut out = Vec::with_capacity(self.frames_per_episode.len());
+        let mut start = 0;
+        for &t in &self.frames_per_episode {
+            let clip = self.frames.narrow(0, start, t)?.to_dtype(DType::F32)?.reshape((t, c * h * w))?;
+            let clip = clip.t()?.contiguous()?.to_vec2::<f32>()?;
+            let med: Vec<f32> = clip
+                .into_iter()
+                .map(|mut px| {
+                    px.sort_by(f32::total_cmp);
+                    px[(t - 1) / 2]
+                })
+                .collect();
+            out.push(Tensor::from_vec(med, (1, c, h, w), self.frames.device())?);
+            start += t;
+        }
+        Ok(Tensor::cat(&out, 0)?.to_dtype(self.frames.dtype())?)
+    }
+
+    /// Foreground masks of the transitions `ids`: 1 where frame t (and, second, frame t+1) differs
+    /// from its episode's background (`backgrounds`) by more than `threshold` in some channel, else 0.
+    /// Each (N, 1, H, W), f32.
+    pub fn foreground(&self, backgrounds: &Tensor, ids: &[usize], threshold: f64) -> Result<(Tensor, Tensor)> {
+        let (x_t, x_next) = self.pairs(ids)?;
+        let eps: Vec<u32> = ids.iter().map(|&i| self.episode[i]).collect();
+        let bg = backgrounds.index_select(&Tensor::from_vec(eps, ids.len(), backgrounds.device())?, 0)?;
+        let mask = |x: &Tensor| -> Result<Tensor> {
+            Ok((x - &bg)?.abs()?.max_keepdim(1)?.gt(threshold)?.to_dtype(DType::F32)?)
+        };
+        Ok((mask(&x_t)?, mask(&x_next)?))
+    }
+
     /// The frames of episode `e` as a clip (1, 3, T, H, W).
     pub fn episode_clip(&self, e: usize) -> Result<Tensor> {
         let start: usize = self.frames_per_episode[..e].iter().sum();
@@ -157,28 +197,78 @@ pub struct Augment {
     /// Largest translation, in pixels, of a pair (both frames by the same whole-pixel offset in x and
     /// y, edges replicated): a camera that is not always in the same place. 0 = none.
     pub shift: usize,
+    /// Largest relative zoom of a pair about the image centre (scale in `1 ± zoom`, both frames
+    /// alike, bilinear, edges replicated): a camera a little nearer or farther. 0 = none.
+    pub zoom: f32,
+    /// Largest rotation of a pair about the image centre, in radians (both frames alike). 0 = none.
+    pub rotate: f32,
+    /// Add the texture (static noise, grating) and the colour offset to each frame's *background*
+    /// only, given foreground masks ([`Transitions::foreground`]): a new wall or table then shows
+    /// through where the gripper has just left or is about to cover, as it would behind a real
+    /// moving arm, so the change between the frames sees the new texture too. Added to whole frames
+    /// (false) it cancels out of x_{t+1} - x_t.
+    pub background_only: bool,
 }
 
-/// `x` (1, C, H, W) moved by (dx, dy) pixels, the border replicated; |dx|, |dy| <= `max`.
-fn translate(x: &Tensor, dx: i64, dy: i64, max: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let m = max as i64;
-    let padded = x.pad_with_same(2, max, max)?.pad_with_same(3, max, max)?;
-    Ok(padded.narrow(2, (m - dy) as usize, h)?.narrow(3, (m - dx) as usize, w)?)
+/// A similarity warp of an image about its centre: content moves by (`dx`, `dy`) pixels, is scaled by
+/// `scale` and turned by `angle` radians.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Warp {
+    dx: f32,
+    dy: f32,
+    scale: f32,
+    angle: f32,
+}
+
+impl Warp {
+    /// `x`: C planes of H x W, row-major. Output pixel p reads the input at the inverse warp of p,
+    /// bilinearly, clamped to the border (replicated edges). A whole-pixel shift with no zoom or turn
+    /// reads exactly one input pixel per output pixel.
+    fn apply(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let (sin, cos) = self.angle.sin_cos();
+        let mut out = Vec::with_capacity(x.len());
+        for plane in x.chunks_exact(h * w) {
+            for y in 0..h {
+                for xx in 0..w {
+                    let (u, v) = (xx as f32 - cx - self.dx, y as f32 - cy - self.dy);
+                    let sx = ((cos * u + sin * v) / self.scale + cx).clamp(0.0, (w - 1) as f32);
+                    let sy = ((cos * v - sin * u) / self.scale + cy).clamp(0.0, (h - 1) as f32);
+                    let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+                    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+                    let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+                    let at = |yy: usize, xv: usize| plane[yy * w + xv];
+                    let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
+                    let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
+                    out.push(top * (1.0 - fy) + bottom * fy);
+                }
+            }
+        }
+        out
+    }
 }
 
 impl Augment {
     /// Whether it changes anything.
     pub fn is_off(&self) -> bool {
-        self.color_jitter == 0.0 && self.static_noise == 0.0 && self.grating == 0.0 && self.shift == 0
+        self.color_jitter == 0.0
+            && self.static_noise == 0.0
+            && self.grating == 0.0
+            && self.shift == 0
+            && self.zoom == 0.0
+            && self.rotate == 0.0
     }
 
     /// Augments rows `rows` of a global batch of `batch` pairs: the parameters of all `batch` pairs are
     /// drawn from `rng` (so every data-parallel rank draws the same) and this shard's are applied.
+    ///
+    /// `foreground`: the masks of x_t and x_{t+1} ((N, 1, H, W) each), needed with `background_only`
+    /// and ignored without it.
     pub fn apply(
         &self,
         x_t: &Tensor,
         x_next: &Tensor,
+        foreground: Option<(&Tensor, &Tensor)>,
         rng: &mut impl Rng,
         batch: usize,
         rows: std::ops::Range<usize>,
@@ -186,6 +276,11 @@ impl Augment {
         if self.is_off() {
             return Ok((x_t.clone(), x_next.clone()));
         }
+        let foreground = match (self.background_only, foreground) {
+            (false, _) => None,
+            (true, Some(m)) => Some(m),
+            (true, None) => return Err(Error::Invalid("augment: background_only needs the foreground masks".into())),
+        };
         let (n, c, h, w) = x_t.dims4()?;
         if n != rows.len() || rows.end > batch || x_next.dims4()? != (n, c, h, w) {
             return Err(Error::Invalid(format!(
@@ -251,25 +346,47 @@ impl Augment {
             texture = (texture + Tensor::from_vec(g, (n, c, h, w), dev)?)?;
         }
         let texture = texture.to_dtype(x_t.dtype())?;
-        let (x_t, x_next) = if self.shift > 0 {
-            // Drawn only when on, like the grating.
+        let (x_t, x_next, fg) = if self.shift > 0 || self.zoom > 0.0 || self.rotate > 0.0 {
+            // Each part drawn only when on, like the grating.
             let s = self.shift as i64;
-            let offsets: Vec<(i64, i64)> =
-                (0..batch).map(|_| (rng.random_range(-s..=s), rng.random_range(-s..=s))).collect();
+            let mut warps: Vec<Warp> = (0..batch)
+                .map(|_| {
+                    let (dx, dy) = if s > 0 { (rng.random_range(-s..=s), rng.random_range(-s..=s)) } else { (0, 0) };
+                    Warp { dx: dx as f32, dy: dy as f32, scale: 1.0, angle: 0.0 }
+                })
+                .collect();
+            if self.zoom > 0.0 || self.rotate > 0.0 {
+                let mut sym = |m: f32| if m > 0.0 { rng.random_range(-m..m) } else { 0.0 };
+                for wp in &mut warps {
+                    (wp.scale, wp.angle) = (1.0 + sym(self.zoom), sym(self.rotate));
+                }
+            }
+            // Frames (N, C, H, W) and masks (N, 1, H, W) alike.
             let moved = |x: &Tensor| -> Result<Tensor> {
-                let rows = rows
-                    .clone()
-                    .enumerate()
-                    .map(|(i, r)| translate(&x.narrow(0, i, 1)?, offsets[r].0, offsets[r].1, self.shift))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::cat(&rows, 0)?)
+                let xc = x.dim(1)?;
+                let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let warped: Vec<f32> = v
+                    .chunks_exact(xc * h * w)
+                    .zip(rows.clone())
+                    .flat_map(|(img, r)| warps[r].apply(img, h, w))
+                    .collect();
+                Ok(Tensor::from_vec(warped, (n, xc, h, w), dev)?.to_dtype(x.dtype())?)
             };
-            (moved(x_t)?, moved(x_next)?)
+            let foreground = foreground.map(|(a, b)| Ok::<_, Error>((moved(a)?, moved(b)?))).transpose()?;
+            (moved(x_t)?, moved(x_next)?, foreground)
         } else {
-            (x_t.clone(), x_next.clone())
+            (x_t.clone(), x_next.clone(), foreground.map(|(a, b)| (a.clone(), b.clone())))
         };
-        let f = |x: &Tensor| -> Result<Tensor> { Ok(x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?) };
-        Ok((f(&x_t)?, f(&x_next)?))
+        let f = |x: &Tensor, fg: Option<&Tensor>| -> Result<Tensor> {
+            Ok(match fg {
+                Some(m) => {
+                    let background = m.affine(-1.0, 1.0)?.to_dtype(x.dtype())?;
+                    x.broadcast_mul(&gain)?.add(&texture.broadcast_add(&offset)?.broadcast_mul(&background)?)?
+                }
+                None => x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?,
+            })
+        };
+        Ok((f(&x_t, fg.as_ref().map(|m| &m.0))?, f(&x_next, fg.as_ref().map(|m| &m.1))?))
     }
 }
 
@@ -283,9 +400,9 @@ mod tests {
         let dev = Device::Cpu;
         let x_t = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
         let x_next = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
-        let aug = Augment { color_jitter: 0.3, static_noise: 0.1, grating: 0.2, shift: 0 };
+        let aug = Augment { color_jitter: 0.3, static_noise: 0.1, grating: 0.2, ..Default::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (a, b) = aug.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
+        let (a, b) = aug.apply(&x_t, &x_next, None, &mut rng, 4, 0..4)?;
         // Same gain on both frames: the change between them is only scaled, per channel.
         let d0 = (&x_next - &x_t)?;
         let d1 = (&b - &a)?;
@@ -298,13 +415,97 @@ mod tests {
         assert!((&a - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.05);
         // Rows 2..4 of a two-rank split see exactly rows 2..4 of the whole batch.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (a2, _) = aug.apply(&x_t.narrow(0, 2, 2)?, &x_next.narrow(0, 2, 2)?, &mut rng, 4, 2..4)?;
+        let (a2, _) = aug.apply(&x_t.narrow(0, 2, 2)?, &x_next.narrow(0, 2, 2)?, None, &mut rng, 4, 2..4)?;
         let diff = (a2 - a.narrow(0, 2, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "{diff}");
-        assert!(aug.apply(&x_t, &x_next, &mut rng, 4, 0..2).is_err());
+        assert!(aug.apply(&x_t, &x_next, None, &mut rng, 4, 0..2).is_err());
         let off = Augment::default();
-        let (a3, _) = off.apply(&x_t, &x_next, &mut rng, 4, 0..4)?;
+        let (a3, _) = off.apply(&x_t, &x_next, None, &mut rng, 4, 0..4)?;
         assert_eq!((a3 - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn background_texture_shows_where_the_foreground_has_left_and_nowhere_else_changes_the_motion() -> Result<()> {
+        let dev = Device::Cpu;
+        let x_t = Tensor::randn(0f32, 0.5, (2, 3, 8, 8), &dev)?;
+        // Foreground: rows 0..3 in x_t (the gripper), nowhere in x_{t+1} (it has left the frame);
+        // x_{t+1} shows something else there.
+        let rows = Tensor::ones((1, 1, 3, 8), DType::F32, &dev)?.pad_with_zeros(2, 0, 5)?;
+        let x_next = (&x_t + (Tensor::randn(0f32, 0.5, (2, 3, 8, 8), &dev)?.broadcast_mul(&rows)?))?;
+        let (m_t, m_next) =
+            (rows.broadcast_as((2, 1, 8, 8))?.contiguous()?, Tensor::zeros((2, 1, 8, 8), DType::F32, &dev)?);
+        let aug =
+            Augment { color_jitter: 0.2, grating: 0.3, static_noise: 0.1, background_only: true, ..Default::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (a, b) = aug.apply(&x_t, &x_next, Some((&m_t, &m_next)), &mut rng, 2, 0..2)?;
+        let d0 = (&x_next - &x_t)?;
+        let d1 = (&b - &a)?;
+        // Where both frames are background the change is only the gain's scaling of the old change
+        // (0 here); where x_t was foreground the new background texture shows in the change.
+        let (a_top, x_top) = (a.narrow(2, 0, 3)?, x_t.narrow(2, 0, 3)?);
+        let gain = ((&a_top * &x_top)?.sum_keepdim((2, 3))? / x_top.sqr()?.sum_keepdim((2, 3))?)?;
+        let bottom = (d1.narrow(2, 3, 5)? - d0.narrow(2, 3, 5)?.broadcast_mul(&gain)?)?;
+        assert!(bottom.abs()?.max_all()?.to_scalar::<f32>()? < 1e-4);
+        let top = (d1.narrow(2, 0, 3)? - d0.narrow(2, 0, 3)?.broadcast_mul(&gain)?)?;
+        assert!(top.abs()?.max_all()?.to_scalar::<f32>()? > 0.05);
+        // The foreground of x_t is only scaled.
+        let fg = (a.narrow(2, 0, 3)? - x_t.narrow(2, 0, 3)?.broadcast_mul(&gain)?)?;
+        assert!(fg.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        assert!(aug.apply(&x_t, &x_next, None, &mut rng, 2, 0..2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_median_background_ignores_what_passes_by() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut data = CraftData { episodes: 2, play_frames: 12, ..Default::default() };
+        data.world.image_size = 64;
+        let t = Transitions::render(&data, Split::Train, &dev)?;
+        let bg = t.backgrounds()?;
+        assert_eq!(bg.dims4()?, (2, 3, t.frames.dim(2)?, t.frames.dim(3)?));
+        let ids: Vec<usize> = (0..t.len()).collect();
+        let (m_t, m_next) = t.foreground(&bg, &ids, FOREGROUND_THRESHOLD)?;
+        // Every frame has some foreground (the gripper), and most of every frame is background.
+        let frac = m_t.mean((1, 2, 3))?.to_vec1::<f32>()?;
+        assert!(frac.iter().all(|&f| f > 0.0 && f < 0.3), "{frac:?}");
+        // Where the change between the frames is large, one of the two frames is foreground.
+        let (x_t, x_next) = t.pairs(&ids)?;
+        let moving = (&x_next - &x_t)?.abs()?.max_keepdim(1)?.gt(0.5)?.to_dtype(DType::F32)?;
+        let unexplained =
+            (moving * (m_t.affine(-1.0, 1.0)? * m_next.affine(-1.0, 1.0)?)?)?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(unexplained, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn zoom_and_rotation_warp_about_the_centre_and_alike_for_both_frames() -> Result<()> {
+        // A ramp f(x, y) = x on a 5 x 5 image (centre (2, 2)).
+        let ramp: Vec<f32> = (0..25).map(|i| (i % 5) as f32).collect();
+        let near = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+        // Zoom 2: the slope halves about the centre.
+        let z = Warp { dx: 0.0, dy: 0.0, scale: 2.0, angle: 0.0 }.apply(&ramp, 5, 5);
+        let want: Vec<f32> = (0..25).map(|i| ((i % 5) as f32 - 2.0) / 2.0 + 2.0).collect();
+        assert!(near(&z, &want), "{z:?}");
+        // A quarter turn maps the x ramp onto a y ramp (clockwise on screen, y down).
+        let r = Warp { dx: 0.0, dy: 0.0, scale: 1.0, angle: std::f32::consts::FRAC_PI_2 }.apply(&ramp, 5, 5);
+        let want: Vec<f32> = (0..25).map(|i| (i / 5) as f32).collect();
+        assert!(near(&r, &want), "{r:?}");
+        // Whole-pixel shifts read exactly one pixel each.
+        let s = Warp { dx: 1.0, dy: 0.0, scale: 1.0, angle: 0.0 }.apply(&ramp, 5, 5);
+        assert_eq!(s[..5], [0.0, 0.0, 1.0, 2.0, 3.0]);
+
+        let dev = Device::Cpu;
+        let x_t = Tensor::randn(0f32, 1.0, (6, 3, 10, 9), &dev)?;
+        let aug = Augment { zoom: 0.1, rotate: 0.05, shift: 1, ..Default::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        // The same frame twice comes out the same twice; a frame plus a constant, plus the constant.
+        let (a, b) = aug.apply(&x_t, &(&x_t + 0.5)?, None, &mut rng, 6, 0..6)?;
+        assert!(((&b - &a)? - 0.5)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
+        assert!((&a - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.1);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let (a2, _) = aug.apply(&x_t.narrow(0, 2, 3)?, &x_t.narrow(0, 2, 3)?, None, &mut rng, 6, 2..5)?;
+        assert_eq!((a2 - a.narrow(0, 2, 3)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
 
@@ -316,7 +517,7 @@ mod tests {
         let x_next = Tensor::randn(0f32, 1.0, (6, 3, h, w), &dev)?;
         let aug = Augment { shift: s, ..Default::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let (a, b) = aug.apply(&x_t, &x_next, &mut rng, 6, 0..6)?;
+        let (a, b) = aug.apply(&x_t, &x_next, None, &mut rng, 6, 0..6)?;
         // Each row of both outputs is its input read at (y - dy, x - dx), clamped to the border, for
         // one (dx, dy) per pair; exactly one offset fits, and it is the same for x_t and x_{t+1}.
         let moved = |x: &[Vec<Vec<f32>>], dx: i64, dy: i64| -> Vec<f32> {
@@ -353,7 +554,7 @@ mod tests {
         }
         assert!(used.len() > 1, "six pairs all moved by {used:?}");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let (a2, _) = aug.apply(&x_t.narrow(0, 4, 2)?, &x_next.narrow(0, 4, 2)?, &mut rng, 6, 4..6)?;
+        let (a2, _) = aug.apply(&x_t.narrow(0, 4, 2)?, &x_next.narrow(0, 4, 2)?, None, &mut rng, 6, 4..6)?;
         assert_eq!((a2 - a.narrow(0, 4, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }

@@ -86,6 +86,28 @@ impl Stage1Config {
         }
     }
 
+    /// The CPU recipe of docs/results.md's sixth pass: [`Self::tiny`] trained on 48 CraftWorld play
+    /// episodes of 48 frames for 1300 steps (about 10 minutes on 2 cores), with the motion
+    /// architecture reading only the frame difference, gated by where things move, an MSE that
+    /// weights the moving pixels 11x, quantisation noise, pairs shifted by up to 4 px with a
+    /// grating of amplitude up to 0.05, and a restart when the codebook collapses early. Its codes carry the
+    /// action of held-out episodes at 84–86% on average in an unseen look (single seeds 73–94%).
+    pub fn tiny_play() -> Self {
+        let mut cfg = Self::tiny();
+        cfg.model.arch = crate::baseline::LdmArch::Motion;
+        cfg.model.loss = crate::baseline::ReconLoss::Mse;
+        cfg.model.quant_noise = true;
+        cfg.model.diff_only = true;
+        cfg.model.motion_gate_tau = 0.02;
+        cfg.model.motion_weight = 10.0;
+        cfg.data.play_frames = 48;
+        cfg.augment.shift = 4;
+        cfg.augment.grating = 0.05;
+        cfg.train.total_steps = 1300;
+        cfg.restart_on_collapse = Some(CollapseRestart::default());
+        cfg
+    }
+
     /// The same with the VideoWorld-1-style codes-only renderer.
     pub fn tiny_vw1() -> Self {
         Self { model: TinyLdmConfig::tiny_vw1(), ..Self::tiny() }
@@ -194,11 +216,17 @@ fn train_stage1_attempt(
     let bs = cfg.train.batch_size;
     let vocab: usize = cfg.model.levels.iter().product();
     let mut seen = vec![0f32; vocab];
+    let backgrounds = if cfg.augment.background_only { Some(data.backgrounds()?) } else { None };
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         let ids = data.sample_ids(ctx.rng, bs);
         let rows = ctx.shard.range(bs)?;
         let (x_t, x_next) = data.pairs(&ids[rows.clone()])?;
-        let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, ctx.rng, bs, rows.clone())?;
+        let fg = match &backgrounds {
+            Some(b) => Some(data.foreground(b, &ids[rows.clone()], super::craft::FOREGROUND_THRESHOLD)?),
+            None => None,
+        };
+        let fg = fg.as_ref().map(|(a, b)| (a, b));
+        let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, fg, ctx.rng, bs, rows.clone())?;
         *ctx.data_pos += bs as u64;
         // The quantisation noise of `quant_noise` comes from the trainer's generator, which the
         // checkpoint carries: seeded runs repeat and resume exactly. Drawn for the whole batch, so
@@ -382,9 +410,21 @@ mod tests {
         Ok(())
     }
 
-    /// The play recipe's random parts (quantisation noise, shifted pairs) come from the trainer's
-    /// generator: the same seed gives the same run, another seed another, and 2 data-parallel ranks
-    /// follow the single process.
+    #[test]
+    fn the_play_recipe_builds_and_its_collapse_check_is_valid() -> Result<()> {
+        let cfg = Stage1Config::tiny_play();
+        build_model(&cfg.model, 0, &Device::Cpu)?;
+        let r = cfg.restart_on_collapse.expect("the play recipe restarts collapsed starts");
+        assert!(r.window <= r.step && r.step < cfg.train.checkpoint_every);
+        assert!(cfg.data.play_frames > 0 && cfg.model.diff_only && cfg.model.motion_gate_tau > 0.0);
+        let back: Stage1Config = serde_json::from_value(cfg.to_json()?).map_err(|e| Error::Invalid(e.to_string()))?;
+        assert_eq!(back, cfg);
+        Ok(())
+    }
+
+    /// The play recipe's random parts (quantisation noise, shifted and zoomed pairs, background
+    /// gratings) come from the trainer's generator: the same seed gives the same run, another seed
+    /// another, and 2 data-parallel ranks follow the single process.
     #[test]
     fn quant_noise_and_shift_are_seeded_and_shard_like_one_process() -> Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
@@ -392,7 +432,12 @@ mod tests {
         cfg.model.arch = crate::baseline::LdmArch::Motion;
         cfg.model.loss = crate::baseline::ReconLoss::Mse;
         cfg.model.quant_noise = true;
+        cfg.model.diff_only = true;
+        cfg.model.motion_gate_tau = 0.02;
         cfg.augment.shift = 2;
+        cfg.augment.zoom = 0.05;
+        cfg.augment.grating = 0.1;
+        cfg.augment.background_only = true;
         let dev = Device::Cpu;
         train_stage1(&cfg, &tmp.path().join("a"), false, &dev, false)?;
         train_stage1(&cfg, &tmp.path().join("b"), false, &dev, false)?;
