@@ -428,16 +428,14 @@ mod tests {
     #[test]
     fn quant_noise_and_shift_are_seeded_and_shard_like_one_process() -> Result<()> {
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        // The play recipe's model and augmentation at the test's size, plus zoom and background-only
+        // gratings.
         let mut cfg = tiny_cfg(4, 4);
-        cfg.model.arch = crate::baseline::LdmArch::Motion;
-        cfg.model.loss = crate::baseline::ReconLoss::Mse;
-        cfg.model.quant_noise = true;
-        cfg.model.diff_only = true;
-        cfg.model.motion_gate_tau = 0.02;
-        cfg.augment.shift = 2;
-        cfg.augment.zoom = 0.05;
-        cfg.augment.grating = 0.1;
-        cfg.augment.background_only = true;
+        let play = Stage1Config::tiny_play();
+        let (image_size, channels, dim) = (cfg.model.image_size, cfg.model.channels, cfg.model.dim);
+        cfg.model = crate::baseline::TinyLdmConfig { image_size, channels, dim, ..play.model };
+        cfg.augment =
+            super::super::craft::Augment { shift: 2, zoom: 0.05, grating: 0.1, background_only: true, ..play.augment };
         let dev = Device::Cpu;
         train_stage1(&cfg, &tmp.path().join("a"), false, &dev, false)?;
         train_stage1(&cfg, &tmp.path().join("b"), false, &dev, false)?;
