@@ -23,7 +23,8 @@ pub enum Error {
         "non-finite value at step {step} in {tensor}; training stopped (lower the learning rate or clip gradients)"
     )]
     NonFinite { step: u64, tensor: String },
-    /// Stage 1's codebook collapsed (see `Stage1Config::restart_on_collapse`).
+    /// Stage 1's codebook collapsed (see `Stage1Config::restart_on_collapse`); what a checked attempt
+    /// returns to the restart loop.
     #[error("the codebook collapsed: {codes} distinct code(s) in steps {from}..={step}")]
     Collapsed { step: u64, from: u64, codes: usize },
     /// A training checkpoint is missing a tensor or disagrees with the run it should resume.

@@ -34,8 +34,10 @@ pub struct Stage1Config {
 /// A label-free check for the early codebook collapse of docs/results.md: if the training batches
 /// of steps `step - window + 1 ..= step` together used at most `max_codes` distinct codes, the run
 /// is abandoned and started again with `init_seed` and `train.seed` one higher, up to
-/// `max_restarts` times. The abandoned attempt's log is kept as `metrics.collapsed-seed<S>.jsonl`,
-/// and the checkpoint records the seeds that were used, so the run repeats exactly from its config.
+/// `max_restarts` times; the last allowed start trains to the end without the check (a model that
+/// collapsed is still a result: the codes-only baseline is expected to). The abandoned attempts'
+/// logs are kept as `metrics.collapsed-seed<S>.jsonl`, and the checkpoint records the seeds that
+/// were used, so the run repeats exactly from its config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollapseRestart {
     /// The step (1-based, as logged) at which the check runs; before the first checkpoint.
@@ -44,7 +46,7 @@ pub struct CollapseRestart {
     pub window: u64,
     /// At most this many distinct codes in the window counts as collapsed.
     pub max_codes: usize,
-    /// How many fresh starts to try before giving up with the error.
+    /// How many fresh starts to try; the last one is not checked.
     pub max_restarts: u32,
 }
 
@@ -162,7 +164,20 @@ pub fn train_stage1_in(
     let mut cfg = cfg.clone();
     let mut restarts = 0;
     loop {
-        match train_stage1_attempt(&cfg, &data, run_dir, resume, device, progress, comm.clone()) {
+        // The last allowed start runs to the end whatever its codes do, so the run always returns a
+        // model (a codes-only baseline is expected to collapse) and says so in the log.
+        let last = cfg.restart_on_collapse.is_some_and(|r| restarts == r.max_restarts);
+        let attempt_cfg = match last {
+            true => Stage1Config { restart_on_collapse: None, ..cfg.clone() },
+            false => cfg.clone(),
+        };
+        if last && comm.is_main() {
+            tracing::warn!(
+                "stage 1: the last allowed start (init seed {}) trains to the end without the collapse check",
+                cfg.init_seed
+            );
+        }
+        match train_stage1_attempt(&attempt_cfg, &data, run_dir, resume, device, progress, comm.clone()) {
             Err(Error::Collapsed { step, from, codes })
                 if cfg.restart_on_collapse.is_some_and(|r| restarts < r.max_restarts) =>
             {
@@ -391,14 +406,18 @@ mod tests {
         let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
         let dev = Device::Cpu;
         let mut cfg = tiny_cfg(4, 4);
-        // Every start counts as collapsed (at most all 1000 codes): one restart, then the error.
+        // Every start counts as collapsed (at most all 1000 codes): one restart, and that last
+        // allowed start trains to the end without the check.
         cfg.restart_on_collapse = Some(CollapseRestart { step: 3, window: 2, max_codes: 1000, max_restarts: 1 });
-        let err = train_stage1(&cfg, tmp.path(), false, &dev, false).err();
-        assert!(matches!(err, Some(Error::Collapsed { step: 3, from: 2, .. })), "{err:?}");
+        train_stage1(&cfg, tmp.path(), false, &dev, false)?;
         let first = std::fs::read_to_string(tmp.path().join("metrics.collapsed-seed0.jsonl"))
             .map_err(|e| Error::io("collapsed log", e))?;
         assert_eq!(first.lines().count(), 2, "the first attempt logged steps 1 and 2");
         assert!(!tmp.path().join("metrics.collapsed-seed1.jsonl").exists(), "the last attempt is not renamed");
+        assert_eq!(losses(tmp.path())?.len(), 4, "the last attempt ran all 4 steps");
+        // Its checkpoint records the seed it used, so the run repeats from its config.
+        let (saved, _) = load_stage1(tmp.path(), &dev)?;
+        assert_eq!((saved.init_seed, saved.train.seed), (cfg.init_seed + 1, cfg.train.seed + 1));
         // Never collapsed (at most 0 codes): trains to the end as without the check.
         cfg.restart_on_collapse = Some(CollapseRestart { step: 3, window: 2, max_codes: 0, max_restarts: 1 });
         let dir = tmp.path().join("ok");
