@@ -8,7 +8,7 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use vw_data::craftworld::CraftConfig;
-use vw_dldm::baseline::TinyLdmConfig;
+use vw_dldm::baseline::{RendererKind, TinyLdmConfig};
 use vw_dldm::train::craft::CraftData;
 use vw_dldm::train::stage1::{load_stage1, train_stage1, Stage1Config};
 use vw_dldm::LatentDynamics;
@@ -40,13 +40,14 @@ impl LdmKind {
         }
     }
 
-    /// The vw-dldm model config of this kind.
+    /// The vw-dldm model config of this kind: the play recipe's model
+    /// (`Stage1Config::tiny_play`), with the codes-only renderer for the VW1-style baseline.
     pub fn model(self, image_size: usize) -> TinyLdmConfig {
-        let m = match self {
-            LdmKind::Dldm => TinyLdmConfig::tiny(),
-            LdmKind::Vw1 => TinyLdmConfig::tiny_vw1(),
+        let renderer = match self {
+            LdmKind::Dldm => RendererKind::FrameConditioned,
+            LdmKind::Vw1 => RendererKind::CodesOnly,
         };
-        TinyLdmConfig { image_size, ..m }
+        TinyLdmConfig { image_size, renderer, ..Stage1Config::tiny_play().model }
     }
 }
 
@@ -61,20 +62,25 @@ pub struct LdmTrainConfig {
     pub lr: f64,
     /// Warm-up steps.
     pub warmup: u64,
+    /// Frames of each play episode the models train on (the demo's training episodes re-rendered
+    /// as play, `vw_data::craftworld::generate_play_episode`; docs/results.md: codes trained on the
+    /// scripted expert's videos collapse). 0 = the expert episodes themselves.
+    #[serde(default)]
+    pub play_frames: usize,
 }
 
 impl LdmTrainConfig {
     /// CPU demo size.
     pub fn cpu() -> Self {
-        Self { steps: 1500, batch: 32, lr: 2e-3, warmup: 50 }
+        Self { steps: 1300, batch: 32, lr: 2e-3, warmup: 50, play_frames: 48 }
     }
     /// GPU size.
     pub fn gpu() -> Self {
-        Self { steps: 6000, batch: 128, lr: 1e-3, warmup: 200 }
+        Self { steps: 6000, batch: 128, lr: 1e-3, warmup: 200, play_frames: 48 }
     }
     /// Integration-test size.
     pub fn test() -> Self {
-        Self { steps: 3, batch: 4, lr: 1e-3, warmup: 1 }
+        Self { steps: 3, batch: 4, lr: 1e-3, warmup: 1, play_frames: 6 }
     }
 }
 
@@ -90,15 +96,17 @@ pub fn stage1_config(
     first_seed: u64,
     seed: u64,
 ) -> Stage1Config {
-    let mut s = Stage1Config::tiny();
+    let mut s = Stage1Config::tiny_play();
     s.model = kind.model(world.image_size);
-    s.data = CraftData { world: world.clone(), episodes, first_seed, play_frames: 0 };
+    s.data = CraftData { world: world.clone(), episodes, first_seed, play_frames: tc.play_frames };
     s.train.total_steps = tc.steps;
     s.train.warmup_steps = tc.warmup.min(tc.steps);
     s.train.batch_size = tc.batch;
     s.train.optim.lr = tc.lr;
     s.train.seed = seed;
     s.train.checkpoint_every = tc.steps.max(1);
+    // The early-collapse check runs before the first checkpoint; a run too short for it has none.
+    s.restart_on_collapse = s.restart_on_collapse.filter(|r| r.step < s.train.checkpoint_every);
     s.train.log_every = 1;
     s.init_seed = seed;
     s
