@@ -160,17 +160,23 @@ impl Transitions {
         Ok(Tensor::cat(&out, 0)?.to_dtype(self.frames.dtype())?)
     }
 
-    /// Foreground masks of the transitions `ids`: 1 where frame t (and, second, frame t+1) differs
-    /// from its episode's background (`backgrounds`) by more than `threshold` in some channel, else 0.
-    /// Each (N, 1, H, W), f32.
-    pub fn foreground(&self, backgrounds: &Tensor, ids: &[usize], threshold: f64) -> Result<(Tensor, Tensor)> {
-        let (x_t, x_next) = self.pairs(ids)?;
+    /// Foreground masks of the transitions `ids`, whose frames `(x_t, x_{t+1})` (from [`Self::pairs`])
+    /// the caller already holds: 1 where frame t (and, second, frame t+1) differs from its episode's
+    /// background (`backgrounds`) by more than `threshold` in some channel, else 0. Each (N, 1, H, W),
+    /// f32.
+    pub fn foreground(
+        &self,
+        backgrounds: &Tensor,
+        ids: &[usize],
+        (x_t, x_next): (&Tensor, &Tensor),
+        threshold: f64,
+    ) -> Result<(Tensor, Tensor)> {
         let eps: Vec<u32> = ids.iter().map(|&i| self.episode[i]).collect();
         let bg = backgrounds.index_select(&Tensor::from_vec(eps, ids.len(), backgrounds.device())?, 0)?;
         let mask = |x: &Tensor| -> Result<Tensor> {
             Ok((x - &bg)?.abs()?.max_keepdim(1)?.gt(threshold)?.to_dtype(DType::F32)?)
         };
-        Ok((mask(&x_t)?, mask(&x_next)?))
+        Ok((mask(x_t)?, mask(x_next)?))
     }
 
     /// The frames of episode `e` as a clip (1, 3, T, H, W).
@@ -465,12 +471,12 @@ mod tests {
         let bg = t.backgrounds()?;
         assert_eq!(bg.dims4()?, (2, 3, t.frames.dim(2)?, t.frames.dim(3)?));
         let ids: Vec<usize> = (0..t.len()).collect();
-        let (m_t, m_next) = t.foreground(&bg, &ids, FOREGROUND_THRESHOLD)?;
+        let (x_t, x_next) = t.pairs(&ids)?;
+        let (m_t, m_next) = t.foreground(&bg, &ids, (&x_t, &x_next), FOREGROUND_THRESHOLD)?;
         // Every frame has some foreground (the gripper), and most of every frame is background.
         let frac = m_t.mean((1, 2, 3))?.to_vec1::<f32>()?;
         assert!(frac.iter().all(|&f| f > 0.0 && f < 0.3), "{frac:?}");
         // Where the change between the frames is large, one of the two frames is foreground.
-        let (x_t, x_next) = t.pairs(&ids)?;
         let moving = (&x_next - &x_t)?.abs()?.max_keepdim(1)?.gt(0.5)?.to_dtype(DType::F32)?;
         let unexplained =
             (moving * (m_t.affine(-1.0, 1.0)? * m_next.affine(-1.0, 1.0)?)?)?.sum_all()?.to_scalar::<f32>()?;

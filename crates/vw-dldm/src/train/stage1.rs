@@ -178,9 +178,8 @@ pub fn train_stage1_in(
             );
         }
         match train_stage1_attempt(&attempt_cfg, &data, run_dir, resume, device, progress, comm.clone()) {
-            Err(Error::Collapsed { step, from, codes })
-                if cfg.restart_on_collapse.is_some_and(|r| restarts < r.max_restarts) =>
-            {
+            // Only a checked attempt returns this, and the last allowed one is not checked.
+            Err(Error::Collapsed { step, from, codes }) => {
                 if comm.is_main() {
                     let log = run_dir.join(super::run::METRICS_FILE);
                     let kept = run_dir.join(format!("metrics.collapsed-seed{}.jsonl", cfg.init_seed));
@@ -237,7 +236,9 @@ fn train_stage1_attempt(
         let rows = ctx.shard.range(bs)?;
         let (x_t, x_next) = data.pairs(&ids[rows.clone()])?;
         let fg = match &backgrounds {
-            Some(b) => Some(data.foreground(b, &ids[rows.clone()], super::craft::FOREGROUND_THRESHOLD)?),
+            Some(b) => {
+                Some(data.foreground(b, &ids[rows.clone()], (&x_t, &x_next), super::craft::FOREGROUND_THRESHOLD)?)
+            }
             None => None,
         };
         let fg = fg.as_ref().map(|(a, b)| (a, b));
