@@ -13,7 +13,7 @@
 //!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
 //!     [--probe digits|onehot|embedding|digits+embedding] [--play FRAMES]
 //!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only] [--motion-gate TAU] [--shift PX] [--zoom Z] [--rotate RAD] [--background-only]
-//!     [--restart-on-collapse] [--factors] [--device cpu|cuda:N]
+//!     [--restart-on-collapse] [--factors] [--device cpu|cuda:N] [--queries N] [--levels 8,5,5,5] [--warmup N] [--blur SIGMA] [--diff-norm none|unit-max|ternary]
 //! ```
 //!
 //! `--factors` also scores the held-out episodes in the training look with one factor of their
@@ -149,8 +149,27 @@ fn parse() -> anyhow::Result<Args> {
             "--mse" => Box::new(|c| c.model.loss = vw_dldm::baseline::ReconLoss::Mse),
             "--quant-noise" => Box::new(|c| c.model.quant_noise = true),
             "--variance-weight" => set!(model.variance_weight),
+            "--queries" => set!(model.act_embedding_num),
+            "--levels" => {
+                let v = val()?
+                    .split(',')
+                    .map(|l| l.trim().parse::<usize>().with_context(|| format!("--levels: bad level {l:?}")))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                Box::new(move |c| c.model.levels = v.clone())
+            }
+            "--warmup" => set!(train.warmup_steps),
             "--diff-only" => Box::new(|c| c.model.diff_only = true),
             "--motion-gate" => set!(model.motion_gate_tau),
+            "--blur" => set!(model.input_blur),
+            "--diff-norm" => {
+                let v = match val()?.as_str() {
+                    "none" => vw_dldm::baseline::DiffNorm::None,
+                    "unit-max" => vw_dldm::baseline::DiffNorm::UnitMax,
+                    "ternary" => vw_dldm::baseline::DiffNorm::Ternary,
+                    other => anyhow::bail!("--diff-norm {other}: expected none, unit-max or ternary"),
+                };
+                Box::new(move |c| c.model.diff_norm = v)
+            }
             "--batch" => set!(train.batch_size),
             "--lr" => set!(train.optim.lr),
             "--play" => set!(data.play_frames),

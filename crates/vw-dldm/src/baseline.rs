@@ -44,6 +44,26 @@ pub enum LdmArch {
     Sprite,
 }
 
+/// How the motion encoder sees the frame difference x_{t+1} - x_t (its contrast depends on the
+/// colours of what moves and of what it uncovers, which a held-out look changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffNorm {
+    /// As it is (what configs without a `diff_norm` field were trained with).
+    #[default]
+    None,
+    /// Divided by the sample's largest |difference| (at least [`DIFF_THRESHOLD`]): the shape of
+    /// the change at a fixed contrast.
+    UnitMax,
+    /// Its sign where |difference| > [`DIFF_THRESHOLD`], else 0: only where, and which way, each
+    /// channel changes.
+    Ternary,
+}
+
+/// The |x_{t+1} - x_t| above which a pixel counts as changed ([`DiffNorm`], and the moving pixels
+/// of `motion_weight`).
+pub const DIFF_THRESHOLD: f64 = 0.05;
+
 /// The per-pixel reconstruction loss of stage 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +153,12 @@ pub struct TinyLdmConfig {
     /// contributes nothing to the codes whatever its texture or light (docs/results.md, sixth pass:
     /// the live codes lost 5-8 points to the held-out table and wall textures). 0 = off.
     pub motion_gate_tau: f64,
+    /// Blur the motion encoder's input by a Gaussian of this standard deviation (pixels) before its
+    /// convolutions: fine texture (the held-out look's 3-px wallpaper stripes, speckle) is
+    /// appearance, and the moves the codes must tell apart are 8-30 px. 0 = off.
+    pub input_blur: f64,
+    /// How the motion encoder reads the difference of the frames (before `input_blur`).
+    pub diff_norm: DiffNorm,
 }
 
 impl Default for TinyLdmConfig {
@@ -156,6 +182,8 @@ impl Default for TinyLdmConfig {
             quant_noise: false,
             diff_only: false,
             motion_gate_tau: 0.0,
+            input_blur: 0.0,
+            diff_norm: DiffNorm::None,
         }
     }
 }
@@ -186,6 +214,18 @@ impl TinyLdmConfig {
                 "TinyLdm: motion_gate_tau {} must be >= 0, and > 0 needs arch motion or sprite",
                 self.motion_gate_tau
             )));
+        }
+        if !self.input_blur.is_finite()
+            || self.input_blur < 0.0
+            || (self.input_blur > 0.0 && self.arch == LdmArch::Patch)
+        {
+            return Err(crate::Error::Invalid(format!(
+                "TinyLdm: input_blur {} must be finite and >= 0, and > 0 needs arch motion or sprite",
+                self.input_blur
+            )));
+        }
+        if self.diff_norm != DiffNorm::None && self.arch == LdmArch::Patch {
+            return Err(crate::Error::Invalid("TinyLdm: diff_norm needs arch motion or sprite".into()));
         }
         if self.diff_only && self.arch == LdmArch::Patch {
             return Err(crate::Error::Invalid(
@@ -535,7 +575,7 @@ impl TinyLdm {
         let rolled = if n > 1 { Tensor::cat(&[codes.narrow(0, 1, n - 1)?, codes.narrow(0, 0, 1)?], 0)? } else { codes };
         let (other, _) = l1(&rolled)?;
         let diff = (x_next - x_t)?.abs()?;
-        let moving = diff.max_keepdim(1)?.gt(0.05)?.to_dtype(err.dtype())?;
+        let moving = diff.max_keepdim(1)?.gt(DIFF_THRESHOLD)?.to_dtype(err.dtype())?;
         let err_sum = err.sum_all()?.to_scalar::<f32>()? as f64;
         let err_moving = err.broadcast_mul(&moving)?.sum_all()?.to_scalar::<f32>()? as f64;
         let z_std = z.flatten_to(1)?.var_keepdim(0)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64;
@@ -616,7 +656,7 @@ impl TinyLdm {
         if self.cfg.motion_weight == 0.0 {
             return Ok(err.mean_all()?);
         }
-        let moving = (x_next - x_t)?.abs()?.max_keepdim(1)?.gt(0.05)?.to_dtype(err.dtype())?;
+        let moving = (x_next - x_t)?.abs()?.max_keepdim(1)?.gt(DIFF_THRESHOLD)?.to_dtype(err.dtype())?;
         let weight = ((moving * self.cfg.motion_weight)? + 1.0)?;
         Ok(err.broadcast_mul(&weight)?.mean_all()?)
     }
@@ -905,6 +945,47 @@ mod tests {
         assert!(shift(0.0)? > 1e-3, "{}", shift(0.0)?);
         let bad = TinyLdmConfig { motion_gate_tau: 0.02, ..small(RendererKind::FrameConditioned) };
         assert!(TinyLdm::new(&bad, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_ternary_difference_makes_the_codes_blind_to_the_contrast_of_what_moves() -> Result<()> {
+        // A pair whose every change is above the threshold; the same change at 1.7x the contrast
+        // (a darker wall behind a lighter gripper, say) must give the same latents with the ternary
+        // difference, and other latents with the raw one.
+        let (x_t, x_next) = transition_pairs(&clip(2, 11)?)?;
+        let diff = (&x_next - &x_t)?;
+        let diff = (&diff * diff.abs()?.gt(2.0 * DIFF_THRESHOLD)?.to_dtype(DType::F32)?)?;
+        let (a, b) = ((&x_t + &diff)?, (&x_t + (&diff * 1.7)?)?);
+        let shift = |norm: DiffNorm| -> Result<f32> {
+            let cfg = TinyLdmConfig {
+                arch: LdmArch::Motion,
+                diff_only: true,
+                diff_norm: norm,
+                ..small(RendererKind::FrameConditioned)
+            };
+            let vm = VarMap::new();
+            let m = TinyLdm::new(&cfg, crate::train::seeded_var_builder(&vm, 5, DType::F32, &Device::Cpu))?;
+            Ok((m.encoder.forward(&x_t, &a)? - m.encoder.forward(&x_t, &b)?)?.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        assert_eq!(shift(DiffNorm::Ternary)?, 0.0);
+        assert!(shift(DiffNorm::None)? > 1e-3, "{}", shift(DiffNorm::None)?);
+        // Refused: a difference norm or a blur on the patch encoder, which has neither; a negative
+        // or NaN blur.
+        let motion = TinyLdmConfig { arch: LdmArch::Motion, ..small(RendererKind::FrameConditioned) };
+        for bad in [
+            TinyLdmConfig { diff_norm: DiffNorm::Ternary, ..small(RendererKind::FrameConditioned) },
+            TinyLdmConfig { input_blur: 1.0, ..small(RendererKind::FrameConditioned) },
+            TinyLdmConfig { input_blur: -1.0, ..motion.clone() },
+            TinyLdmConfig { input_blur: f64::NAN, ..motion.clone() },
+        ] {
+            assert!(TinyLdm::new(&bad, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).is_err());
+        }
+        assert!(TinyLdm::new(
+            &TinyLdmConfig { input_blur: 1.5, ..motion },
+            VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)
+        )
+        .is_ok());
         Ok(())
     }
 

@@ -15,7 +15,7 @@
 //! position-free signal. The only way for a code to help it is to say *how things move*
 //! ("the gripper goes 20 px left with a block"); the U-Net finds *what* moves in x_t.
 
-use super::{kernel_err, patch_conv, Pyramid, RendererKind, TinyLdmConfig};
+use super::{kernel_err, patch_conv, DiffNorm, Pyramid, RendererKind, TinyLdmConfig, DIFF_THRESHOLD};
 use crate::Result;
 use candle_core::{Module, Tensor};
 use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
@@ -40,6 +40,8 @@ pub(super) struct MotionEncoder {
     dim: usize,
     diff_only: bool,
     gate_tau: f64,
+    blur: f64,
+    diff_norm: DiffNorm,
 }
 
 impl MotionEncoder {
@@ -60,6 +62,8 @@ impl MotionEncoder {
             dim: d,
             diff_only: cfg.diff_only,
             gate_tau: cfg.motion_gate_tau,
+            blur: cfg.input_blur,
+            diff_norm: cfg.diff_norm,
         })
     }
 
@@ -70,7 +74,9 @@ impl MotionEncoder {
             0.0 => None,
             tau => Some(motion_gate(&diff, tau)?),
         };
+        let diff = normalise_diff(&diff, self.diff_norm)?;
         let inp = if self.diff_only { diff } else { Tensor::cat(&[x_t, x_next, &diff], 1)? };
+        let inp = if self.blur > 0.0 { gaussian_blur(&inp, self.blur)? } else { inp };
         let mut f = self.pyramid.forward(&inp)?.pop().ok_or_else(|| crate::Error::Invalid("empty pyramid".into()))?;
         let gated = |f: Tensor| -> Result<Tensor> {
             Ok(match &gate {
@@ -108,6 +114,51 @@ pub(super) fn motion_gate(diff: &Tensor, tau: f64) -> Result<Tensor> {
     let (n, _, h, w) = diff.dims4()?;
     let m = diff.detach().abs()?.max_keepdim(1)?.reshape((n, 1, h / 8, 8, w / 8, 8))?.mean(5)?.mean(3)?;
     Ok((&m / (&m + tau)?)?)
+}
+
+/// The difference of a pair (N, C, H, W) as [`DiffNorm`] says the encoder reads it. A function of
+/// the data alone.
+pub(super) fn normalise_diff(diff: &Tensor, norm: DiffNorm) -> Result<Tensor> {
+    Ok(match norm {
+        DiffNorm::None => diff.clone(),
+        DiffNorm::UnitMax => {
+            let n = diff.dim(0)?;
+            let scale = diff.abs()?.flatten_from(1)?.max_keepdim(1)?.clamp(DIFF_THRESHOLD, f64::INFINITY)?;
+            diff.broadcast_div(&scale.reshape((n, 1, 1, 1))?)?
+        }
+        DiffNorm::Ternary => {
+            let on = diff.abs()?.gt(DIFF_THRESHOLD)?.to_dtype(diff.dtype())?;
+            (diff.sign()? * on)?
+        }
+    })
+}
+
+/// Blurs every channel of x (N, C, H, W) by a Gaussian of standard deviation `sigma` pixels,
+/// truncated at 3 sigma, as two matmuls with banded matrices; near the borders the weights that
+/// fall outside are dropped and the rest renormalised, so a constant image stays constant.
+pub(super) fn gaussian_blur(x: &Tensor, sigma: f64) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let band = |l: usize| -> Result<Tensor> {
+        let r = (3.0 * sigma).ceil() as i64;
+        let mut m = vec![0f32; l * l];
+        for i in 0..l {
+            let row = &mut m[i * l..(i + 1) * l];
+            for (j, v) in row.iter_mut().enumerate() {
+                let d = j as i64 - i as i64;
+                if d.abs() <= r {
+                    *v = (-(d * d) as f64 / (2.0 * sigma * sigma)).exp() as f32;
+                }
+            }
+            let sum: f32 = row.iter().sum();
+            row.iter_mut().for_each(|v| *v /= sum);
+        }
+        // Row i holds the weights of output i; symmetric up to the border renormalisation, so
+        // the transpose is what right-multiplication needs.
+        Ok(Tensor::from_vec(m, (l, l), x.device())?.to_dtype(x.dtype())?.t()?.contiguous()?)
+    };
+    let y = x.contiguous()?.reshape((n * c * h, w))?.matmul(&band(w)?)?;
+    let y = y.reshape((n * c, h, w))?.transpose(1, 2)?.contiguous()?.reshape((n * c * w, h))?.matmul(&band(h)?)?;
+    Ok(y.reshape((n * c, w, h))?.transpose(1, 2)?.reshape((n, c, h, w))?)
 }
 
 /// `h * (1 + scale) + shift` with (scale, shift) a linear map of the flattened codes.
@@ -311,6 +362,59 @@ impl MotionRenderer {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_blur_keeps_flat_images_and_coarse_moves_and_wipes_out_fine_stripes() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, w) = (13usize, 37usize); // awkward, non-square sizes
+        let flat = Tensor::full(0.7f32, (2, 3, h, w), &dev)?;
+        let d = (gaussian_blur(&flat, 1.5)? - &flat)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "a constant image changed by {d}");
+        // Vertical stripes of period 3.2 px (the held-out wallpaper's at 64 px): almost gone.
+        let stripes: Vec<f32> = (0..h * w).map(|i| (std::f32::consts::TAU * (i % w) as f32 / 3.2).sin()).collect();
+        let stripes = Tensor::from_vec(stripes, (1, 1, h, w), &dev)?;
+        let spread = |t: &Tensor| -> Result<f32> {
+            let inner = t.narrow(3, 8, w - 16)?;
+            Ok(inner.max_all()?.to_scalar::<f32>()? - inner.min_all()?.to_scalar::<f32>()?)
+        };
+        let before = spread(&stripes)?;
+        let after = spread(&gaussian_blur(&stripes, 1.5)?)?;
+        assert!(after < 0.05 * before, "stripes {before} -> {after}");
+        // A 6-px bright square keeps its centre: the blur moves no content.
+        let mut sq = vec![0f32; h * w];
+        for y in 4..10 {
+            for x in 20..26 {
+                sq[y * w + x] = 1.0;
+            }
+        }
+        let b = gaussian_blur(&Tensor::from_vec(sq, (1, 1, h, w), &dev)?, 1.5)?.flatten_all()?.to_vec1::<f32>()?;
+        let mass: f32 = b.iter().sum();
+        let cx: f32 = b.iter().enumerate().map(|(i, v)| (i % w) as f32 * v).sum::<f32>() / mass;
+        let cy: f32 = b.iter().enumerate().map(|(i, v)| (i / w) as f32 * v).sum::<f32>() / mass;
+        assert!((cx - 22.5).abs() < 1e-3 && (cy - 6.5).abs() < 0.05, "centre ({cx}, {cy})");
+        Ok(())
+    }
+
+    #[test]
+    fn normalised_differences_ignore_contrast() -> Result<()> {
+        let dev = Device::Cpu;
+        let diff = Tensor::new(&[[[[0.2f32, -0.4, 0.01]]], [[[0.0, 0.03, -0.02]]]], &dev)?; // (2, 1, 1, 3)
+        let unit = normalise_diff(&diff, DiffNorm::UnitMax)?.flatten_all()?.to_vec1::<f32>()?;
+        // Sample 0 scaled by its largest |d| 0.4; sample 1's largest is below the threshold: / 0.05.
+        let want = [0.5f32, -1.0, 0.025, 0.0, 0.6, -0.4];
+        assert!(unit.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{unit:?}");
+        // Twice the contrast, same input.
+        let twice =
+            normalise_diff(&(&diff * 2.0)?.narrow(0, 0, 1)?, DiffNorm::UnitMax)?.flatten_all()?.to_vec1::<f32>()?;
+        assert!(twice.iter().zip(&unit[..3]).all(|(a, b)| (a - b).abs() < 1e-6));
+        let tern = normalise_diff(&diff, DiffNorm::Ternary)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(tern, vec![1.0, -1.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            normalise_diff(&diff, DiffNorm::None)?.flatten_all()?.to_vec1::<f32>()?,
+            diff.flatten_all()?.to_vec1::<f32>()?
+        );
+        Ok(())
+    }
 
     #[test]
     fn soft_translate_moves_rows_by_the_chosen_offset() -> Result<()> {

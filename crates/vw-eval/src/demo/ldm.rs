@@ -72,7 +72,7 @@ pub struct LdmTrainConfig {
 impl LdmTrainConfig {
     /// CPU demo size.
     pub fn cpu() -> Self {
-        Self { steps: 1300, batch: 32, lr: 2e-3, warmup: 50, play_frames: 48 }
+        Self { steps: 1200, batch: 32, lr: 2e-3, warmup: 50, play_frames: 48 }
     }
     /// GPU size.
     pub fn gpu() -> Self {
@@ -109,7 +109,7 @@ pub fn stage1_config(
     s.restart_on_collapse = s.restart_on_collapse.filter(|r| r.step < s.train.checkpoint_every);
     // Every logged step also renders with swapped and centre codes (`loss_breakdown`: three more
     // forward passes), which at every step doubled the dLDM's training time.
-    s.train.log_every = tc.steps.clamp(1, 10);
+    s.train.log_every = tc.steps.clamp(1, 25);
     s.init_seed = seed;
     s
 }
