@@ -138,12 +138,7 @@ fn parse() -> anyhow::Result<Args> {
             "--entropy-weight" => set!(model.entropy_weight),
             "--zero-init" => Box::new(|c| c.model.zero_init_residual = true),
             "--arch" => {
-                let v = match val()?.as_str() {
-                    "motion" => vw_dldm::baseline::LdmArch::Motion,
-                    "sprite" => vw_dldm::baseline::LdmArch::Sprite,
-                    "patch" => vw_dldm::baseline::LdmArch::Patch,
-                    other => anyhow::bail!("--arch {other}: expected patch, motion or sprite"),
-                };
+                let v = choice(&k, &val()?)?;
                 Box::new(move |c| c.model.arch = v)
             }
             "--mse" => Box::new(|c| c.model.loss = vw_dldm::baseline::ReconLoss::Mse),
@@ -162,12 +157,7 @@ fn parse() -> anyhow::Result<Args> {
             "--motion-gate" => set!(model.motion_gate_tau),
             "--blur" => set!(model.input_blur),
             "--diff-norm" => {
-                let v = match val()?.as_str() {
-                    "none" => vw_dldm::baseline::DiffNorm::None,
-                    "unit-max" => vw_dldm::baseline::DiffNorm::UnitMax,
-                    "ternary" => vw_dldm::baseline::DiffNorm::Ternary,
-                    other => anyhow::bail!("--diff-norm {other}: expected none, unit-max or ternary"),
-                };
+                let v = choice(&k, &val()?)?;
                 Box::new(move |c| c.model.diff_norm = v)
             }
             "--batch" => set!(train.batch_size),
@@ -186,6 +176,12 @@ fn parse() -> anyhow::Result<Args> {
         a.overrides.push(set);
     }
     Ok(a)
+}
+
+/// A config enum from its command-line spelling (`unit-max` for the serialised `unit_max`); the
+/// error lists the accepted values.
+fn choice<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> anyhow::Result<T> {
+    serde_json::from_value(serde_json::Value::String(v.replace('-', "_"))).with_context(|| format!("{flag} {v}"))
 }
 
 /// How the probe reads a code (see `vw_eval::probe::ProbeFeatures`).

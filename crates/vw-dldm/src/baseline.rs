@@ -157,7 +157,8 @@ pub struct TinyLdmConfig {
     /// convolutions: fine texture (the held-out look's 3-px wallpaper stripes, speckle) is
     /// appearance, and the moves the codes must tell apart are 8-30 px. 0 = off.
     pub input_blur: f64,
-    /// How the motion encoder reads the difference of the frames (before `input_blur`).
+    /// How the motion encoder reads the difference of the frames (before `input_blur`; the
+    /// motion gate still weighs each cell by the raw difference).
     pub diff_norm: DiffNorm,
 }
 
