@@ -107,9 +107,9 @@ pub fn stage1_config(
     s.train.checkpoint_every = tc.steps.max(1);
     // The early-collapse check runs before the first checkpoint; a run too short for it has none.
     s.restart_on_collapse = s.restart_on_collapse.filter(|r| r.step < s.train.checkpoint_every);
-    // Every logged step also renders with swapped and centre codes (`loss_breakdown`: three more
-    // forward passes), which at every step doubled the dLDM's training time.
-    s.train.log_every = tc.steps.clamp(1, 25);
+    // The recipe's logging interval (see `Stage1Config::tiny_play`), shortened only for runs
+    // shorter than it.
+    s.train.log_every = s.train.log_every.min(tc.steps).max(1);
     s.init_seed = seed;
     s
 }
