@@ -13,7 +13,7 @@
 //!     [--entropy-weight W] [--zero-init] [--arch patch|motion|sprite] [--mse] [--quant-noise] [--variance-weight W] [--only dldm|vw1] [--batch N] [--lr LR]
 //!     [--probe digits|onehot|embedding|digits+embedding] [--play FRAMES]
 //!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only] [--motion-gate TAU] [--shift PX] [--zoom Z] [--rotate RAD] [--background-only]
-//!     [--restart-on-collapse] [--factors] [--device cpu|cuda:N] [--queries N] [--levels 8,5,5,5] [--warmup N] [--blur SIGMA] [--diff-norm none|unit-max|ternary]
+//!     [--restart-on-collapse] [--factors] [--device cpu|cuda:N] [--queries N] [--levels 8,5,5,5] [--warmup N] [--blur SIGMA] [--diff-norm none|unit-max|ternary] [--composite]
 //! ```
 //!
 //! `--factors` also scores the held-out episodes in the training look with one factor of their
@@ -154,6 +154,12 @@ fn parse() -> anyhow::Result<Args> {
             }
             "--warmup" => set!(train.warmup_steps),
             "--diff-only" => Box::new(|c| c.model.diff_only = true),
+            "--composite" => Box::new(|c| {
+                // The VW1-style baseline has no frame to composite over.
+                if c.model.renderer == vw_dldm::baseline::RendererKind::FrameConditioned {
+                    c.model.composite = true
+                }
+            }),
             "--motion-gate" => set!(model.motion_gate_tau),
             "--blur" => set!(model.input_blur),
             "--diff-norm" => {

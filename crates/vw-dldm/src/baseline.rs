@@ -160,6 +160,13 @@ pub struct TinyLdmConfig {
     /// How the motion encoder reads the difference of the frames (before `input_blur`; the
     /// motion gate still weighs each cell by the raw difference).
     pub diff_norm: DiffNorm,
+    /// The motion (or sprite) architecture's frame-conditioned renderer composites instead of adding a
+    /// residual (the sprite renderer: its background under the moved layer): `x_{t+1} = x_t + alpha * (c - x_t)` with a per-pixel opacity `alpha` (starting near
+    /// 0) and colour `c`, both from the U-Net. Where alpha is 0 the pixel is x_t exactly, whatever
+    /// its texture, so static background (including a look never trained on) does not drift over a
+    /// rollout; a residual renderer adds small errors to every pixel that compound
+    /// (docs/results.md, the renderer's rollout). Off = the residual renderer.
+    pub composite: bool,
 }
 
 impl Default for TinyLdmConfig {
@@ -185,6 +192,7 @@ impl Default for TinyLdmConfig {
             motion_gate_tau: 0.0,
             input_blur: 0.0,
             diff_norm: DiffNorm::None,
+            composite: false,
         }
     }
 }
@@ -227,6 +235,11 @@ impl TinyLdmConfig {
         }
         if self.diff_norm != DiffNorm::None && self.arch == LdmArch::Patch {
             return Err(crate::Error::Invalid("TinyLdm: diff_norm needs arch motion or sprite".into()));
+        }
+        if self.composite && (self.arch == LdmArch::Patch || self.renderer != RendererKind::FrameConditioned) {
+            return Err(crate::Error::Invalid(
+                "TinyLdm: composite needs arch motion or sprite with the frame-conditioned renderer".into(),
+            ));
         }
         if self.diff_only && self.arch == LdmArch::Patch {
             return Err(crate::Error::Invalid(
@@ -649,7 +662,13 @@ impl TinyLdm {
     }
 
     fn reconstruction_loss(&self, x_t: &Tensor, x_next: &Tensor, codes: &Tensor) -> Result<Tensor> {
-        let pred = self.render_pairs(x_t, codes)?;
+        self.render_error(&self.render_pairs(x_t, codes)?, x_next, x_t)
+    }
+
+    /// The stage-1 reconstruction loss of a rendered frame `pred` against the true `x_next`
+    /// (`ReconLoss`), with the pixels that move between the true `x_t` and `x_next` weighted
+    /// `1 + motion_weight`. All (N, 3, H, W); `pred` may come from a rendered, not a true, x_t.
+    pub fn render_error(&self, pred: &Tensor, x_next: &Tensor, x_t: &Tensor) -> Result<Tensor> {
         let err = match self.cfg.loss {
             ReconLoss::L1 => (pred - x_next)?.abs()?,
             ReconLoss::Mse => (pred - x_next)?.sqr()?,
@@ -946,6 +965,38 @@ mod tests {
         assert!(shift(0.0)? > 1e-3, "{}", shift(0.0)?);
         let bad = TinyLdmConfig { motion_gate_tau: 0.02, ..small(RendererKind::FrameConditioned) };
         assert!(TinyLdm::new(&bad, VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_composite_renderer_starts_as_a_faded_copy_and_needs_a_frame_conditioned_motion_renderer() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = TinyLdmConfig { arch: LdmArch::Motion, composite: true, ..small(RendererKind::FrameConditioned) };
+        let vm = VarMap::new();
+        let m = TinyLdm::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        // Any texture: the zero-initialised out layer gives alpha = sigmoid(-4) and colour 0.
+        let x = clip(2, 3)?;
+        let (x_t, x_next) = transition_pairs(&x)?;
+        let (codes, _) = m.quantize_pairs(&x_t, &x_next)?;
+        let y = m.render_pairs(&x_t, &codes)?;
+        let keep = 1.0 - 1.0 / (1.0 + 4f64.exp());
+        let err = (y - (&x_t * keep)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-6, "composite at init differs from {keep} x_t by {err}");
+        // The residual renderer at init is the exact copy instead: the option changes the output.
+        let vm = VarMap::new();
+        let r = TinyLdm::new(
+            &TinyLdmConfig { composite: false, ..cfg.clone() },
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+        )?;
+        let copy = (r.render_pairs(&x_t, &codes)? - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(copy < 1e-6, "{copy}");
+        for bad in [
+            TinyLdmConfig { arch: LdmArch::Patch, ..cfg.clone() },
+            TinyLdmConfig { renderer: RendererKind::CodesOnly, ..cfg.clone() },
+        ] {
+            let vm = VarMap::new();
+            assert!(TinyLdm::new(&bad, VarBuilder::from_varmap(&vm, DType::F32, &dev)).is_err(), "{bad:?}");
+        }
         Ok(())
     }
 

@@ -180,6 +180,18 @@ impl Film {
     }
 }
 
+/// Subtracted from the composite's opacity logit (see `TinyLdmConfig::composite`).
+const COMPOSITE_ALPHA_OFFSET: f64 = 4.0;
+
+/// `x_t + alpha * (c - x_t)` with `alpha = sigmoid(logit - COMPOSITE_ALPHA_OFFSET)`. The out layer
+/// is zero-initialised, so alpha starts at sigmoid(-4) = 0.018 everywhere: the renderer starts near
+/// the copy of x_t, and every pixel's opacity has a gradient towards painting c (0 at first: the
+/// grey of the [-1, 1] range) where that helps.
+fn composite(x_t: &Tensor, c: &Tensor, logit: &Tensor) -> Result<Tensor> {
+    let alpha = candle_nn::ops::sigmoid(&(logit - COMPOSITE_ALPHA_OFFSET)?)?;
+    Ok((x_t + (c - x_t)?.broadcast_mul(&alpha)?)?)
+}
+
 /// A U-Net over x_t (or over a code map for the codes-only kind) with FiLM by the codes at every level.
 pub(super) struct MotionRenderer {
     kind: RendererKind,
@@ -194,6 +206,7 @@ pub(super) struct MotionRenderer {
     refine: Conv2d,
     out: Conv2d,
     sprite: Option<SpriteShift>,
+    composite: bool,
     ch: [usize; 3],
     side: usize,
 }
@@ -273,7 +286,8 @@ impl MotionRenderer {
         let film_ch = [ch[2], ch[2], bottom_ch, ch[1], ch[0]];
         let zero = candle_nn::Init::Const(0.0);
         let sprite = cfg.arch == super::LdmArch::Sprite && cfg.renderer == RendererKind::FrameConditioned;
-        let out_ch = if sprite { 4 } else { 3 };
+        // RGB, plus an opacity channel for the sprite layer and one for the composite.
+        let out_ch = 3 + usize::from(sprite) + usize::from(cfg.composite);
         let out = if cfg.renderer == RendererKind::FrameConditioned {
             // Start as the identity copy of x_t (docs/results.md: a random residual costs the
             // renderer its first hundreds of steps).
@@ -302,6 +316,7 @@ impl MotionRenderer {
                 true => Some(SpriteShift::new(code_in, cfg.image_size / 2, vb.pp("sprite"))?),
                 false => None,
             },
+            composite: cfg.composite,
             ch,
             side,
         })
@@ -338,7 +353,10 @@ impl MotionRenderer {
         }
         let y = depth_to_space(&self.out.forward(&h)?, 2).map_err(kernel_err)?;
         if let Some(sp) = &self.sprite {
-            let bg = (x_t + y.narrow(1, 0, 3)?)?;
+            let bg = match self.composite {
+                true => composite(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 4, 1)?)?,
+                false => (x_t + y.narrow(1, 0, 3)?)?,
+            };
             // alpha starts at 0.5 (the out layer is zero-initialised) and the translation at 0.
             let alpha = candle_nn::ops::sigmoid(&y.narrow(1, 3, 1)?)?;
             let layer = Tensor::cat(&[x_t.broadcast_mul(&alpha)?, alpha], 1)?;
@@ -350,6 +368,9 @@ impl MotionRenderer {
                 .transpose(2, 3)?;
             let (fg, a) = (moved.narrow(1, 0, 3)?, moved.narrow(1, 3, 1)?);
             return Ok((fg + bg.broadcast_mul(&a.affine(-1.0, 1.0)?)?)?);
+        }
+        if self.composite {
+            return composite(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 3, 1)?);
         }
         Ok(match self.kind {
             RendererKind::FrameConditioned => (x_t + y)?,

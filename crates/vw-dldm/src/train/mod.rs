@@ -36,6 +36,7 @@ pub mod ema;
 pub mod grad;
 pub mod init;
 pub mod optim;
+pub mod rollout;
 pub mod run;
 pub mod stage1;
 pub mod stage2;

@@ -293,16 +293,29 @@ fn train_stage1_attempt(
     Ok(model)
 }
 
+/// The stage-1 config recorded in the run folder `run_dir`: a stage-1 run's own, or the source
+/// run's for a stage-1b run ([`super::rollout::RolloutRunConfig`], which has the same model).
+pub fn stage1_config_of(recorded: &serde_json::Value, run_dir: &Path) -> Result<Stage1Config> {
+    let bad = |e: serde_json::Error| Error::Checkpoint {
+        path: run_dir.join(super::checkpoint::STATE_FILE),
+        reason: format!("config is not a stage-1 or stage-1b config: {e}"),
+    };
+    // Checked by key: every field of `Stage1Config` has a default, so a stage-1b config would
+    // also parse as one (all defaults).
+    if recorded.get("rollout").is_some() {
+        let r: super::rollout::RolloutRunConfig = serde_json::from_value(recorded.clone()).map_err(bad)?;
+        return Ok(r.stage1);
+    }
+    serde_json::from_value(recorded.clone()).map_err(bad)
+}
+
 /// Loads a trained stage-1 model from a run folder (its committed checkpoint and recorded config).
 pub fn load_stage1(run_dir: &Path, device: &Device) -> Result<(Stage1Config, TinyLdm)> {
     let state = super::checkpoint::read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
         path: run_dir.join(super::checkpoint::STATE_FILE),
         reason: "no checkpoint in this run folder".into(),
     })?;
-    let cfg: Stage1Config = serde_json::from_value(state.config.clone()).map_err(|e| Error::Checkpoint {
-        path: run_dir.join(super::checkpoint::STATE_FILE),
-        reason: format!("config is not a stage-1 config: {e}"),
-    })?;
+    let cfg = stage1_config_of(&state.config, run_dir)?;
     let path = run_dir.join(&state.tensors_file);
     // SAFETY: the checkpoint file is ours and not modified while mapped.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };

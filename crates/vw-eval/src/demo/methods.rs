@@ -68,6 +68,10 @@ pub struct ExpertCodes<'a> {
     pub episodes: &'a [Episode],
     /// Next episode to encode.
     pub next: usize,
+    /// Diagnostic of the renderer's drift: restart the rendering from the expert's own frame every
+    /// this many transitions (1 = every transition rendered from the true previous frame). `None`
+    /// renders the whole episode from the first frame, as the policy rows do.
+    pub anchor_every: Option<usize>,
 }
 
 impl VideoPredictor for ExpertCodes<'_> {
@@ -81,8 +85,17 @@ impl VideoPredictor for ExpertCodes<'_> {
         let ep = next_episode(self.episodes, &mut self.next, "ExpertCodes")?;
         let video = ep.frames_tensor(first.device()).map_err(data_err)?.unsqueeze(0)?; // (1, 3, T, H, W)
         let codes = self.dynamics.encode_codes(&video).map_err(dldm_err)?;
-        let context = first.unsqueeze(0)?.unsqueeze(2)?; // (1, 3, 1, H, W)
-        let v = self.dynamics.render(&context, &codes).map_err(dldm_err)?.squeeze(0)?.to_dtype(DType::F32)?;
+        let steps = codes.dim(1)?;
+        let every = self.anchor_every.unwrap_or(steps).max(1);
+        let fpc = self.dynamics.frames_per_code_step();
+        let mut parts = Vec::new();
+        for s0 in (0..steps).step_by(every) {
+            // The expert's frame where this chunk starts: the first frame for the open loop.
+            let context = if s0 == 0 { first.unsqueeze(0)?.unsqueeze(2)? } else { video.narrow(2, s0 * fpc, 1)? };
+            let chunk = codes.narrow(1, s0, every.min(steps - s0))?;
+            parts.push(self.dynamics.render(&context, &chunk).map_err(dldm_err)?);
+        }
+        let v = Tensor::cat(&parts, 2)?.squeeze(0)?.to_dtype(DType::F32)?;
         Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
     }
 }

@@ -275,6 +275,7 @@ pub fn evaluate_checkpoints(
             dynamics: m.ldm.as_ref(),
             episodes: &test,
             next: 0,
+            anchor_every: None,
         };
         diagnostics.push(score_method(&mut rec, &test, fps, 0, device)?.result);
     }

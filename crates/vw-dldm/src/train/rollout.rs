@@ -1,0 +1,397 @@
+//! Stage 1b: the renderer trained on its own multi-step rollouts.
+//!
+//! Stage 1 teaches the frame-conditioned renderer one transition at a time, always from the true
+//! frame x_t. A rollout feeds the renderer its own output, whose small errors it has never seen, and
+//! they compound: the demo's expert codes rendered from the first frame complete no recipe step
+//! (docs/results.md). Here the encoder is frozen (the codes stay those of stage 1, so the AR policy
+//! and the probe are unchanged), and the renderer alone learns from chains of `horizon` transitions:
+//! the first from the true frame, each next one from the renderer's previous output, under the codes
+//! the frozen encoder reads from the true frames; the loss is stage 1's reconstruction loss
+//! ([`crate::baseline::TinyLdm::render_error`]) averaged over the chain, with gradients through
+//! the whole chain.
+//!
+//! The run folder is a normal training run (atomic checkpoints, `--resume`, `metrics.jsonl`) whose
+//! checkpoint holds the whole model, so [`super::stage1::load_stage1`] loads it like a stage-1 run.
+
+use super::craft::Transitions;
+use super::stage1::Stage1Config;
+use super::{fit, RunDir, TrainConfig, Trainer};
+use crate::baseline::TinyLdm;
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Prefix of the renderer's variables in a [`TinyLdm`] (see [`TinyLdm::new`]).
+pub const RENDERER_PREFIX: &str = "renderer.";
+
+/// How the renderer is tuned on rollouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutTune {
+    /// Transitions per chain (>= 1; 1 is stage 1's single-step loss on the frozen codes).
+    pub horizon: usize,
+    /// Optimizer settings; `batch_size` counts chains, so a step renders `batch_size * horizon` frames.
+    pub train: TrainConfig,
+    /// Train a fresh renderer of another kind (initialised from `train.seed`) on the frozen codes
+    /// instead of tuning the stage-1 one. Stage 1 itself cannot use these: with them the codes
+    /// collapse (docs/results.md); with the codes frozen they cannot. `None` tunes the stage-1
+    /// renderer.
+    #[serde(default)]
+    pub fresh_renderer: Option<FreshRenderer>,
+    /// Train on the source run's episodes rendered with this many play frames instead of the
+    /// source's own setting (`CraftData::play_frames`; 0 = the scripted expert's episodes, the kind
+    /// of video the demo renders). `None` keeps the source's.
+    #[serde(default)]
+    pub play_frames: Option<usize>,
+}
+
+/// A renderer trained from scratch on frozen codes ([`RolloutTune::fresh_renderer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FreshRenderer {
+    /// The motion U-Net compositing over x_t (`TinyLdmConfig::composite`).
+    Composite,
+    /// The sprite layer (`LdmArch::Sprite`: what moves is cut out of x_t and translated by the codes).
+    Sprite,
+    /// The sprite layer over a composited background.
+    SpriteComposite,
+}
+
+impl FreshRenderer {
+    /// `model` with this renderer (the encoder, and so the codes, unchanged).
+    pub fn apply(self, model: &mut crate::baseline::TinyLdmConfig) {
+        use crate::baseline::LdmArch;
+        match self {
+            Self::Composite => model.composite = true,
+            Self::Sprite => model.arch = LdmArch::Sprite,
+            Self::SpriteComposite => {
+                model.arch = LdmArch::Sprite;
+                model.composite = true;
+            }
+        }
+    }
+}
+
+impl RolloutTune {
+    /// The CPU size: 200 steps of 4 chains of 8 transitions (one CraftWorld recipe step) at lr 5e-4.
+    pub fn tiny() -> Self {
+        let mut train = Stage1Config::tiny_play().train;
+        train.total_steps = 200;
+        train.warmup_steps = 20;
+        train.batch_size = 4;
+        train.log_every = 10;
+        train.checkpoint_every = 100;
+        train.optim.lr = 5e-4;
+        Self { horizon: 8, train, fresh_renderer: None, play_frames: None }
+    }
+}
+
+/// The config recorded in a stage-1b run folder: the stage-1 run it started from and the tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRunConfig {
+    /// The stage-1 config of the source run (its data), with the model this run trains (the
+    /// source's, or with the renderer of [`RolloutTune::fresh_renderer`]).
+    pub stage1: Stage1Config,
+    /// The tuning.
+    pub rollout: RolloutTune,
+}
+
+/// The transitions that can start a chain of `horizon` transitions inside their episode.
+fn chain_starts(data: &Transitions, horizon: usize) -> Vec<usize> {
+    (0..data.len())
+        .filter(|&i| {
+            let fpe = data.frames_per_episode[data.episode[i] as usize];
+            data.index_in_episode[i] as usize + horizon < fpe
+        })
+        .collect()
+}
+
+/// Frames `starts[i] .. starts[i] + horizon` of each chain start `i`: (horizon + 1) tensors of
+/// (N, 3, H, W), frame k of every chain in entry k.
+fn chain_frames(data: &Transitions, ids: &[usize], horizon: usize) -> Result<Vec<Tensor>> {
+    let dev = data.frames.device();
+    (0..=horizon)
+        .map(|k| {
+            let rows: Vec<u32> = ids.iter().map(|&i| data.starts[i] + k as u32).collect();
+            Ok(data.frames.index_select(&Tensor::from_vec(rows, ids.len(), dev)?, 0)?)
+        })
+        .collect()
+}
+
+/// The rollout loss of chains whose true frames are `frames` (from [`chain_frames`]): codes from
+/// the (frozen) encoder on the true pairs, renders chained from `frames[0]`, each next input the
+/// previous render clamped to [-1, 1] as in [`crate::LatentDynamics::render`]. Returns the loss
+/// averaged over the chain and the per-transition losses (detached).
+pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<f64>)> {
+    let horizon = frames
+        .len()
+        .checked_sub(1)
+        .filter(|&h| h > 0)
+        .ok_or_else(|| Error::Invalid(format!("a rollout chain needs at least 2 frames, got {}", frames.len())))?;
+    let n = frames[0].dim(0)?;
+    let (x_t, x_next) = (Tensor::cat(&frames[..horizon], 0)?, Tensor::cat(&frames[1..], 0)?);
+    let (codes, _) = model.quantize_pairs(&x_t, &x_next)?;
+    let codes = codes.detach();
+    let mut cur = frames[0].clone();
+    let mut total: Option<Tensor> = None;
+    let mut per_step = Vec::with_capacity(horizon);
+    for k in 0..horizon {
+        let pred = model.render_pairs(&cur, &codes.narrow(0, k * n, n)?)?;
+        let l = model.render_error(&pred, &frames[k + 1], &frames[k])?;
+        per_step.push(l.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        total = Some(match total {
+            Some(t) => (t + l)?,
+            None => l,
+        });
+        cur = pred.clamp(-1f32, 1f32)?;
+    }
+    let total = total.ok_or_else(|| Error::Invalid("empty rollout".into()))?;
+    Ok(((total / horizon as f64)?, per_step))
+}
+
+/// Loads the stage-1 (or stage-1b) run `source` into a fresh `VarMap` on `device`; with `fresh`,
+/// a new renderer of that kind, initialised from `seed`, replaces the source's.
+fn load_into_varmap(
+    source: &Path,
+    fresh: Option<FreshRenderer>,
+    seed: u64,
+    device: &Device,
+) -> Result<(Stage1Config, VarMap, TinyLdm)> {
+    let state = super::checkpoint::read_state(source)?.ok_or_else(|| Error::Checkpoint {
+        path: source.join(super::checkpoint::STATE_FILE),
+        reason: "no checkpoint in this run folder".into(),
+    })?;
+    let mut cfg = super::stage1::stage1_config_of(&state.config, source)?;
+    if let Some(f) = fresh {
+        f.apply(&mut cfg.model);
+    }
+    let varmap = VarMap::new();
+    let model = TinyLdm::new(&cfg.model, super::seeded_var_builder(&varmap, seed, DType::F32, device))?;
+    let tensors = super::checkpoint::load_tensors(source, &state, device)?;
+    for (name, var) in super::named_vars(&varmap) {
+        if fresh.is_some() && name.starts_with(RENDERER_PREFIX) {
+            continue;
+        }
+        let t = tensors.get(&name).ok_or_else(|| Error::Checkpoint {
+            path: source.join(&state.tensors_file),
+            reason: format!("missing parameter '{name}'"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Checkpoint {
+                path: source.join(&state.tensors_file),
+                reason: format!("parameter '{name}': expected shape {:?}, found {:?}", var.dims(), t.dims()),
+            });
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok((cfg, varmap, model))
+}
+
+/// Tunes the renderer of the stage-1 run `source` on rollouts into the run folder `run_dir`
+/// (resumable with `resume`), on the source run's training episodes. Returns the tuned model.
+pub fn train_rollout(
+    source: &Path,
+    tune: &RolloutTune,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+) -> Result<TinyLdm> {
+    if tune.horizon == 0 {
+        return Err(Error::Invalid("rollout tuning: horizon must be at least 1".into()));
+    }
+    let (stage1, varmap, model) = load_into_varmap(source, tune.fresh_renderer, tune.train.seed, device)?;
+    let (params, frozen): (Vec<_>, Vec<_>) =
+        super::named_vars(&varmap).into_iter().partition(|(n, _)| n.starts_with(RENDERER_PREFIX));
+    let mut trainer = Trainer::new(params, frozen, tune.train.clone())?;
+    let mut cfg = RolloutRunConfig { stage1, rollout: tune.clone() };
+    if let Some(p) = tune.play_frames {
+        cfg.stage1.data.play_frames = p;
+    }
+    let config = serde_json::to_value(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
+    let resumed = if resume { trainer.resume(run_dir)? } else { None };
+    if let Some(saved) = &resumed {
+        // The model, its data and the chains must match; optimisation settings may change (e.g. more steps).
+        let same = serde_json::from_value::<RolloutRunConfig>(saved.clone())
+            .is_ok_and(|s| s.stage1 == cfg.stage1 && s.rollout.horizon == cfg.rollout.horizon);
+        if !same {
+            return Err(Error::Checkpoint {
+                path: run_dir.join(super::checkpoint::STATE_FILE),
+                reason: "was written from another source run or horizon; resume with the same ones or use a new --out"
+                    .into(),
+            });
+        }
+    }
+    let data = Transitions::render(&cfg.stage1.data, vw_data::craftworld::Split::Train, device)?;
+    let starts = chain_starts(&data, tune.horizon);
+    if starts.is_empty() {
+        return Err(Error::Invalid(format!("rollout tuning: no training episode has {} transitions", tune.horizon)));
+    }
+    let mut run = RunDir::open(run_dir, resumed.map(|_| trainer.step), tune.train.total_steps, progress)?;
+    let bs = tune.train.batch_size;
+    fit(&mut trainer, &mut run, &config, None, |ctx| {
+        let ids: Vec<usize> = (0..bs).map(|_| starts[ctx.rng.random_range(0..starts.len())]).collect();
+        let ids = &ids[ctx.shard.range(bs)?];
+        *ctx.data_pos += bs as u64;
+        let frames = chain_frames(&data, ids, tune.horizon)?;
+        let (loss, per_step) = rollout_loss(&model, &frames)?;
+        // The first and the last transition of the chains: how much the chain compounds.
+        ctx.extra.insert("first_step_loss".into(), per_step[0].into());
+        ctx.extra.insert("last_step_loss".into(), per_step[per_step.len() - 1].into());
+        Ok(loss)
+    })?;
+    Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::baseline::LdmArch;
+    use crate::train::stage1::{load_stage1, train_stage1};
+    use crate::LatentDynamics;
+
+    /// A stage-1 run of the motion architecture on tiny CraftWorld episodes.
+    fn source(dir: &Path) -> Result<Stage1Config> {
+        let mut cfg = Stage1Config::tiny_play();
+        cfg.model.image_size = 32;
+        cfg.model.channels = [8, 16, 16];
+        cfg.model.dim = 32;
+        cfg.model.arch = LdmArch::Motion;
+        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
+        cfg.data.episodes = 2;
+        cfg.data.play_frames = 10;
+        cfg.train.total_steps = 3;
+        cfg.train.warmup_steps = 1;
+        cfg.train.batch_size = 4;
+        cfg.train.log_every = 1;
+        cfg.restart_on_collapse = None;
+        train_stage1(&cfg, dir, false, &Device::Cpu, false)?;
+        Ok(cfg)
+    }
+
+    fn tune(steps: u64) -> RolloutTune {
+        let mut t = RolloutTune::tiny();
+        t.horizon = 3;
+        t.train.total_steps = steps;
+        t.train.warmup_steps = 1;
+        t.train.batch_size = 2;
+        t.train.log_every = 1;
+        t.train.checkpoint_every = 2;
+        t.train.optim.lr = 1e-2;
+        t
+    }
+
+    fn weights(model_dir: &Path) -> Result<std::collections::HashMap<String, Vec<f32>>> {
+        let state = super::super::checkpoint::read_state(model_dir)?.ok_or_else(|| Error::Invalid("no ckpt".into()))?;
+        super::super::checkpoint::load_tensors(model_dir, &state, &Device::Cpu)?
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(super::super::checkpoint::OPTIM_PREFIX))
+            .map(|(k, t)| Ok((k, t.flatten_all()?.to_vec1::<f32>()?)))
+            .collect()
+    }
+
+    #[test]
+    fn stage_1b_trains_the_renderer_alone_reloads_and_resumes_exactly() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let src = tmp.path().join("stage1");
+        let cfg = source(&src)?;
+        let dev = Device::Cpu;
+        let straight = tmp.path().join("straight");
+        let tuned = train_rollout(&src, &tune(4), &straight, false, &dev, false)?;
+        let (before, after) = (weights(&src)?, weights(&straight)?);
+        let (mut renderer_moved, mut encoder_vars) = (false, 0);
+        for (k, v) in &before {
+            let w = after.get(k).ok_or_else(|| Error::Invalid(format!("{k} not saved")))?;
+            if k.starts_with(RENDERER_PREFIX) {
+                renderer_moved |= w != v;
+            } else {
+                encoder_vars += 1;
+                assert_eq!(w, v, "{k}: the encoder must stay frozen");
+            }
+        }
+        assert!(renderer_moved && encoder_vars > 0);
+        // The run folder loads as a stage-1 run, with the source's config, into the same renders.
+        let (loaded_cfg, loaded) = load_stage1(&straight, &dev)?;
+        assert_eq!(loaded_cfg, cfg);
+        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
+        let clip = data.episode_clip(0)?;
+        let codes = tuned.encode_codes(&clip)?;
+        let context = clip.narrow(2, 0, 1)?;
+        let (a, b) = (tuned.render(&context, &codes)?, loaded.render(&context, &codes)?);
+        assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
+        // 2 steps, then --resume with 4: the same weights as 4 straight (constant learning rate
+        // after a 1-step warm-up, so the schedule does not depend on the total).
+        let constant = |steps| {
+            let mut t = tune(steps);
+            t.train.decay = crate::train::Decay::Constant;
+            t
+        };
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        train_rollout(&src, &constant(4), &a, false, &dev, false)?;
+        train_rollout(&src, &constant(2), &b, false, &dev, false)?;
+        assert_ne!(weights(&a)?, weights(&b)?, "2 steps and 4 steps must differ for the check to mean anything");
+        train_rollout(&src, &constant(4), &b, true, &dev, false)?;
+        assert_eq!(weights(&a)?, weights(&b)?, "the resumed run differs from the straight one");
+        // A fresh compositing renderer on the frozen codes: the encoder is the source's, the run
+        // loads as a composite model, and its codes are the source's codes.
+        let mut fresh = tune(2);
+        fresh.fresh_renderer = Some(FreshRenderer::Composite);
+        let f = tmp.path().join("fresh");
+        let fresh_model = train_rollout(&src, &fresh, &f, false, &dev, false)?;
+        let (fresh_cfg, fresh_loaded) = load_stage1(&f, &dev)?;
+        assert!(fresh_cfg.model.composite);
+        assert_eq!(Stage1Config { model: cfg.model.clone(), ..fresh_cfg.clone() }, cfg);
+        let (_, source_model) = load_stage1(&src, &dev)?;
+        assert_eq!(
+            source_model.encode_codes(&clip)?.to_vec3::<u32>()?,
+            fresh_loaded.encode_codes(&clip)?.to_vec3::<u32>()?
+        );
+        let (x, y) = (fresh_model.render(&context, &codes)?, fresh_loaded.render(&context, &codes)?);
+        assert_eq!(x.flatten_all()?.to_vec1::<f32>()?, y.flatten_all()?.to_vec1::<f32>()?);
+        // Another horizon does not resume.
+        let mut other = constant(4);
+        other.horizon = 2;
+        let err = train_rollout(&src, &other, &b, true, &dev, false);
+        assert!(matches!(err, Err(Error::Checkpoint { .. })), "{:?}", err.err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_one_step_chain_is_the_stage_1_loss_and_longer_chains_feed_the_render_back() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let src = tmp.path().join("stage1");
+        let cfg = source(&src)?;
+        let dev = Device::Cpu;
+        let (_, model) = load_stage1(&src, &dev)?;
+        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
+        let ids = chain_starts(&data, 3);
+        assert!(ids
+            .iter()
+            .all(|&i| data.index_in_episode[i] as usize + 3 < data.frames_per_episode[data.episode[i] as usize]));
+        let frames = chain_frames(&data, &ids[..2], 3)?;
+        // Horizon 1: stage 1's reconstruction loss from the true frame with the exact codes.
+        let (one, per) = rollout_loss(&model, &frames[..2])?;
+        let (codes, _) = model.quantize_pairs(&frames[0], &frames[1])?;
+        let want = model.render_error(&model.render_pairs(&frames[0], &codes)?, &frames[1], &frames[0])?;
+        let (one, want) = (one.to_scalar::<f32>()?, want.to_scalar::<f32>()?);
+        assert!((one - want).abs() <= 1e-6 * want.abs().max(1e-6), "{one} vs {want}");
+        assert_eq!(per.len(), 1);
+        // Horizon 3: the third transition is rendered from the second render, not the true frame.
+        let (_, per) = rollout_loss(&model, &frames)?;
+        let (c, _) = model.quantize_pairs(&Tensor::cat(&frames[..3], 0)?, &Tensor::cat(&frames[1..], 0)?)?;
+        let mut cur = frames[0].clone();
+        for k in 0..2 {
+            cur = model.render_pairs(&cur, &c.narrow(0, 2 * k, 2)?)?.clamp(-1f32, 1f32)?;
+        }
+        let last = model.render_pairs(&cur, &c.narrow(0, 4, 2)?)?;
+        let last = model.render_error(&last, &frames[3], &frames[2])?.to_scalar::<f32>()? as f64;
+        assert!((per[2] - last).abs() <= 1e-6 * last.max(1e-6), "{} vs {last}", per[2]);
+        let from_truth = model.render_pairs(&frames[2], &c.narrow(0, 4, 2)?)?;
+        let from_truth = model.render_error(&from_truth, &frames[3], &frames[2])?.to_scalar::<f32>()? as f64;
+        assert!((per[2] - from_truth).abs() > 1e-9, "the chain must not restart from the true frame");
+        assert!(rollout_loss(&model, &frames[..1]).is_err(), "one frame is no chain");
+        Ok(())
+    }
+}
