@@ -22,7 +22,7 @@
 //!
 //! `--displacement N` also says how precisely the codes give the hand's move: a lookup table from
 //! each transition's codes to the mean move (dx, dy) of the hand, fitted on N training-look
-//! expert episodes, scored by its RMSE on the held-out episodes, beside the table of the true
+//! expert episodes (of the next `--seed`, so never the evaluation episodes), scored by its RMSE on the held-out episodes, beside the table of the true
 //! direction label (what the linear probe predicts) and the overall mean.
 //!
 //! `--png FILE` draws the first two recipe steps of the first episodes: the expert's frames, then
@@ -192,7 +192,9 @@ fn main() -> anyhow::Result<()> {
         grid.save(p).with_context(|| format!("writing {}", p.display()))?;
     }
     if a.displacement > 0 {
-        let train = episodes(&cfg, Split::Train, a.displacement, true)?;
+        // Fitted on other seeds than the evaluation episodes, even with `--split train`.
+        let fit_cfg = DemoConfig { seed: cfg.seed.wrapping_add(1), ..cfg.clone() };
+        let train = episodes(&fit_cfg, Split::Train, a.displacement, true)?;
         displacement_report(models[0].1.as_ref(), &train, &eps, &device)?;
     }
     if let Some(p) = a.json {
