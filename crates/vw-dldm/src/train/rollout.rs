@@ -252,8 +252,11 @@ mod tests {
     use crate::train::stage1::{load_stage1, train_stage1};
     use crate::LatentDynamics;
 
-    /// A stage-1 run of the motion architecture on tiny CraftWorld episodes.
-    fn source(dir: &Path) -> Result<Stage1Config> {
+    /// A stage-1 run of the motion architecture on tiny CraftWorld episodes, in `stage1/` of a
+    /// fresh temporary folder: (the folder, the run, its config).
+    fn source() -> Result<(tempfile::TempDir, std::path::PathBuf, Stage1Config)> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let dir = tmp.path().join("stage1");
         let mut cfg = Stage1Config::tiny_play();
         cfg.model.image_size = 32;
         cfg.model.channels = [8, 16, 16];
@@ -267,8 +270,8 @@ mod tests {
         cfg.train.batch_size = 4;
         cfg.train.log_every = 1;
         cfg.restart_on_collapse = None;
-        train_stage1(&cfg, dir, false, &Device::Cpu, false)?;
-        Ok(cfg)
+        train_stage1(&cfg, &dir, false, &Device::Cpu, false)?;
+        Ok((tmp, dir, cfg))
     }
 
     fn tune(steps: u64) -> RolloutTune {
@@ -294,9 +297,7 @@ mod tests {
 
     #[test]
     fn stage_1b_trains_the_renderer_alone_reloads_and_resumes_exactly() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let src = tmp.path().join("stage1");
-        let cfg = source(&src)?;
+        let (tmp, src, cfg) = source()?;
         let dev = Device::Cpu;
         let straight = tmp.path().join("straight");
         let tuned = train_rollout(&src, &tune(4), &straight, false, &dev, false)?;
@@ -360,9 +361,7 @@ mod tests {
 
     #[test]
     fn a_one_step_chain_is_the_stage_1_loss_and_longer_chains_feed_the_render_back() -> Result<()> {
-        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let src = tmp.path().join("stage1");
-        let cfg = source(&src)?;
+        let (_tmp, src, cfg) = source()?;
         let dev = Device::Cpu;
         let (_, model) = load_stage1(&src, &dev)?;
         let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
