@@ -293,8 +293,9 @@ fn train_stage1_attempt(
     Ok(model)
 }
 
-/// The stage-1 config recorded in the run folder `run_dir`: a stage-1 run's own, or the source
-/// run's for a stage-1b run ([`super::rollout::RolloutRunConfig`], which has the same model).
+/// The stage-1 config recorded in the run folder `run_dir`: a stage-1 run's own, or for a stage-1b
+/// run ([`super::rollout::RolloutRunConfig`]) the source run's with the model and data that run
+/// trained.
 pub fn stage1_config_of(recorded: &serde_json::Value, run_dir: &Path) -> Result<Stage1Config> {
     let bad = |e: serde_json::Error| Error::Checkpoint {
         path: run_dir.join(super::checkpoint::STATE_FILE),

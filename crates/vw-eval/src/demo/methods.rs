@@ -196,3 +196,58 @@ pub fn transition_labels(ep: &Episode, frames_per_transition: usize) -> Vec<usiz
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vw_data::craftworld::{generate_episode, CraftConfig, Split};
+
+    /// Renders every transition as a copy of the context's last frame: what a render shows is
+    /// which frame the rendering started from.
+    struct Copier;
+
+    impl LatentDynamics for Copier {
+        fn encode_codes(&self, frames: &Tensor) -> vw_dldm::Result<Tensor> {
+            let (b, _, t, _, _) = frames.dims5()?;
+            Ok(Tensor::zeros((b, t - 1, 1), DType::U32, frames.device())?)
+        }
+        fn render(&self, context: &Tensor, codes: &Tensor) -> vw_dldm::Result<Tensor> {
+            let last = context.narrow(2, context.dim(2)? - 1, 1)?;
+            Ok(last.repeat((1, 1, codes.dim(1)?, 1, 1))?)
+        }
+        fn codes_per_step(&self) -> usize {
+            1
+        }
+        fn vocab_size(&self) -> usize {
+            1
+        }
+        fn frames_per_code_step(&self) -> usize {
+            1
+        }
+    }
+
+    #[test]
+    fn expert_codes_restart_from_the_experts_frame_every_anchor_interval() -> Result<()> {
+        let dev = Device::Cpu;
+        let ep = generate_episode(&CraftConfig::tiny(), Split::Train, 3).map_err(super::super::evaluate::data_err)?;
+        let video = ep.frames_tensor(&dev).map_err(super::super::evaluate::data_err)?; // (3, T, H, W)
+        let t = video.dim(1)?;
+        let first = video.narrow(1, 0, 1)?.squeeze(1)?;
+        let eps = [ep];
+        for (every, want_from) in [
+            (None, vec![0; t - 1]),
+            (Some(1), (0..t - 1).collect()),
+            (Some(3), (0..t - 1).map(|i| i / 3 * 3).collect()),
+        ] {
+            let mut p =
+                ExpertCodes { name: String::new(), dynamics: &Copier, episodes: &eps, next: 0, anchor_every: every };
+            let out = p.predict(&first, t - 1)?;
+            assert_eq!(out.dim(1)?, t - 1, "{every:?}");
+            for (i, &from) in want_from.iter().enumerate() {
+                let diff = (out.narrow(1, i, 1)? - video.narrow(1, from, 1)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert_eq!(diff, 0.0, "anchor {every:?}: frame {} should copy expert frame {from}", i + 1);
+            }
+        }
+        Ok(())
+    }
+}
