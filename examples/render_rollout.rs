@@ -17,7 +17,7 @@
 //! cargo run --release --example render_rollout -- --ldm runs/x/dldm [--episodes 32] [--seed 0]
 //!     [--split test|train] [--device cpu|cuda:0] [--json FILE]
 //!     [--tune-out DIR [--steps N] [--horizon H] [--lr LR] [--chains N] [--fresh-renderer composite|sprite|sprite-composite]
-//!     [--play-frames N (0 = expert episodes)]] [--png FILE] [--displacement N]
+//!     [--play-frames N (0 = expert episodes)] [--loss l1|mse] [--motion-weight W]] [--png FILE] [--displacement N]
 //! ```
 //!
 //! `--displacement N` also says how precisely the codes give the hand's move: a lookup table from
@@ -94,6 +94,8 @@ fn parse() -> anyhow::Result<Args> {
             "--horizon" => a.tune.horizon = val()?.parse()?,
             "--lr" => a.tune.train.optim.lr = val()?.parse()?,
             "--chains" => a.tune.train.batch_size = val()?.parse()?,
+            "--loss" => a.tune.loss = Some(serde_json::from_value(serde_json::Value::String(val()?))?),
+            "--motion-weight" => a.tune.motion_weight = Some(val()?.parse()?),
             "--play-frames" => a.tune.play_frames = Some(val()?.parse()?),
             "--fresh-renderer" => {
                 a.tune.fresh_renderer = Some(serde_json::from_value(serde_json::Value::String(val()?))?)

@@ -45,6 +45,12 @@ pub struct RolloutTune {
     /// of video the demo renders). `None` keeps the source's.
     #[serde(default)]
     pub play_frames: Option<usize>,
+    /// The reconstruction loss of the chains instead of the source model's (`TinyLdmConfig::loss`).
+    #[serde(default)]
+    pub loss: Option<crate::baseline::ReconLoss>,
+    /// The weight of the moving pixels instead of the source model's (`TinyLdmConfig::motion_weight`).
+    #[serde(default)]
+    pub motion_weight: Option<f64>,
 }
 
 /// A renderer trained from scratch on frozen codes ([`RolloutTune::fresh_renderer`]).
@@ -84,7 +90,7 @@ impl RolloutTune {
         train.log_every = 10;
         train.checkpoint_every = 100;
         train.optim.lr = 5e-4;
-        Self { horizon: 8, train, fresh_renderer: None, play_frames: None }
+        Self { horizon: 8, train, fresh_renderer: None, play_frames: None, loss: None, motion_weight: None }
     }
 }
 
@@ -151,21 +157,26 @@ pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<f
     Ok(((total / horizon as f64)?, per_step))
 }
 
-/// Loads the stage-1 (or stage-1b) run `source` into a fresh `VarMap` on `device`; with `fresh`,
-/// a new renderer of that kind, initialised from `seed`, replaces the source's.
-fn load_into_varmap(
-    source: &Path,
-    fresh: Option<FreshRenderer>,
-    seed: u64,
-    device: &Device,
-) -> Result<(Stage1Config, VarMap, TinyLdm)> {
+/// Loads the stage-1 (or stage-1b) run `source` into a fresh `VarMap` on `device`, with the model
+/// changes of `tune` (a fresh renderer, initialised from `train.seed`, replaces the source's).
+fn load_into_varmap(source: &Path, tune: &RolloutTune, device: &Device) -> Result<(Stage1Config, VarMap, TinyLdm)> {
     let state = super::checkpoint::read_state(source)?.ok_or_else(|| Error::Checkpoint {
         path: source.join(super::checkpoint::STATE_FILE),
         reason: "no checkpoint in this run folder".into(),
     })?;
     let mut cfg = super::stage1::stage1_config_of(&state.config, source)?;
+    let (fresh, seed) = (tune.fresh_renderer, tune.train.seed);
     if let Some(f) = fresh {
         f.apply(&mut cfg.model);
+    }
+    if let Some(l) = tune.loss {
+        cfg.model.loss = l;
+    }
+    if let Some(w) = tune.motion_weight {
+        cfg.model.motion_weight = w;
+    }
+    if let Some(p) = tune.play_frames {
+        cfg.data.play_frames = p;
     }
     let varmap = VarMap::new();
     let model = TinyLdm::new(&cfg.model, super::seeded_var_builder(&varmap, seed, DType::F32, device))?;
@@ -202,14 +213,11 @@ pub fn train_rollout(
     if tune.horizon == 0 {
         return Err(Error::Invalid("rollout tuning: horizon must be at least 1".into()));
     }
-    let (stage1, varmap, model) = load_into_varmap(source, tune.fresh_renderer, tune.train.seed, device)?;
+    let (stage1, varmap, model) = load_into_varmap(source, tune, device)?;
     let (params, frozen): (Vec<_>, Vec<_>) =
         super::named_vars(&varmap).into_iter().partition(|(n, _)| n.starts_with(RENDERER_PREFIX));
     let mut trainer = Trainer::new(params, frozen, tune.train.clone())?;
-    let mut cfg = RolloutRunConfig { stage1, rollout: tune.clone() };
-    if let Some(p) = tune.play_frames {
-        cfg.stage1.data.play_frames = p;
-    }
+    let cfg = RolloutRunConfig { stage1, rollout: tune.clone() };
     let config = serde_json::to_value(&cfg).map_err(|e| Error::Invalid(e.to_string()))?;
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
     if let Some(saved) = &resumed {
