@@ -347,10 +347,19 @@ mod tests {
         // loads as a composite model, and its codes are the source's codes.
         let mut fresh = tune(2);
         fresh.fresh_renderer = Some(FreshRenderer::Composite);
+        fresh.loss = Some(crate::baseline::ReconLoss::L1);
+        fresh.motion_weight = Some(3.0);
         let f = tmp.path().join("fresh");
         let fresh_model = train_rollout(&src, &fresh, &f, false, &dev, false)?;
         let (fresh_cfg, fresh_loaded) = load_stage1(&f, &dev)?;
+        // The run records the model it trained: the new renderer and the chains' loss.
         assert!(fresh_cfg.model.composite);
+        assert_eq!((fresh_cfg.model.loss, fresh_cfg.model.motion_weight), (crate::baseline::ReconLoss::L1, 3.0));
+        assert_ne!(
+            cfg.model.loss,
+            crate::baseline::ReconLoss::L1,
+            "the source must differ for the check to mean anything"
+        );
         assert_eq!(Stage1Config { model: cfg.model.clone(), ..fresh_cfg.clone() }, cfg);
         let (_, source_model) = load_stage1(&src, &dev)?;
         assert_eq!(
