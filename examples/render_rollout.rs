@@ -17,7 +17,8 @@
 //! cargo run --release --example render_rollout -- --ldm runs/x/dldm [--episodes 32] [--seed 0]
 //!     [--split test|train] [--device cpu|cuda:0] [--json FILE]
 //!     [--tune-out DIR [--steps N] [--horizon H] [--lr LR] [--chains N] [--fresh-renderer composite|sprite|sprite-composite]
-//!     [--play-frames N (0 = expert episodes)] [--loss l1|mse] [--motion-weight W]] [--png FILE] [--displacement N]
+//!     [--play-frames N (0 = expert episodes)] [--loss l1|mse] [--motion-weight W]
+//!     [--alpha-teacher BCE_WEIGHT (sprite renderers)]] [--png FILE] [--displacement N]
 //! ```
 //!
 //! `--displacement N` also says how precisely the codes give the hand's move: a lookup table from
@@ -95,6 +96,7 @@ fn parse() -> anyhow::Result<Args> {
             "--lr" => a.tune.train.optim.lr = val()?.parse()?,
             "--chains" => a.tune.train.batch_size = val()?.parse()?,
             "--loss" => a.tune.loss = Some(serde_json::from_value(serde_json::Value::String(val()?))?),
+            "--alpha-teacher" => a.tune.alpha_teacher = Some(val()?.parse()?),
             "--motion-weight" => a.tune.motion_weight = Some(val()?.parse()?),
             "--play-frames" => a.tune.play_frames = Some(val()?.parse()?),
             "--fresh-renderer" => {

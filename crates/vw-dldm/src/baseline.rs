@@ -565,6 +565,20 @@ impl TinyLdm {
         self.renderer.forward(x_t, codes)
     }
 
+    /// The sprite renderer (`LdmArch::Sprite`, frame-conditioned) with the moving layer cut out of
+    /// x_t by the given opacity `alpha` (N, 1, H, W) in [0, 1] instead of its own: returns the
+    /// render and the renderer's own opacity logits (N, 1, H, W), which a caller can train towards
+    /// `alpha`. Any other renderer is an error.
+    pub fn render_pairs_with_alpha(&self, x_t: &Tensor, codes: &Tensor, alpha: &Tensor) -> Result<(Tensor, Tensor)> {
+        let AnyRenderer::Motion(r) = &self.renderer else {
+            return Err(crate::Error::Invalid("a given opacity needs the sprite renderer".into()));
+        };
+        match r.forward_with(x_t, codes, Some(alpha))? {
+            (y, Some(logits)) => Ok((y, logits)),
+            (_, None) => Err(crate::Error::Invalid("a given opacity needs the sprite renderer".into())),
+        }
+    }
+
     /// Pre-quantisation latents (N, Q, code_dim) of transitions x_t, x_next (N, 3, H, W).
     pub fn latents(&self, x_t: &Tensor, x_next: &Tensor) -> Result<Tensor> {
         self.encoder.forward(x_t, x_next)

@@ -324,6 +324,18 @@ impl MotionRenderer {
 
     /// x_t: (N, 3, H, W), codes: (N, Q, code_dim) -> x_{t+1} (N, 3, H, W).
     pub(super) fn forward(&self, x_t: &Tensor, codes: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with(x_t, codes, None)?.0)
+    }
+
+    /// [`Self::forward`], and for the sprite renderer its own opacity logits (N, 1, H, W) of what
+    /// moves; with `alpha` (N, 1, H, W) in [0, 1] given, the sprite layer cuts out that instead
+    /// (training with a teacher's mask, see `train::rollout::RolloutTune::alpha_teacher`).
+    pub(super) fn forward_with(
+        &self,
+        x_t: &Tensor,
+        codes: &Tensor,
+        alpha: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let n = codes.dim(0)?;
         let c = codes.flatten_from(1)?;
         let skips = match &self.ctx {
@@ -358,7 +370,11 @@ impl MotionRenderer {
                 false => (x_t + y.narrow(1, 0, 3)?)?,
             };
             // alpha starts at 0.5 (the out layer is zero-initialised) and the translation at 0.
-            let alpha = candle_nn::ops::sigmoid(&y.narrow(1, 3, 1)?)?;
+            let logits = y.narrow(1, 3, 1)?;
+            let alpha = match alpha {
+                Some(a) => a.clone(),
+                None => candle_nn::ops::sigmoid(&logits)?,
+            };
             let layer = Tensor::cat(&[x_t.broadcast_mul(&alpha)?, alpha], 1)?;
             let (ax, ay) = sp.kernels(&c)?;
             let (hh, ww) = (layer.dim(2)?, layer.dim(3)?);
@@ -367,15 +383,21 @@ impl MotionRenderer {
                 .reshape((n, 4, ww, hh))?
                 .transpose(2, 3)?;
             let (fg, a) = (moved.narrow(1, 0, 3)?, moved.narrow(1, 3, 1)?);
-            return Ok((fg + bg.broadcast_mul(&a.affine(-1.0, 1.0)?)?)?);
+            return Ok(((fg + bg.broadcast_mul(&a.affine(-1.0, 1.0)?)?)?, Some(logits)));
+        }
+        if alpha.is_some() {
+            return Err(crate::Error::Invalid("a given opacity needs the sprite renderer".into()));
         }
         if self.composite {
-            return composite(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 3, 1)?);
+            return Ok((composite(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 3, 1)?)?, None));
         }
-        Ok(match self.kind {
-            RendererKind::FrameConditioned => (x_t + y)?,
-            RendererKind::CodesOnly => y.tanh()?,
-        })
+        Ok((
+            match self.kind {
+                RendererKind::FrameConditioned => (x_t + y)?,
+                RendererKind::CodesOnly => y.tanh()?,
+            },
+            None,
+        ))
     }
 }
 

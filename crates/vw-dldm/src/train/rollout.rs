@@ -51,6 +51,15 @@ pub struct RolloutTune {
     /// The weight of the moving pixels instead of the source model's (`TinyLdmConfig::motion_weight`).
     #[serde(default)]
     pub motion_weight: Option<f64>,
+    /// Sprite renderers only: in training, the moving layer is cut out of x_t by a teacher's mask
+    /// instead of the renderer's own opacity — the pixels of the true x_t that are foreground
+    /// (differ from their episode's median frame) and change in the true next frame — and the
+    /// renderer's opacity learns that mask by a binary cross-entropy of this weight. At inference
+    /// the renderer's own opacity cuts. Without it the sprite layer is stuck: its translation only
+    /// pays once the opacity marks what moves, and the opacity only gets a gradient once the layer
+    /// is translated (docs/results.md). `None` = off.
+    #[serde(default)]
+    pub alpha_teacher: Option<f64>,
 }
 
 /// A renderer trained from scratch on frozen codes ([`RolloutTune::fresh_renderer`]).
@@ -90,7 +99,15 @@ impl RolloutTune {
         train.log_every = 10;
         train.checkpoint_every = 100;
         train.optim.lr = 5e-4;
-        Self { horizon: 8, train, fresh_renderer: None, play_frames: None, loss: None, motion_weight: None }
+        Self {
+            horizon: 8,
+            train,
+            fresh_renderer: None,
+            play_frames: None,
+            loss: None,
+            motion_weight: None,
+            alpha_teacher: None,
+        }
     }
 }
 
@@ -131,6 +148,16 @@ fn chain_frames(data: &Transitions, ids: &[usize], horizon: usize) -> Result<Vec
 /// previous render clamped to [-1, 1] as in [`crate::LatentDynamics::render`]. Returns the loss
 /// averaged over the chain and the per-transition losses (detached).
 pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<f64>)> {
+    rollout_loss_with(model, frames, None)
+}
+
+/// [`rollout_loss`] with a teacher's opacity for the sprite renderer
+/// ([`RolloutTune::alpha_teacher`]): `(masks, weight)`, one (N, 1, H, W) mask per transition.
+pub fn rollout_loss_with(
+    model: &TinyLdm,
+    frames: &[Tensor],
+    teacher: Option<(&[Tensor], f64)>,
+) -> Result<(Tensor, Vec<f64>)> {
     let horizon = frames
         .len()
         .checked_sub(1)
@@ -144,8 +171,23 @@ pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<f
     let mut total: Option<Tensor> = None;
     let mut per_step = Vec::with_capacity(horizon);
     for k in 0..horizon {
-        let pred = model.render_pairs(&cur, &codes.narrow(0, k * n, n)?)?;
-        let l = model.render_error(&pred, &frames[k + 1], &frames[k])?;
+        let code = codes.narrow(0, k * n, n)?;
+        let (pred, l) = match teacher {
+            None => {
+                let pred = model.render_pairs(&cur, &code)?;
+                let l = model.render_error(&pred, &frames[k + 1], &frames[k])?;
+                (pred, l)
+            }
+            Some((masks, weight)) => {
+                let mask = masks.get(k).ok_or_else(|| Error::Invalid(format!("no teacher mask for transition {k}")))?;
+                let (pred, logits) = model.render_pairs_with_alpha(&cur, &code, mask)?;
+                // Binary cross-entropy from logits: softplus(l) - l * mask, softplus computed stably.
+                let softplus = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+                let bce = (softplus - (&logits * mask)?)?.mean_all()?;
+                let l = (model.render_error(&pred, &frames[k + 1], &frames[k])? + (bce * weight)?)?;
+                (pred, l)
+            }
+        };
         per_step.push(l.to_dtype(DType::F64)?.to_scalar::<f64>()?);
         total = Some(match total {
             Some(t) => (t + l)?,
@@ -155,6 +197,21 @@ pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<f
     }
     let total = total.ok_or_else(|| Error::Invalid("empty rollout".into()))?;
     Ok(((total / horizon as f64)?, per_step))
+}
+
+/// The teacher's opacity of every transition of chains `ids` (see [`RolloutTune::alpha_teacher`]):
+/// foreground in the true frame k and changing between the true frames k and k + 1.
+fn teacher_masks(data: &Transitions, backgrounds: &Tensor, ids: &[usize], frames: &[Tensor]) -> Result<Vec<Tensor>> {
+    let eps: Vec<u32> = ids.iter().map(|&i| data.episode[i]).collect();
+    let bg = backgrounds.index_select(&Tensor::from_vec(eps, ids.len(), backgrounds.device())?, 0)?;
+    frames
+        .windows(2)
+        .map(|w| {
+            let fg = (&w[0] - &bg)?.abs()?.max_keepdim(1)?.gt(super::craft::FOREGROUND_THRESHOLD)?;
+            let moving = (&w[1] - &w[0])?.abs()?.max_keepdim(1)?.gt(crate::baseline::DIFF_THRESHOLD)?;
+            Ok((fg.to_dtype(DType::F32)? * moving.to_dtype(DType::F32)?)?)
+        })
+        .collect()
 }
 
 /// Loads the stage-1 (or stage-1b) run `source` into a fresh `VarMap` on `device`, with the model
@@ -237,6 +294,15 @@ pub fn train_rollout(
     if starts.is_empty() {
         return Err(Error::Invalid(format!("rollout tuning: no training episode has {} transitions", tune.horizon)));
     }
+    let backgrounds = match tune.alpha_teacher {
+        Some(w) if !(w.is_finite() && w >= 0.0) || cfg.stage1.model.arch != crate::baseline::LdmArch::Sprite => {
+            return Err(Error::Invalid(format!(
+                "rollout tuning: alpha_teacher {w} needs a finite weight >= 0 and a sprite renderer"
+            )))
+        }
+        Some(_) => Some(data.backgrounds()?),
+        None => None,
+    };
     let mut run = RunDir::open(run_dir, resumed.map(|_| trainer.step), tune.train.total_steps, progress)?;
     let bs = tune.train.batch_size;
     fit(&mut trainer, &mut run, &config, None, |ctx| {
@@ -244,7 +310,12 @@ pub fn train_rollout(
         let ids = &ids[ctx.shard.range(bs)?];
         *ctx.data_pos += bs as u64;
         let frames = chain_frames(&data, ids, tune.horizon)?;
-        let (loss, per_step) = rollout_loss(&model, &frames)?;
+        let masks = match &backgrounds {
+            Some(bg) => Some(teacher_masks(&data, bg, ids, &frames)?),
+            None => None,
+        };
+        let teacher = masks.as_deref().zip(tune.alpha_teacher);
+        let (loss, per_step) = rollout_loss_with(&model, &frames, teacher)?;
         // The first and the last transition of the chains: how much the chain compounds.
         ctx.extra.insert("first_step_loss".into(), per_step[0].into());
         ctx.extra.insert("last_step_loss".into(), per_step[per_step.len() - 1].into());
@@ -408,6 +479,47 @@ mod tests {
         let from_truth = model.render_error(&from_truth, &frames[3], &frames[2])?.to_scalar::<f32>()? as f64;
         assert!((per[2] - from_truth).abs() > 1e-9, "the chain must not restart from the true frame");
         assert!(rollout_loss(&model, &frames[..1]).is_err(), "one frame is no chain");
+        Ok(())
+    }
+
+    #[test]
+    fn the_teacher_mask_marks_moving_foreground_and_needs_a_sprite_renderer() -> Result<()> {
+        let (tmp, src, cfg) = source()?;
+        let dev = Device::Cpu;
+        let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, &dev)?;
+        let bg = data.backgrounds()?;
+        let ids = chain_starts(&data, 3);
+        let frames = chain_frames(&data, &ids, 3)?;
+        let masks = teacher_masks(&data, &bg, &ids, &frames)?;
+        assert_eq!(masks.len(), 3);
+        let (mut on, mut total) = (0.0f32, 0usize);
+        for (k, m) in masks.iter().enumerate() {
+            let moving = (&frames[k + 1] - &frames[k])?.abs()?.max_keepdim(1)?.gt(crate::baseline::DIFF_THRESHOLD)?;
+            let v = m.flatten_all()?.to_vec1::<f32>()?;
+            let mv = moving.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
+            assert!(v.iter().zip(&mv).all(|(&a, &b)| a <= b), "the mask marks only pixels that change");
+            on += v.iter().sum::<f32>();
+            total += v.len();
+        }
+        assert!(on > 0.0 && (on as usize) < total / 4, "{on} of {total}: the gripper moves, the scene does not");
+        // A fresh sprite renderer cutting out nothing is the copy of x_t; its own opacity comes back.
+        let mut sprite_cfg = cfg.model.clone();
+        FreshRenderer::Sprite.apply(&mut sprite_cfg);
+        let vm = VarMap::new();
+        let m = TinyLdm::new(&sprite_cfg, candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        let (codes, _) = m.quantize_pairs(&frames[0], &frames[1])?;
+        let (y, logits) = m.render_pairs_with_alpha(&frames[0], &codes, &masks[0].zeros_like()?)?;
+        assert_eq!((y - &frames[0])?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        assert_eq!(logits.dims(), masks[0].dims());
+        // Not a sprite renderer: refused, by the model and by stage 1b.
+        let (_, residual) = load_stage1(&src, &dev)?;
+        assert!(residual.render_pairs_with_alpha(&frames[0], &codes, &masks[0]).is_err());
+        let mut t = tune(1);
+        t.alpha_teacher = Some(1.0);
+        assert!(train_rollout(&src, &t, &tmp.path().join("refused"), false, &dev, false).is_err());
+        t.fresh_renderer = Some(FreshRenderer::Sprite);
+        train_rollout(&src, &t, &tmp.path().join("sprite"), false, &dev, false)?;
         Ok(())
     }
 }
