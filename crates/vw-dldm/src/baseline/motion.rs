@@ -192,6 +192,15 @@ fn composite(x_t: &Tensor, c: &Tensor, logit: &Tensor) -> Result<Tensor> {
     Ok((x_t + (c - x_t)?.broadcast_mul(&alpha)?)?)
 }
 
+/// The background under the sprite layer of the compositing sprite renderer: x_t repainted with c
+/// wherever the layer was cut out (`alpha`) or the renderer's own opacity (`logit`, as in
+/// [`composite`]) says, `x_t + (1 - (1 - own) (1 - alpha)) (c - x_t)`.
+fn cut_out_background(x_t: &Tensor, c: &Tensor, logit: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    let own = candle_nn::ops::sigmoid(&(logit - COMPOSITE_ALPHA_OFFSET)?)?;
+    let keep = (own.affine(-1.0, 1.0)? * alpha.affine(-1.0, 1.0)?)?;
+    Ok((x_t + (c - x_t)?.broadcast_mul(&keep.affine(-1.0, 1.0)?)?)?)
+}
+
 /// A U-Net over x_t (or over a code map for the codes-only kind) with FiLM by the codes at every level.
 pub(super) struct MotionRenderer {
     kind: RendererKind,
@@ -365,15 +374,17 @@ impl MotionRenderer {
         }
         let y = depth_to_space(&self.out.forward(&h)?, 2).map_err(kernel_err)?;
         if let Some(sp) = &self.sprite {
-            let bg = match self.composite {
-                true => composite(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 4, 1)?)?,
-                false => (x_t + y.narrow(1, 0, 3)?)?,
-            };
             // alpha starts at 0.5 (the out layer is zero-initialised) and the translation at 0.
             let logits = y.narrow(1, 3, 1)?;
             let alpha = match alpha {
                 Some(a) => a.clone(),
                 None => candle_nn::ops::sigmoid(&logits)?,
+            };
+            let bg = match self.composite {
+                // The layer is cut out of the background, not copied: where it was, the renderer
+                // paints c (what was behind it) as well as where its own opacity says.
+                true => cut_out_background(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 4, 1)?, &alpha)?,
+                false => (x_t + y.narrow(1, 0, 3)?)?,
             };
             let layer = Tensor::cat(&[x_t.broadcast_mul(&alpha)?, alpha], 1)?;
             let (ax, ay) = sp.kernels(&c)?;
@@ -456,6 +467,21 @@ mod tests {
             normalise_diff(&diff, DiffNorm::None)?.flatten_all()?.to_vec1::<f32>()?,
             diff.flatten_all()?.to_vec1::<f32>()?
         );
+        Ok(())
+    }
+
+    #[test]
+    fn the_sprite_layer_is_cut_out_of_the_background() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[0.5f32, -0.3, 0.9]]]], &dev)?; // (1, 1, 1, 3)
+        let c = Tensor::new(&[[[[0.1f32, 0.2, 0.3]]]], &dev)?;
+        let alpha = Tensor::new(&[[[[1f32, 0.0, 0.0]]]], &dev)?;
+        // Own opacity: none on pixels 0, 1 (logit -30), full on pixel 2 (logit +30).
+        let logit = Tensor::new(&[[[[-30f32, -30.0, 30.0]]]], &dev)?;
+        let bg = cut_out_background(&x, &c, &logit, &alpha)?.flatten_all()?.to_vec1::<f32>()?;
+        // Cut out -> painted c; untouched -> x_t; the renderer's own opacity -> c.
+        let want = [0.1f32, -0.3, 0.3];
+        assert!(bg.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{bg:?}");
         Ok(())
     }
 

@@ -70,7 +70,8 @@ pub enum FreshRenderer {
     Composite,
     /// The sprite layer (`LdmArch::Sprite`: what moves is cut out of x_t and translated by the codes).
     Sprite,
-    /// The sprite layer over a composited background.
+    /// The sprite layer over a composited background, cut out of it: where the layer was, the
+    /// renderer paints what was behind it.
     SpriteComposite,
 }
 
