@@ -376,14 +376,17 @@ impl MotionRenderer {
         if let Some(sp) = &self.sprite {
             // alpha starts at 0.5 (the out layer is zero-initialised) and the translation at 0.
             let logits = y.narrow(1, 3, 1)?;
+            let own = candle_nn::ops::sigmoid(&logits)?;
             let alpha = match alpha {
                 Some(a) => a.clone(),
-                None => candle_nn::ops::sigmoid(&logits)?,
+                None => own.clone(),
             };
             let bg = match self.composite {
                 // The layer is cut out of the background, not copied: where it was, the renderer
-                // paints c (what was behind it) as well as where its own opacity says.
-                true => cut_out_background(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 4, 1)?, &alpha)?,
+                // paints c (what was behind it) as well as where its own opacity says. Cut by the
+                // renderer's own opacity even when a teacher's cuts the layer, so that c is
+                // trained wherever inference will use it.
+                true => cut_out_background(x_t, &y.narrow(1, 0, 3)?, &y.narrow(1, 4, 1)?, &own)?,
                 false => (x_t + y.narrow(1, 0, 3)?)?,
             };
             let layer = Tensor::cat(&[x_t.broadcast_mul(&alpha)?, alpha], 1)?;
