@@ -73,8 +73,23 @@ fn parse() -> anyhow::Result<Args> {
         displacement: 0,
     };
     let mut it = std::env::args().skip(1);
+    let mut tuning_flag = None;
     while let Some(k) = it.next() {
         let mut val = || it.next().with_context(|| format!("{k} needs a value"));
+        if !matches!(
+            k.as_str(),
+            "--ldm"
+                | "--episodes"
+                | "--seed"
+                | "--split"
+                | "--device"
+                | "--json"
+                | "--png"
+                | "--displacement"
+                | "--tune-out"
+        ) {
+            tuning_flag = Some(k.clone());
+        }
         match k.as_str() {
             "--ldm" => a.ldm = val()?.into(),
             "--episodes" => a.episodes = val()?.parse()?,
@@ -95,19 +110,25 @@ fn parse() -> anyhow::Result<Args> {
             "--horizon" => a.tune.horizon = val()?.parse()?,
             "--lr" => a.tune.train.optim.lr = val()?.parse()?,
             "--chains" => a.tune.train.batch_size = val()?.parse()?,
-            "--loss" => a.tune.loss = Some(serde_json::from_value(serde_json::Value::String(val()?))?),
+            "--loss" => a.tune.loss = Some(choice(val()?)?),
             "--alpha-teacher" => a.tune.alpha_teacher = Some(val()?.parse()?),
             "--motion-weight" => a.tune.motion_weight = Some(val()?.parse()?),
             "--play-frames" => a.tune.play_frames = Some(val()?.parse()?),
-            "--fresh-renderer" => {
-                a.tune.fresh_renderer = Some(serde_json::from_value(serde_json::Value::String(val()?))?)
-            }
+            "--fresh-renderer" => a.tune.fresh_renderer = Some(choice(val()?)?),
             _ => anyhow::bail!("unknown argument {k} (see the example's doc comment)"),
         }
     }
     anyhow::ensure!(!a.ldm.as_os_str().is_empty(), "--ldm DIR (a stage-1 run folder) is required");
     anyhow::ensure!(a.episodes > 0, "--episodes must be at least 1");
+    if let (Some(flag), None) = (&tuning_flag, &a.tune_out) {
+        anyhow::bail!("{flag} sets stage 1b, which runs only with --tune-out DIR");
+    }
     Ok(a)
+}
+
+/// A config enum from its serde name (`--fresh-renderer sprite-composite`, `--loss l1`).
+fn choice<T: serde::de::DeserializeOwned>(name: String) -> anyhow::Result<T> {
+    Ok(serde_json::from_value(serde_json::Value::String(name))?)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -115,8 +115,9 @@ impl RolloutTune {
 /// The config recorded in a stage-1b run folder: the stage-1 run it started from and the tuning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRunConfig {
-    /// The stage-1 config of the source run (its data), with the model this run trains (the
-    /// source's, or with the renderer of [`RolloutTune::fresh_renderer`]).
+    /// The stage-1 config of the source run with the model and data this run trains: the
+    /// source's, changed by the overrides of the tuning (`fresh_renderer`, `loss`,
+    /// `motion_weight`, `play_frames`).
     pub stage1: Stage1Config,
     /// The tuning.
     pub rollout: RolloutTune,
