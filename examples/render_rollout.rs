@@ -126,6 +126,15 @@ fn parse() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// "stage 1", or "stage 1b" for a stage-1b run folder given as `--ldm`.
+fn model_label(dir: &std::path::Path) -> String {
+    let is_1b = vw_dldm::train::checkpoint::read_state(dir)
+        .ok()
+        .flatten()
+        .is_some_and(|s| vw_dldm::train::rollout::is_stage_1b(&s.config));
+    if is_1b { "stage 1b (--ldm)" } else { "stage 1" }.into()
+}
+
 /// A config enum from its serde name (`--fresh-renderer sprite-composite`, `--loss l1`).
 fn choice<T: serde::de::DeserializeOwned>(name: String) -> anyhow::Result<T> {
     Ok(serde_json::from_value(serde_json::Value::String(name))?)
@@ -135,7 +144,7 @@ fn main() -> anyhow::Result<()> {
     let a = parse()?;
     let device = a.device.open()?;
     let (_, source) = load_stage1(&a.ldm, &device).with_context(|| format!("loading {}", a.ldm.display()))?;
-    let mut models: Vec<(String, Box<dyn LatentDynamics>)> = vec![("stage 1".into(), Box::new(source))];
+    let mut models: Vec<(String, Box<dyn LatentDynamics>)> = vec![(model_label(&a.ldm), Box::new(source))];
     if let Some(out) = &a.tune_out {
         let t = std::time::Instant::now();
         let tuned = train_rollout(&a.ldm, &a.tune, out, false, &device, true)?;

@@ -123,6 +123,12 @@ pub struct RolloutRunConfig {
     pub rollout: RolloutTune,
 }
 
+/// Whether a run folder's recorded config (`TrainState::config`) is a stage-1b one. Checked by key:
+/// every field of `Stage1Config` has a default, so a stage-1b config would also parse as one.
+pub fn is_stage_1b(recorded: &serde_json::Value) -> bool {
+    recorded.get("rollout").is_some()
+}
+
 /// The transitions that can start a chain of `horizon` transitions inside their episode.
 fn chain_starts(data: &Transitions, horizon: usize) -> Vec<usize> {
     (0..data.len())

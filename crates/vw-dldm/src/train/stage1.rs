@@ -301,9 +301,7 @@ pub fn stage1_config_of(recorded: &serde_json::Value, run_dir: &Path) -> Result<
         path: run_dir.join(super::checkpoint::STATE_FILE),
         reason: format!("config is not a stage-1 or stage-1b config: {e}"),
     };
-    // Checked by key: every field of `Stage1Config` has a default, so a stage-1b config would
-    // also parse as one (all defaults).
-    if recorded.get("rollout").is_some() {
+    if super::rollout::is_stage_1b(recorded) {
         let r: super::rollout::RolloutRunConfig = serde_json::from_value(recorded.clone()).map_err(bad)?;
         return Ok(r.stage1);
     }
