@@ -64,6 +64,12 @@ pub enum DiffNorm {
 /// of `motion_weight`).
 pub const DIFF_THRESHOLD: f64 = 0.05;
 
+/// The pixels that change: 1 where any channel of `abs_diff` = |x_{t+1} - x_t| (N, C, H, W) is above
+/// [`DIFF_THRESHOLD`], else 0; (N, 1, H, W) in `abs_diff`'s dtype.
+pub fn moving_mask(abs_diff: &Tensor) -> Result<Tensor> {
+    Ok(abs_diff.max_keepdim(1)?.gt(DIFF_THRESHOLD)?.to_dtype(abs_diff.dtype())?)
+}
+
 /// The per-pixel reconstruction loss of stage 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -603,7 +609,7 @@ impl TinyLdm {
         let rolled = if n > 1 { Tensor::cat(&[codes.narrow(0, 1, n - 1)?, codes.narrow(0, 0, 1)?], 0)? } else { codes };
         let (other, _) = l1(&rolled)?;
         let diff = (x_next - x_t)?.abs()?;
-        let moving = diff.max_keepdim(1)?.gt(DIFF_THRESHOLD)?.to_dtype(err.dtype())?;
+        let moving = moving_mask(&diff)?.to_dtype(err.dtype())?;
         let err_sum = err.sum_all()?.to_scalar::<f32>()? as f64;
         let err_moving = err.broadcast_mul(&moving)?.sum_all()?.to_scalar::<f32>()? as f64;
         let z_std = z.flatten_to(1)?.var_keepdim(0)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64;
@@ -690,7 +696,7 @@ impl TinyLdm {
         if self.cfg.motion_weight == 0.0 {
             return Ok(err.mean_all()?);
         }
-        let moving = (x_next - x_t)?.abs()?.max_keepdim(1)?.gt(DIFF_THRESHOLD)?.to_dtype(err.dtype())?;
+        let moving = moving_mask(&(x_next - x_t)?.abs()?)?.to_dtype(err.dtype())?;
         let weight = ((moving * self.cfg.motion_weight)? + 1.0)?;
         Ok(err.broadcast_mul(&weight)?.mean_all()?)
     }

@@ -125,6 +125,30 @@ pub fn load_tensors(
     Ok(candle_core::safetensors::load(&path, device)?)
 }
 
+/// Sets each variable `(name, var)` to the tensor of that name in `tensors` (read from the file
+/// `path`, named in the errors), converted to the variable's dtype. A missing name or another
+/// shape is a [`Error::Checkpoint`].
+pub fn assign_vars<'a>(
+    vars: impl IntoIterator<Item = &'a (String, candle_core::Var)>,
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    for (name, var) in vars {
+        let t = tensors.get(name).ok_or_else(|| Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("missing parameter '{name}'"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("parameter '{name}': expected shape {:?}, found {:?}", var.dims(), t.dims()),
+            });
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
 /// Path of the tensors of the committed checkpoint of a run folder (for loading a model for
 /// inference with `VarBuilder::from_mmaped_safetensors`).
 pub fn committed_tensors_path(run_dir: &Path) -> Result<PathBuf> {

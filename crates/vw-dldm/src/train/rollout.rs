@@ -154,8 +154,9 @@ fn chain_frames(data: &Transitions, ids: &[usize], horizon: usize) -> Result<Vec
 /// The rollout loss of chains whose true frames are `frames` (from [`chain_frames`]): codes from
 /// the (frozen) encoder on the true pairs, renders chained from `frames[0]`, each next input the
 /// previous render clamped to [-1, 1] as in [`crate::LatentDynamics::render`]. Returns the loss
-/// averaged over the chain and the per-transition losses (detached).
-pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<f64>)> {
+/// averaged over the chain and the per-transition losses (detached scalar tensors, read only when
+/// logged: on a GPU each read is a synchronisation).
+pub fn rollout_loss(model: &TinyLdm, frames: &[Tensor]) -> Result<(Tensor, Vec<Tensor>)> {
     rollout_loss_with(model, frames, None)
 }
 
@@ -165,7 +166,7 @@ pub fn rollout_loss_with(
     model: &TinyLdm,
     frames: &[Tensor],
     teacher: Option<(&[Tensor], f64)>,
-) -> Result<(Tensor, Vec<f64>)> {
+) -> Result<(Tensor, Vec<Tensor>)> {
     let horizon = frames
         .len()
         .checked_sub(1)
@@ -196,7 +197,7 @@ pub fn rollout_loss_with(
                 (pred, l)
             }
         };
-        per_step.push(l.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+        per_step.push(l.detach());
         total = Some(match total {
             Some(t) => (t + l)?,
             None => l,
@@ -210,14 +211,11 @@ pub fn rollout_loss_with(
 /// The teacher's opacity of every transition of chains `ids` (see [`RolloutTune::alpha_teacher`]):
 /// foreground in the true frame k and changing between the true frames k and k + 1.
 fn teacher_masks(data: &Transitions, backgrounds: &Tensor, ids: &[usize], frames: &[Tensor]) -> Result<Vec<Tensor>> {
-    let eps: Vec<u32> = ids.iter().map(|&i| data.episode[i]).collect();
-    let bg = backgrounds.index_select(&Tensor::from_vec(eps, ids.len(), backgrounds.device())?, 0)?;
     frames
         .windows(2)
         .map(|w| {
-            let fg = (&w[0] - &bg)?.abs()?.max_keepdim(1)?.gt(super::craft::FOREGROUND_THRESHOLD)?;
-            let moving = (&w[1] - &w[0])?.abs()?.max_keepdim(1)?.gt(crate::baseline::DIFF_THRESHOLD)?;
-            Ok((fg.to_dtype(DType::F32)? * moving.to_dtype(DType::F32)?)?)
+            let (fg, _) = data.foreground(backgrounds, ids, (&w[0], &w[1]), super::craft::FOREGROUND_THRESHOLD)?;
+            Ok((fg * crate::baseline::moving_mask(&(&w[1] - &w[0])?.abs()?)?)?)
         })
         .collect()
 }
@@ -246,22 +244,12 @@ fn load_into_varmap(source: &Path, tune: &RolloutTune, device: &Device) -> Resul
     let varmap = VarMap::new();
     let model = TinyLdm::new(&cfg.model, super::seeded_var_builder(&varmap, seed, DType::F32, device))?;
     let tensors = super::checkpoint::load_tensors(source, &state, device)?;
-    for (name, var) in super::named_vars(&varmap) {
-        if fresh.is_some() && name.starts_with(RENDERER_PREFIX) {
-            continue;
-        }
-        let t = tensors.get(&name).ok_or_else(|| Error::Checkpoint {
-            path: source.join(&state.tensors_file),
-            reason: format!("missing parameter '{name}'"),
-        })?;
-        if t.dims() != var.dims() {
-            return Err(Error::Checkpoint {
-                path: source.join(&state.tensors_file),
-                reason: format!("parameter '{name}': expected shape {:?}, found {:?}", var.dims(), t.dims()),
-            });
-        }
-        var.set(&t.to_dtype(var.dtype())?)?;
-    }
+    // A fresh renderer keeps its seeded initialisation; everything else comes from the source.
+    let loaded: Vec<_> = super::named_vars(&varmap)
+        .into_iter()
+        .filter(|(name, _)| fresh.is_none() || !name.starts_with(RENDERER_PREFIX))
+        .collect();
+    super::checkpoint::assign_vars(&loaded, &tensors, &source.join(&state.tensors_file))?;
     Ok((cfg, varmap, model))
 }
 
@@ -324,9 +312,14 @@ pub fn train_rollout(
         };
         let teacher = masks.as_deref().zip(tune.alpha_teacher);
         let (loss, per_step) = rollout_loss_with(&model, &frames, teacher)?;
-        // The first and the last transition of the chains: how much the chain compounds.
-        ctx.extra.insert("first_step_loss".into(), per_step[0].into());
-        ctx.extra.insert("last_step_loss".into(), per_step[per_step.len() - 1].into());
+        // At the steps `fit` logs, the first and the last transition of the chains: how much the chain compounds.
+        let logged =
+            (ctx.step + 1).is_multiple_of(tune.train.log_every.max(1)) || ctx.step + 1 == tune.train.total_steps;
+        if logged {
+            let value = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+            ctx.extra.insert("first_step_loss".into(), value(&per_step[0])?.into());
+            ctx.extra.insert("last_step_loss".into(), value(&per_step[per_step.len() - 1])?.into());
+        }
         Ok(loss)
     })?;
     Ok(model)
@@ -475,6 +468,7 @@ mod tests {
         assert_eq!(per.len(), 1);
         // Horizon 3: the third transition is rendered from the second render, not the true frame.
         let (_, per) = rollout_loss(&model, &frames)?;
+        let per2 = per[2].to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let (c, _) = model.quantize_pairs(&Tensor::cat(&frames[..3], 0)?, &Tensor::cat(&frames[1..], 0)?)?;
         let mut cur = frames[0].clone();
         for k in 0..2 {
@@ -482,10 +476,10 @@ mod tests {
         }
         let last = model.render_pairs(&cur, &c.narrow(0, 4, 2)?)?;
         let last = model.render_error(&last, &frames[3], &frames[2])?.to_scalar::<f32>()? as f64;
-        assert!((per[2] - last).abs() <= 1e-6 * last.max(1e-6), "{} vs {last}", per[2]);
+        assert!((per2 - last).abs() <= 1e-6 * last.max(1e-6), "{per2} vs {last}");
         let from_truth = model.render_pairs(&frames[2], &c.narrow(0, 4, 2)?)?;
         let from_truth = model.render_error(&from_truth, &frames[3], &frames[2])?.to_scalar::<f32>()? as f64;
-        assert!((per[2] - from_truth).abs() > 1e-9, "the chain must not restart from the true frame");
+        assert!((per2 - from_truth).abs() > 1e-9, "the chain must not restart from the true frame");
         assert!(rollout_loss(&model, &frames[..1]).is_err(), "one frame is no chain");
         Ok(())
     }

@@ -254,19 +254,7 @@ impl Trainer {
         let path = run_dir.join(&state.tensors_file);
         let device = self.params[0].1.device().clone();
         let tensors = checkpoint::load_tensors(run_dir, &state, &device)?;
-        for (name, var) in self.params.iter().chain(&self.frozen) {
-            let t = tensors.get(name).ok_or_else(|| Error::Checkpoint {
-                path: path.clone(),
-                reason: format!("missing parameter '{name}'"),
-            })?;
-            if t.dims() != var.dims() {
-                return Err(Error::Checkpoint {
-                    path: path.clone(),
-                    reason: format!("parameter '{name}': expected shape {:?}, found {:?}", var.dims(), t.dims()),
-                });
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
-        }
+        checkpoint::assign_vars(self.params.iter().chain(&self.frozen), &tensors, &path)?;
         self.opt.load_state(&tensors, OPTIM_PREFIX, state.optim_t, &path)?;
         if let Some(ema) = &mut self.ema {
             ema.load(&tensors, EMA_PREFIX, &path)?;
