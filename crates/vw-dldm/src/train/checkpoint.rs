@@ -125,6 +125,28 @@ pub fn load_tensors(
     Ok(candle_core::safetensors::load(&path, device)?)
 }
 
+/// The tensor `key` of a checkpoint's `tensors` (read from the file `path`), checked against the
+/// `expected` shape when one is given; `what` names the kind of tensor in the errors
+/// ("missing {what} '{key}'", "{what} '{key}': expected shape ..."), both [`Error::Checkpoint`].
+pub fn checked_tensor<'t>(
+    tensors: &'t HashMap<String, Tensor>,
+    key: &str,
+    what: &str,
+    expected: Option<&[usize]>,
+    path: &Path,
+) -> Result<&'t Tensor> {
+    let t = tensors
+        .get(key)
+        .ok_or_else(|| Error::Checkpoint { path: path.to_path_buf(), reason: format!("missing {what} '{key}'") })?;
+    match expected {
+        Some(dims) if t.dims() != dims => Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!("{what} '{key}': expected shape {dims:?}, found {:?}", t.dims()),
+        }),
+        _ => Ok(t),
+    }
+}
+
 /// Sets each variable `(name, var)` to the tensor of that name in `tensors` (read from the file
 /// `path`, named in the errors), converted to the variable's dtype. A missing name or another
 /// shape is a [`Error::Checkpoint`].
@@ -134,16 +156,7 @@ pub fn assign_vars<'a>(
     path: &Path,
 ) -> Result<()> {
     for (name, var) in vars {
-        let t = tensors.get(name).ok_or_else(|| Error::Checkpoint {
-            path: path.to_path_buf(),
-            reason: format!("missing parameter '{name}'"),
-        })?;
-        if t.dims() != var.dims() {
-            return Err(Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: format!("parameter '{name}': expected shape {:?}, found {:?}", var.dims(), t.dims()),
-            });
-        }
+        let t = checked_tensor(tensors, name, "parameter", Some(var.dims()), path)?;
         var.set(&t.to_dtype(var.dtype())?)?;
     }
     Ok(())

@@ -37,10 +37,7 @@ impl Ema {
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>, prefix: &str, path: &std::path::Path) -> Result<()> {
         for (name, s) in &mut self.shadow {
             let key = format!("{prefix}{name}");
-            let t = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
-                path: path.to_path_buf(),
-                reason: format!("missing EMA tensor '{key}'"),
-            })?;
+            let t = super::checkpoint::checked_tensor(tensors, &key, "EMA tensor", None, path)?;
             *s = t.to_dtype(s.dtype())?.to_device(s.device())?;
         }
         Ok(())

@@ -178,16 +178,7 @@ impl AdamW {
         for s in &mut self.slots {
             for (which, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("{prefix}{which}.{}", s.name);
-                let src = tensors.get(&key).ok_or_else(|| Error::Checkpoint {
-                    path: path.to_path_buf(),
-                    reason: format!("missing optimizer tensor '{key}'"),
-                })?;
-                if src.dims() != dst.dims() {
-                    return Err(Error::Checkpoint {
-                        path: path.to_path_buf(),
-                        reason: format!("'{key}': expected shape {:?}, found {:?}", dst.dims(), src.dims()),
-                    });
-                }
+                let src = super::checkpoint::checked_tensor(tensors, &key, "optimizer tensor", Some(dst.dims()), path)?;
                 *dst = src.to_dtype(dst.dtype())?.to_device(dst.device())?;
             }
         }
