@@ -174,8 +174,8 @@ pub struct TinyLdmConfig {
     /// (docs/results.md, the renderer's rollout). Off = the residual renderer.
     pub composite: bool,
     /// Weight of an auxiliary loss that makes the codes alone say how much of the frame moves: a
-    /// small head reads the (straight-through) codes and regresses the transition's fraction of
-    /// changed pixels ([`moving_mask`], x [`EXTENT_SCALE`]). A frame-conditioned renderer can tell
+    /// small head reads the (straight-through) codes and regresses the transition's moved area
+    /// (`extent_target`, x [`EXTENT_SCALE`]). A frame-conditioned renderer can tell
     /// from x_t whether the hand holds a block, so without this the codes of "the hand goes down
     /// onto a block" and "the hand lowers a block" come out the same (docs/results.md, eighth
     /// pass); the moving area (hand alone, or hand and block) tells them apart from the frames
@@ -221,8 +221,8 @@ pub fn colour_mask(x: &Tensor) -> Result<Tensor> {
     Ok(vivid.mul(&max.gt(COLOUR_VALUE)?.to_dtype(x.dtype())?)?)
 }
 
-/// The moving fraction of [`TinyLdmConfig::extent_weight`] is regressed times this (a transition
-/// moves 1-5% of the pixels, so the target lands near 0.2-1).
+/// The moved area of [`TinyLdmConfig::extent_weight`] (a fraction of the frame) is regressed times
+/// this (a CraftWorld transition changes 1-5% of the pixels, so the target lands near 0.2-1).
 pub const EXTENT_SCALE: f64 = 20.0;
 
 impl Default for TinyLdmConfig {
