@@ -725,17 +725,21 @@ impl TinyLdm {
     /// With `quant_noise` the noise is drawn from candle's (unseeded) generator; training passes its
     /// own through [`TinyLdm::pair_loss_and_codes_with`].
     pub fn pair_loss_and_codes(&self, x_t: &Tensor, x_next: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.pair_loss_and_codes_with(x_t, x_next, None)
+        self.pair_loss_and_codes_with(x_t, x_next, None, None)
     }
 
     /// [`TinyLdm::pair_loss_and_codes`] with the quantisation noise of `quant_noise` given: uniform in
     /// [-0.5, 0.5), shape (N, `act_embedding_num`, `levels.len()`) like the latents. Ignored without
     /// `quant_noise`; `None` draws it from candle's generator.
+    /// `extent_pair`: the frames whose moved area the head of `extent_weight` regresses, when they are
+    /// not `x_t`, `x_next` (training passes the pair before augmentation, so a texture added behind
+    /// the hand changes what the encoder sees but not the target); ignored without the head.
     pub fn pair_loss_and_codes_with(
         &self,
         x_t: &Tensor,
         x_next: &Tensor,
         noise: Option<&Tensor>,
+        extent_pair: Option<(&Tensor, &Tensor)>,
     ) -> Result<(Tensor, Tensor)> {
         let z = self.encoder.forward(x_t, x_next)?;
         let (codes, idx) = fsq::fsq_quantize(&z, &self.cfg.levels).map_err(kernel_err)?;
@@ -756,7 +760,8 @@ impl TinyLdm {
             codes
         };
         let mut loss = self.reconstruction_loss(x_t, x_next, &codes)?;
-        if let Some(extent) = self.extent_loss(x_t, x_next, &codes)? {
+        let (et, en) = extent_pair.unwrap_or((x_t, x_next));
+        if let Some(extent) = self.extent_loss(et, en, &codes)? {
             loss = (loss + (extent * self.cfg.extent_weight)?)?;
         }
         if self.cfg.variance_weight > 0.0 && z.dim(0)? > 1 {
@@ -1044,6 +1049,12 @@ mod tests {
         let l_off = off.pair_loss(&x_t, &x_next)?.to_scalar::<f32>()? as f64;
         let l_on = on.pair_loss(&x_t, &x_next)?.to_scalar::<f32>()? as f64;
         assert!((l_on - l_off - 2.0 * want).abs() <= 1e-4 * l_on.max(1.0), "{l_on} = {l_off} + 2 x {want}");
+        // The target can come from another pair (training: the frames before augmentation): a pair
+        // with no change regresses the same codes' reading towards 0.
+        let (l_still, _) = on.pair_loss_and_codes_with(&x_t, &x_next, None, Some((&x_t, &x_t)))?;
+        let still: f64 = pred.iter().map(|&p| (p as f64).powi(2)).sum::<f64>() / 2.0;
+        let l_still = l_still.to_scalar::<f32>()? as f64;
+        assert!((l_still - l_off - 2.0 * still).abs() <= 1e-4 * l_still.max(1.0), "{l_still} = {l_off} + 2 x {still}");
         // And it reaches the encoder: the codes are how the head hears the frames.
         let grads = on.pair_loss(&x_t, &x_next)?.backward()?;
         let enc = vm

@@ -247,6 +247,8 @@ fn train_stage1_attempt(
             None => None,
         };
         let fg = fg.as_ref().map(|(a, b)| (a, b));
+        // The extent head's target is the move in the frames before augmentation.
+        let clean = (x_t.clone(), x_next.clone());
         let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, fg, ctx.rng, bs, rows.clone())?;
         *ctx.data_pos += bs as u64;
         // The quantisation noise of `quant_noise` comes from the trainer's generator, which the
@@ -258,7 +260,7 @@ fn train_stage1_attempt(
         } else {
             None
         };
-        let (loss, idx) = model.pair_loss_and_codes_with(&x_t, &x_next, noise.as_ref())?;
+        let (loss, idx) = model.pair_loss_and_codes_with(&x_t, &x_next, noise.as_ref(), Some((&clean.0, &clean.1)))?;
         // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).
         let used: std::collections::HashSet<u32> = idx.flatten_all()?.to_vec1::<u32>()?.into_iter().collect();
         ctx.extra.insert("codes_used".into(), used.len().into());
