@@ -93,8 +93,10 @@ impl Stage1Config {
     /// motion architecture reading only where and which way each channel changes between the frames
     /// (the ternary difference, [`crate::baseline::DiffNorm::Ternary`]), gated by where things move,
     /// an MSE that weights the moving pixels 11x, quantisation noise, pairs shifted by up to 4 px
-    /// with a grating of amplitude up to 0.05, and a fresh start when the batches of steps 71-100
-    /// used at most 6 distinct codes (a start stuck on a handful of codes rarely recovers).
+    /// with a grating of amplitude up to 0.05, a fresh start when the batches of steps 71-100
+    /// used at most 6 distinct codes (a start stuck on a handful of codes rarely recovers), and
+    /// the extent head at weight 0.1 (the codes must also say how much of the frame moves, which
+    /// puts the grip into them; docs/results.md, eighth pass).
     pub fn tiny_play() -> Self {
         let mut cfg = Self::tiny();
         cfg.model.arch = crate::baseline::LdmArch::Motion;
@@ -104,6 +106,7 @@ impl Stage1Config {
         cfg.model.motion_gate_tau = 0.02;
         cfg.model.motion_weight = 10.0;
         cfg.model.diff_norm = crate::baseline::DiffNorm::Ternary;
+        cfg.model.extent_weight = 0.1;
         cfg.data.play_frames = 48;
         cfg.augment.shift = 4;
         cfg.augment.grating = 0.05;
@@ -458,6 +461,7 @@ mod tests {
         let r = cfg.restart_on_collapse.expect("the play recipe restarts collapsed starts");
         assert!(r.window <= r.step && r.step < cfg.train.checkpoint_every);
         assert!(cfg.data.play_frames > 0 && cfg.model.diff_only && cfg.model.motion_gate_tau > 0.0);
+        assert_eq!(cfg.model.extent_weight, 0.1);
         let back: Stage1Config = serde_json::from_value(cfg.to_json()?).map_err(|e| Error::Invalid(e.to_string()))?;
         assert_eq!(back, cfg);
         Ok(())
