@@ -24,7 +24,7 @@ use image::RgbImage;
 use vw_data::craftworld::{Episode, Judge, Split};
 use vw_data::image_tensor::frames_to_tensor;
 use vw_eval::demo::{episodes, DemoConfig};
-use vw_eval::quality::video_quality;
+use vw_eval::quality::{video_quality, VideoQualityMean};
 
 /// Integer backward flow of each block of `next`: where in `prev` its pixels come from. Each
 /// block's match is scored over the block grown by `window` px on every side (a 1-px block still
@@ -83,34 +83,17 @@ fn warp(img: &RgbImage, flow: &[(i64, i64)], block: usize) -> RgbImage {
     })
 }
 
-/// Frame-weighted PSNR (finite frames only, as the demo scores them) and SSIM accumulated over episodes.
-#[derive(Default)]
-struct Quality {
-    psnr_sum: f64,
-    psnr_frames: usize,
-    ssim_sum: f64,
-    frames: usize,
+/// Adds the PSNR / SSIM of `video` against `expert` (frame lists of one length) to `mean`.
+fn add_quality(mean: &mut VideoQualityMean, expert: &[RgbImage], video: &[RgbImage]) -> anyhow::Result<()> {
+    let dev = candle_core::Device::Cpu;
+    let (e, v) = (frames_to_tensor(expert, &dev)?.unsqueeze(0)?, frames_to_tensor(video, &dev)?.unsqueeze(0)?);
+    mean.add(&video_quality(&e, &v)?);
+    Ok(())
 }
 
-impl Quality {
-    fn add(&mut self, expert: &[RgbImage], video: &[RgbImage]) -> anyhow::Result<()> {
-        let dev = candle_core::Device::Cpu;
-        let q = video_quality(
-            &frames_to_tensor(expert, &dev)?.unsqueeze(0)?,
-            &frames_to_tensor(video, &dev)?.unsqueeze(0)?,
-        )?;
-        if q.psnr.is_finite() {
-            self.psnr_sum += q.psnr * q.frames as f64;
-            self.psnr_frames += q.frames;
-        }
-        self.ssim_sum += q.ssim * q.frames as f64;
-        self.frames += q.frames;
-        Ok(())
-    }
-
-    fn show(&self) -> String {
-        format!("{:.2} dB / SSIM {:.3}", self.psnr_sum / self.psnr_frames as f64, self.ssim_sum / self.frames as f64)
-    }
+/// "PSNR dB / SSIM" of a mean.
+fn show(mean: &VideoQualityMean) -> String {
+    mean.mean().map_or("no frames".into(), |q| format!("{:.2} dB / SSIM {:.3}", q.psnr, q.ssim))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,7 +134,7 @@ fn main() -> anyhow::Result<()> {
     let fps = cfg.craft.frames_per_step;
     let max_steps = eps.iter().map(|e| e.num_steps()).max().unwrap_or(0);
     let (mut done_at, mut total_at) = (vec![0usize; max_steps], vec![0usize; max_steps]);
-    let (mut warped, mut repeated) = (Quality::default(), Quality::default());
+    let (mut warped, mut repeated) = (VideoQualityMean::default(), VideoQualityMean::default());
     let mut strips: Vec<(Vec<RgbImage>, Vec<RgbImage>)> = Vec::new();
     for ep in &eps {
         // Rendered every `hop` frames (each from the render `hop` frames before); frames between
@@ -166,8 +149,8 @@ fn main() -> anyhow::Result<()> {
             };
             frames.push(next);
         }
-        warped.add(&ep.frames[1..], &frames[1..])?;
-        repeated.add(&ep.frames[1..], &vec![ep.frames[0].clone(); ep.frames.len() - 1])?;
+        add_quality(&mut warped, &ep.frames[1..], &frames[1..])?;
+        add_quality(&mut repeated, &ep.frames[1..], &vec![ep.frames[0].clone(); ep.frames.len() - 1])?;
         let ends: Vec<RgbImage> = (0..ep.num_steps()).map(|k| frames[(k + 1) * fps].clone()).collect();
         if png.is_some() && strips.len() < 8 {
             strips.push((ep.frames[..=2 * fps].to_vec(), frames[..=2 * fps].to_vec()));
@@ -195,6 +178,6 @@ fn main() -> anyhow::Result<()> {
     let curve: Vec<String> =
         done_at.iter().zip(&total_at).map(|(&d, &t)| format!("{:.0}%", 100.0 * d as f64 / t.max(1) as f64)).collect();
     println!("step success (steps 1..): {}", curve.join(" "));
-    println!("against the expert: warp {}, first frame repeated {}", warped.show(), repeated.show());
+    println!("against the expert: warp {}, first frame repeated {}", show(&warped), show(&repeated));
     Ok(())
 }

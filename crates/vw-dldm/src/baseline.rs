@@ -637,10 +637,16 @@ impl TinyLdm {
     /// (`extent_target`) x [`EXTENT_SCALE`].
     /// `None` when the option is off.
     pub fn extent_loss(&self, x_t: &Tensor, x_next: &Tensor, codes: &Tensor) -> Result<Option<Tensor>> {
-        let Some((hidden, out)) = &self.extent_head else { return Ok(None) };
+        let Some(pred) = self.extent_prediction(codes)? else { return Ok(None) };
         let frac = self.extent_fraction(x_t, x_next)?;
-        let pred = out.forward(&hidden.forward(&codes.flatten_from(1)?)?.gelu_erf()?)?;
         Ok(Some((pred - (frac * EXTENT_SCALE)?)?.sqr()?.mean_all()?))
+    }
+
+    /// The extent head's reading (N, 1) of code vectors (N, Q, code_dim): the moved area x
+    /// [`EXTENT_SCALE`] it predicts. `None` when `extent_weight` is off.
+    pub fn extent_prediction(&self, codes: &Tensor) -> Result<Option<Tensor>> {
+        let Some((hidden, out)) = &self.extent_head else { return Ok(None) };
+        Ok(Some(out.forward(&hidden.forward(&codes.flatten_from(1)?)?.gelu_erf()?)?))
     }
 
     /// The config.
@@ -1038,13 +1044,12 @@ mod tests {
         let x_next = Tensor::cat(&[patch, Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu)?], 0)?;
         let (codes, _) = on.quantize_pairs(&x_t, &x_next)?;
         let want_frac = [0.25 * EXTENT_SCALE, 0.0];
-        let (hidden, out) = on.extent_head.as_ref().expect("head");
-        let pred =
-            out.forward(&hidden.forward(&codes.flatten_from(1)?)?.gelu_erf()?)?.flatten_all()?.to_vec1::<f32>()?;
+        let pred = on.extent_prediction(&codes)?.expect("head").flatten_all()?.to_vec1::<f32>()?;
         let want: f64 = pred.iter().zip(want_frac).map(|(&p, t)| (p as f64 - t).powi(2)).sum::<f64>() / 2.0;
         let got = on.extent_loss(&x_t, &x_next, &codes)?.expect("on").to_scalar::<f32>()? as f64;
         assert!((got - want).abs() <= 1e-5 * want.max(1.0), "extent loss {got} vs {want}");
         assert!(off.extent_loss(&x_t, &x_next, &codes)?.is_none());
+        assert!(off.extent_prediction(&codes)?.is_none());
         // The training loss adds it, weighted (no quantisation noise here).
         let l_off = off.pair_loss(&x_t, &x_next)?.to_scalar::<f32>()? as f64;
         let l_on = on.pair_loss(&x_t, &x_next)?.to_scalar::<f32>()? as f64;

@@ -19,5 +19,5 @@ pub use chain::{evaluate_chains, ChainConfig, ChainResult, Environment, Policy, 
 pub use codebook::{codebook_usage, CodebookUsage};
 pub use error::{Error, Result};
 pub use probe::{probe_accuracy, LinearProbe, ProbeConfig, ProbeFeatures, ProbeReport};
-pub use quality::{psnr, ssim, video_quality, ImageView, VideoQuality};
+pub use quality::{psnr, ssim, video_quality, ImageView, VideoQuality, VideoQualityMean};
 pub use success::{completed_prefix, EpisodeOutcome, StepSuccess};

@@ -165,12 +165,57 @@ pub fn video_quality(a: &Tensor, b: &Tensor) -> Result<VideoQuality> {
     Ok(VideoQuality { psnr, ssim: ssim_sum / frames.max(1) as f64, frames })
 }
 
+/// The frame-weighted mean of several videos' [`VideoQuality`]: each video's PSNR counts by its frames
+/// when finite (a video identical to its reference adds none), its SSIM always.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VideoQualityMean {
+    psnr_sum: f64,
+    psnr_frames: usize,
+    ssim_sum: f64,
+    frames: usize,
+}
+
+impl VideoQualityMean {
+    /// Adds one video's quality.
+    pub fn add(&mut self, q: &VideoQuality) {
+        if q.psnr.is_finite() {
+            self.psnr_sum += q.psnr * q.frames as f64;
+            self.psnr_frames += q.frames;
+        }
+        self.ssim_sum += q.ssim * q.frames as f64;
+        self.frames += q.frames;
+    }
+
+    /// The mean over every frame added (PSNR `inf` when no video had a finite one); `None` before any
+    /// frame.
+    pub fn mean(&self) -> Option<VideoQuality> {
+        (self.frames > 0).then(|| VideoQuality {
+            psnr: if self.psnr_frames == 0 { f64::INFINITY } else { self.psnr_sum / self.psnr_frames as f64 },
+            ssim: self.ssim_sum / self.frames as f64,
+            frames: self.frames,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ramp(h: usize, w: usize, c: usize, k: f32) -> Vec<f32> {
         (0..h * w * c).map(|i| ((i as f32 * k).sin() + 1.0) / 2.0).collect()
+    }
+
+    #[test]
+    fn quality_means_weigh_videos_by_frames_and_skip_infinite_psnr() {
+        let mut m = VideoQualityMean::default();
+        assert_eq!(m.mean(), None);
+        m.add(&VideoQuality { psnr: f64::INFINITY, ssim: 1.0, frames: 2 });
+        assert_eq!(m.mean(), Some(VideoQuality { psnr: f64::INFINITY, ssim: 1.0, frames: 2 }));
+        m.add(&VideoQuality { psnr: 20.0, ssim: 0.5, frames: 1 });
+        m.add(&VideoQuality { psnr: 30.0, ssim: 0.8, frames: 3 });
+        let q = m.mean().unwrap();
+        assert!((q.psnr - 27.5).abs() < 1e-12 && (q.ssim - (2.0 + 0.5 + 2.4) / 6.0).abs() < 1e-12, "{q:?}");
+        assert_eq!(q.frames, 6);
     }
 
     #[test]

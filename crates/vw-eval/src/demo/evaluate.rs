@@ -90,7 +90,7 @@ pub fn score_method(
 ) -> Result<Scored> {
     let mut outcomes = Vec::with_capacity(episodes.len());
     let mut videos = Vec::new();
-    let (mut psnr_sum, mut psnr_n, mut ssim_sum, mut frames_n) = (0.0, 0usize, 0.0, 0usize);
+    let mut quality = crate::VideoQualityMean::default();
     for ep in episodes {
         let first = frames_to_tensor(&ep.frames[..1], device).map_err(data_err)?.squeeze(1)?;
         let horizon = ep.frames.len() - 1;
@@ -108,13 +108,7 @@ pub fn score_method(
         let n = pred.dim(1)?.min(horizon);
         if n > 0 {
             let expert = frames_to_tensor(&ep.frames[1..1 + n], device).map_err(data_err)?.unsqueeze(0)?;
-            let q = video_quality(&expert, &pred.narrow(1, 0, n)?.unsqueeze(0)?)?;
-            if q.psnr.is_finite() {
-                psnr_sum += q.psnr * q.frames as f64;
-                psnr_n += q.frames;
-            }
-            ssim_sum += q.ssim * q.frames as f64;
-            frames_n += q.frames;
+            quality.add(&video_quality(&expert, &pred.narrow(1, 0, n)?.unsqueeze(0)?)?);
         }
         if videos.len() < keep_videos {
             videos.push(full);
@@ -122,11 +116,7 @@ pub fn score_method(
     }
     let success =
         StepSuccess::from_outcomes(&outcomes).ok_or_else(|| crate::Error::Invalid("no evaluation episodes".into()))?;
-    let quality = (frames_n > 0).then(|| crate::VideoQuality {
-        psnr: if psnr_n == 0 { f64::INFINITY } else { psnr_sum / psnr_n as f64 },
-        ssim: ssim_sum / frames_n as f64,
-        frames: frames_n,
-    });
+    let quality = quality.mean();
     let result = MethodResult {
         name: predictor.name(),
         description: predictor.description(),
