@@ -14,7 +14,7 @@
 //!     [--probe digits|onehot|embedding|digits+embedding] [--play FRAMES]
 //!     [--jitter J] [--texture STD] [--grating AMP] [--diff-only] [--motion-gate TAU] [--shift PX] [--zoom Z] [--rotate RAD] [--background-only]
 //!     [--restart-on-collapse] [--factors] [--device cpu|cuda:N] [--queries N] [--levels 8,5,5,5] [--warmup N] [--blur SIGMA] [--diff-norm none|unit-max|ternary] [--composite]
-//!     [--extent-weight W] [--extent-target moving|cells|colour]
+//!     [--extent-weight W] [--extent-target moving|cells|colour] [--displacement-weight W]
 //! ```
 //!
 //! `--factors` also scores the held-out episodes in the training look with one factor of their
@@ -146,6 +146,7 @@ fn parse() -> anyhow::Result<Args> {
             "--quant-noise" => Box::new(|c| c.model.quant_noise = true),
             "--variance-weight" => set!(model.variance_weight),
             "--extent-weight" => set!(model.extent_weight),
+            "--displacement-weight" => set!(model.displacement_weight),
             "--extent-target" => {
                 let v = choice(&k, &val()?)?;
                 Box::new(move |c| c.model.extent_target = v)

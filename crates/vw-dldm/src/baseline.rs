@@ -183,7 +183,18 @@ pub struct TinyLdmConfig {
     pub extent_weight: f64,
     /// Which pixels the extent head counts.
     pub extent_target: ExtentTarget,
+    /// Weight of an auxiliary loss that makes the codes alone say *where* things move: a small
+    /// head reads the (straight-through) codes and regresses the transition's label-free motion
+    /// from the frames (`crate::clip::dominant_motion`: the displacement in pixels / [`MOTION_SCALE`]
+    /// by L1, and whether a block moves along by cross-entropy). The pixel renderer forgives a
+    /// gripper a pixel or two off, so without it the codes say the direction of a move but not
+    /// its length, and a renderer that draws a whole recipe step from the codes misplaces the block
+    /// (docs/results.md, the clip renderer). 0 = off (no head, the keys of earlier runs).
+    pub displacement_weight: f64,
 }
+
+/// Pixels per unit of the displacement head's output ([`TinyLdmConfig::displacement_weight`]).
+pub const MOTION_SCALE: f64 = 8.0;
 
 /// Which pixels [`TinyLdmConfig::extent_weight`]'s head counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -251,6 +262,7 @@ impl Default for TinyLdmConfig {
             composite: false,
             extent_weight: 0.0,
             extent_target: ExtentTarget::Moving,
+            displacement_weight: 0.0,
         }
     }
 }
@@ -303,6 +315,12 @@ impl TinyLdmConfig {
             return Err(crate::Error::Invalid(format!(
                 "TinyLdm: extent_weight {} must be finite and >= 0",
                 self.extent_weight
+            )));
+        }
+        if !self.displacement_weight.is_finite() || self.displacement_weight < 0.0 {
+            return Err(crate::Error::Invalid(format!(
+                "TinyLdm: displacement_weight {} must be finite and >= 0",
+                self.displacement_weight
             )));
         }
         if self.diff_only && self.arch == LdmArch::Patch {
@@ -553,6 +571,8 @@ pub struct TinyLdm {
     renderer: AnyRenderer,
     /// The head of `extent_weight` (codes -> hidden -> moving fraction), when it is on.
     extent_head: Option<(Linear, Linear)>,
+    /// The head of `displacement_weight` (codes -> hidden -> dx, dy, carried logit), when it is on.
+    displacement_head: Option<(Linear, Linear)>,
 }
 
 enum AnyEncoder {
@@ -618,7 +638,40 @@ impl TinyLdm {
                 }
                 false => None,
             },
+            displacement_head: match cfg.displacement_weight > 0.0 {
+                true => {
+                    let code_in = cfg.act_embedding_num * cfg.levels.len();
+                    let (h, o) = (vb.pp("displacement_head.0"), vb.pp("displacement_head.1"));
+                    Some((linear(code_in, 64, h)?, linear(64, 3, o)?))
+                }
+                false => None,
+            },
         })
+    }
+
+    /// The displacement head's reading (N, 3) of code vectors (N, Q, code_dim): displacement right
+    /// and down in [`MOTION_SCALE`] pixels, and the logit of "a block moves along". `None` when
+    /// `displacement_weight` is off.
+    pub fn displacement_prediction(&self, codes: &Tensor) -> Result<Option<Tensor>> {
+        let Some((hidden, out)) = &self.displacement_head else { return Ok(None) };
+        Ok(Some(out.forward(&hidden.forward(&codes.flatten_from(1)?)?.gelu_erf()?)?))
+    }
+
+    /// The auxiliary loss of `displacement_weight` (unweighted) against `target` (N, 3): the
+    /// teacher's displacement / [`MOTION_SCALE`] (L1) and carried in {0, 1} (binary cross-entropy).
+    /// `None` when the option is off.
+    pub fn displacement_loss(&self, codes: &Tensor, target: &Tensor) -> Result<Option<Tensor>> {
+        let Some(pred) = self.displacement_prediction(codes)? else { return Ok(None) };
+        if pred.dims() != target.dims() {
+            return Err(crate::Error::Invalid(format!(
+                "displacement targets {:?} do not match the head's {:?}",
+                target.shape(),
+                pred.shape()
+            )));
+        }
+        let l1 = (pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?;
+        let bce = candle_nn::loss::binary_cross_entropy_with_logit(&pred.narrow(1, 2, 1)?, &target.narrow(1, 2, 1)?)?;
+        Ok(Some((l1 + bce)?))
     }
 
     /// The fraction (N, 1) of the pixels of each transition that `extent_target` counts.
@@ -731,21 +784,19 @@ impl TinyLdm {
     /// With `quant_noise` the noise is drawn from candle's (unseeded) generator; training passes its
     /// own through [`TinyLdm::pair_loss_and_codes_with`].
     pub fn pair_loss_and_codes(&self, x_t: &Tensor, x_next: &Tensor) -> Result<(Tensor, Tensor)> {
-        self.pair_loss_and_codes_with(x_t, x_next, None, None)
+        self.pair_loss_and_codes_with(x_t, x_next, None, &AuxTargets::default())
     }
 
     /// [`TinyLdm::pair_loss_and_codes`] with the quantisation noise of `quant_noise` given: uniform in
     /// [-0.5, 0.5), shape (N, `act_embedding_num`, `levels.len()`) like the latents. Ignored without
     /// `quant_noise`; `None` draws it from candle's generator.
-    /// `extent_pair`: the frames whose moved area the head of `extent_weight` regresses, when they are
-    /// not `x_t`, `x_next` (training passes the pair before augmentation, so a texture added behind
-    /// the hand changes what the encoder sees but not the target); ignored without the head.
+    /// `aux`: the targets of the auxiliary heads (see [`AuxTargets`]).
     pub fn pair_loss_and_codes_with(
         &self,
         x_t: &Tensor,
         x_next: &Tensor,
         noise: Option<&Tensor>,
-        extent_pair: Option<(&Tensor, &Tensor)>,
+        aux: &AuxTargets,
     ) -> Result<(Tensor, Tensor)> {
         let z = self.encoder.forward(x_t, x_next)?;
         let (codes, idx) = fsq::fsq_quantize(&z, &self.cfg.levels).map_err(kernel_err)?;
@@ -766,9 +817,19 @@ impl TinyLdm {
             codes
         };
         let mut loss = self.reconstruction_loss(x_t, x_next, &codes)?;
-        let (et, en) = extent_pair.unwrap_or((x_t, x_next));
+        let (et, en) = aux.extent_pair.unwrap_or((x_t, x_next));
         if let Some(extent) = self.extent_loss(et, en, &codes)? {
             loss = (loss + (extent * self.cfg.extent_weight)?)?;
+        }
+        if self.displacement_head.is_some() {
+            let target = aux.displacement.ok_or_else(|| {
+                crate::Error::Invalid(
+                    "TinyLdm: displacement_weight is on but no displacement targets were given".into(),
+                )
+            })?;
+            if let Some(d) = self.displacement_loss(&codes, target)? {
+                loss = (loss + (d * self.cfg.displacement_weight)?)?;
+            }
         }
         if self.cfg.variance_weight > 0.0 && z.dim(0)? > 1 {
             // On tanh(z), the shape of FSQ's bound: a hinge on raw z is met by pushing a few
@@ -803,6 +864,18 @@ impl TinyLdm {
         let weight = ((moving * self.cfg.motion_weight)? + 1.0)?;
         Ok(err.broadcast_mul(&weight)?.mean_all()?)
     }
+}
+
+/// Targets of the auxiliary heads of [`TinyLdm::pair_loss_and_codes_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuxTargets<'a> {
+    /// The frames whose moved area the head of `extent_weight` regresses, when they are not the
+    /// pair itself (training passes the pair before augmentation, so a texture added behind the
+    /// hand changes what the encoder sees but not the target); ignored without the head.
+    pub extent_pair: Option<(&'a Tensor, &'a Tensor)>,
+    /// (N, 3) targets of the head of `displacement_weight` ([`TinyLdm::displacement_loss`]);
+    /// required with the head, ignored without it.
+    pub displacement: Option<&'a Tensor>,
 }
 
 /// FSQ's bound of z (..., D) plus `noise` (uniform in [-0.5, 0.5), z's shape, f32: one bin), divided
@@ -907,6 +980,7 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
+    use rand::SeedableRng;
 
     fn clip(t: usize, seed: u64) -> Result<Tensor> {
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
@@ -1028,6 +1102,48 @@ mod tests {
     }
 
     #[test]
+    fn the_displacement_head_regresses_the_teachers_motion_from_the_codes() -> Result<()> {
+        let vm = VarMap::new();
+        let plain = TinyLdmConfig { arch: LdmArch::Motion, ..small(RendererKind::FrameConditioned) };
+        let vb = || crate::train::seeded_var_builder(&vm, 6, DType::F32, &Device::Cpu);
+        let off = TinyLdm::new(&plain, vb())?;
+        let names = |vm: &VarMap| -> Vec<String> { vm.data().lock().unwrap().keys().cloned().collect() };
+        assert!(!names(&vm).iter().any(|k| k.starts_with("displacement_head")), "off: the keys of earlier runs");
+        let on = TinyLdm::new(&TinyLdmConfig { displacement_weight: 3.0, ..plain.clone() }, vb())?;
+        assert!(names(&vm).iter().any(|k| k.starts_with("displacement_head")));
+        let dev = Device::Cpu;
+        let x_t =
+            crate::train::rand_from(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2), -1.0, 1.0, (2, 3, 16, 16), &dev)?;
+        let x_next = x_t.flip(&[3])?;
+        let (codes, _) = on.quantize_pairs(&x_t, &x_next)?;
+        let pred = on.displacement_prediction(&codes)?.expect("head");
+        assert_eq!(pred.dims(), &[2, 3]);
+        // Targets 1 px right of the head's reading, carried = 1: L1 = 1/2 (two axes) / MOTION_SCALE
+        // plus the cross-entropy of the logits against 1.
+        let p = pred.to_vec2::<f32>()?;
+        let target = Tensor::from_vec(
+            p.iter().flat_map(|r| [r[0] + 1.0 / MOTION_SCALE as f32, r[1], 1.0]).collect::<Vec<f32>>(),
+            (2, 3),
+            &dev,
+        )?;
+        let bce: f64 = p.iter().map(|r| (1.0 + (-(r[2] as f64)).exp()).ln()).sum::<f64>() / 2.0;
+        let want = 0.5 / MOTION_SCALE + bce;
+        let got = on.displacement_loss(&codes, &target)?.expect("on").to_scalar::<f32>()? as f64;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        assert!(off.displacement_loss(&codes, &target)?.is_none());
+        assert!(on.displacement_loss(&codes, &target.narrow(1, 0, 2)?).is_err(), "wrong target shape");
+        // Training adds it, weighted; without targets it is an error, not a silent zero.
+        let aux = AuxTargets { displacement: Some(&target), ..Default::default() };
+        let (l_on, _) = on.pair_loss_and_codes_with(&x_t, &x_next, None, &aux)?;
+        let l_off = off.pair_loss(&x_t, &x_next)?.to_scalar::<f32>()? as f64;
+        let l_on = l_on.to_scalar::<f32>()? as f64;
+        assert!((l_on - l_off - 3.0 * got).abs() <= 1e-4 * l_on.max(1.0), "{l_on} = {l_off} + 3 x {got}");
+        assert!(on.pair_loss(&x_t, &x_next).is_err());
+        assert!(TinyLdm::new(&TinyLdmConfig { displacement_weight: f64::NAN, ..plain }, vb()).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn the_extent_loss_regresses_the_moving_fraction_from_the_codes_alone() -> Result<()> {
         let vm = VarMap::new();
         let plain = TinyLdmConfig { arch: LdmArch::Motion, ..small(RendererKind::FrameConditioned) };
@@ -1056,7 +1172,12 @@ mod tests {
         assert!((l_on - l_off - 2.0 * want).abs() <= 1e-4 * l_on.max(1.0), "{l_on} = {l_off} + 2 x {want}");
         // The target can come from another pair (training: the frames before augmentation): a pair
         // with no change regresses the same codes' reading towards 0.
-        let (l_still, _) = on.pair_loss_and_codes_with(&x_t, &x_next, None, Some((&x_t, &x_t)))?;
+        let (l_still, _) = on.pair_loss_and_codes_with(
+            &x_t,
+            &x_next,
+            None,
+            &AuxTargets { extent_pair: Some((&x_t, &x_t)), ..Default::default() },
+        )?;
         let still: f64 = pred.iter().map(|&p| (p as f64).powi(2)).sum::<f64>() / 2.0;
         let l_still = l_still.to_scalar::<f32>()? as f64;
         assert!((l_still - l_off - 2.0 * still).abs() <= 1e-4 * l_still.max(1.0), "{l_still} = {l_off} + 2 x {still}");

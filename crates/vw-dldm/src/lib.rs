@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub mod checkpoint_keys;
+pub mod clip;
 pub mod config;
 pub mod control;
 pub mod decoder;

@@ -179,6 +179,45 @@ impl Transitions {
         Ok((mask(x_t)?, mask(x_next)?))
     }
 
+    /// The label-free motion of every transition ([`crate::clip::dominant_motion`], each
+    /// episode's background its per-pixel median over time), in transition order.
+    pub fn teacher_motions(&self, teacher: &crate::clip::MotionTeacher) -> Result<Vec<crate::clip::TransitionMotion>> {
+        let bgs = self.backgrounds()?.to_dtype(DType::F32)?;
+        let (_, _, h, w) = self.frames.dims4()?;
+        let mut motions = Vec::with_capacity(self.len());
+        let (mut start, mut frame0) = (0usize, 0usize);
+        for (e, &t) in self.frames_per_episode.iter().enumerate() {
+            let clip = self.frames.narrow(0, frame0, t)?.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
+            let bg = bgs.get(e)?.flatten_all()?.to_vec1::<f32>()?;
+            // The transitions of episode e are the next t - 1 ids, in order.
+            for i in start..start + t - 1 {
+                let j = self.starts[i] as usize - frame0;
+                motions.push(crate::clip::dominant_motion(&clip[j], &clip[j + 1], &bg, (h, w), teacher).motion);
+            }
+            start += t - 1;
+            frame0 += t;
+        }
+        Ok(motions)
+    }
+
+    /// The targets of the dLDM's displacement head for transitions `ids` from their teacher
+    /// `motions`: (N, 3) = displacement / [`crate::baseline::MOTION_SCALE`], carried in {0, 1}.
+    pub fn displacement_targets(
+        motions: &[crate::clip::TransitionMotion],
+        ids: &[usize],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let s = crate::baseline::MOTION_SCALE as f32;
+        let v: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| {
+                let m = motions[i];
+                [m.dx / s, m.dy / s, m.carried as u8 as f32]
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, (ids.len(), 3), device)?)
+    }
+
     /// The frames of episode `e` as a clip (1, 3, T, H, W).
     pub fn episode_clip(&self, e: usize) -> Result<Tensor> {
         let start: usize = self.frames_per_episode[..e].iter().sum();

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod clip;
 pub mod codes;
 pub mod craft;
 pub mod ema;

@@ -330,6 +330,7 @@ mod tests {
     use super::*;
     use crate::baseline::LdmArch;
     use crate::train::stage1::{load_stage1, train_stage1};
+    use crate::train::tests::weights;
     use crate::LatentDynamics;
 
     /// A stage-1 run of the motion architecture on tiny CraftWorld episodes, in `stage1/` of a
@@ -364,15 +365,6 @@ mod tests {
         t.train.checkpoint_every = 2;
         t.train.optim.lr = 1e-2;
         t
-    }
-
-    fn weights(model_dir: &Path) -> Result<std::collections::HashMap<String, Vec<f32>>> {
-        let state = super::super::checkpoint::read_state(model_dir)?.ok_or_else(|| Error::Invalid("no ckpt".into()))?;
-        super::super::checkpoint::load_tensors(model_dir, &state, &Device::Cpu)?
-            .into_iter()
-            .filter(|(k, _)| !k.starts_with(super::super::checkpoint::OPTIM_PREFIX))
-            .map(|(k, t)| Ok((k, t.flatten_all()?.to_vec1::<f32>()?)))
-            .collect()
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::craft::{CraftData, Transitions};
 use super::{fit, RunDir, TrainConfig, Trainer};
-use crate::baseline::{TinyLdm, TinyLdmConfig};
+use crate::baseline::{AuxTargets, TinyLdm, TinyLdmConfig};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -169,6 +169,11 @@ pub fn train_stage1_in(
     }
     // Rendered once: a restart changes the seeds, not the data.
     let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
+    // The displacement head's label-free targets, read once from the frames.
+    let motions = match cfg.model.displacement_weight > 0.0 {
+        true => Some(data.teacher_motions(&crate::clip::MotionTeacher::default())?),
+        false => None,
+    };
     let mut cfg = cfg.clone();
     let mut restarts = 0;
     loop {
@@ -185,7 +190,16 @@ pub fn train_stage1_in(
                 cfg.init_seed
             );
         }
-        match train_stage1_attempt(&attempt_cfg, &data, run_dir, resume, device, progress, comm.clone()) {
+        match train_stage1_attempt(
+            &attempt_cfg,
+            &data,
+            motions.as_deref(),
+            run_dir,
+            resume,
+            device,
+            progress,
+            comm.clone(),
+        ) {
             // Only a checked attempt returns this, and the last allowed one is not checked.
             Err(Error::Collapsed { step, from, codes }) => {
                 if comm.is_main() {
@@ -208,9 +222,11 @@ pub fn train_stage1_in(
 }
 
 /// One start of [`train_stage1_in`] on its already rendered training transitions.
+#[allow(clippy::too_many_arguments)]
 fn train_stage1_attempt(
     cfg: &Stage1Config,
     data: &Transitions,
+    motions: Option<&[crate::clip::TransitionMotion]>,
     run_dir: &Path,
     resume: bool,
     device: &Device,
@@ -263,7 +279,12 @@ fn train_stage1_attempt(
         } else {
             None
         };
-        let (loss, idx) = model.pair_loss_and_codes_with(&x_t, &x_next, noise.as_ref(), Some((&clean.0, &clean.1)))?;
+        let displacement = match motions {
+            Some(m) => Some(Transitions::displacement_targets(m, &ids[rows.clone()], device)?),
+            None => None,
+        };
+        let aux = AuxTargets { extent_pair: Some((&clean.0, &clean.1)), displacement: displacement.as_ref() };
+        let (loss, idx) = model.pair_loss_and_codes_with(&x_t, &x_next, noise.as_ref(), &aux)?;
         // Distinct codes in this batch: the early warning of a collapsing codebook (docs/results.md).
         let used: std::collections::HashSet<u32> = idx.flatten_all()?.to_vec1::<u32>()?.into_iter().collect();
         ctx.extra.insert("codes_used".into(), used.len().into());

@@ -4,6 +4,16 @@ use super::*;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, VarBuilder, VarMap};
 
+/// The weights (not the optimizer state) of the checkpoint in `run_dir`, by name.
+pub(crate) fn weights(run_dir: &std::path::Path) -> crate::Result<std::collections::HashMap<String, Vec<f32>>> {
+    let state = checkpoint::read_state(run_dir)?.ok_or_else(|| crate::Error::Invalid("no ckpt".into()))?;
+    checkpoint::load_tensors(run_dir, &state, &Device::Cpu)?
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(checkpoint::OPTIM_PREFIX))
+        .map(|(k, t)| Ok((k, t.flatten_all()?.to_vec1::<f32>()?)))
+        .collect()
+}
+
 /// A two-layer MLP fitting y = 0.5 x0 - x1 + sin(x2).
 struct Toy {
     l1: candle_nn::Linear,

@@ -1,0 +1,598 @@
+//! The clip renderer: draws every frame of a clip from the clip's *first* frame and the codes of
+//! the transitions up to it, one render deep, instead of chaining one render per frame.
+//!
+//! Why: `examples/warp_oracle.rs` (docs/results.md, "How many renders per recipe step can the
+//! judge survive?") shows that even a flow taken from the expert's own frames loses the blocks when
+//! a recipe step is drawn as a chain of eight renders, and keeps every block when each step is one
+//! render from its first frame. Every renderer before this one chained renders.
+//!
+//! What it draws: the moved content of a CraftWorld clip is rigid layers. The codes of each
+//! transition give that transition's motion (a displacement and whether something is carried,
+//! [`ClipRenderer::motions`]); their sums over the clip so far place five copies of the first
+//! frame ([`clip_candidates`]): as it is, moved with the gripper, moved with the carried block, at
+//! the gripper's grasp pose, and that pose moved with the block. A small convolutional selector
+//! ([`ClipRenderer::select`]) picks, per pixel, one copy or a painted fill colour (what was behind
+//! what moved away). Every pixel of a render is a pixel of the clip's first frame or a fill colour,
+//! so a rollout chains one render per clip, not one per frame.
+//!
+//! Training needs no labels: the motion of each transition comes from the frames themselves
+//! ([`dominant_motion`]: the displacement that explains most changed pixels, and whether vivid
+//! (block-coloured) pixels move with it). The training loop is in [`crate::train::clip`].
+
+use crate::baseline::TinyLdm;
+use crate::{Error, LatentDynamics, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+use vw_tensor_kernels::fsq;
+
+/// The clip renderer's sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipRendererConfig {
+    /// Frame side in pixels.
+    pub image_size: usize,
+    /// Codes per transition (the dLDM's `act_embedding_num`).
+    pub codes_per_transition: usize,
+    /// The dLDM's FSQ levels (each code is decoded to its FSQ vector).
+    pub levels: Vec<usize>,
+    /// Hidden width of the motion MLP.
+    pub motion_hidden: usize,
+    /// Channels of the selector's convolutions.
+    pub channels: usize,
+    /// Transitions drawn from one first frame; longer code sequences are rendered clip after clip,
+    /// each from the last frame of the one before (a recipe step: 8).
+    pub clip_transitions: usize,
+    /// Pixels per unit of the motion MLP's displacement output.
+    pub motion_scale: f64,
+}
+
+impl Default for ClipRendererConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 64,
+            codes_per_transition: 2,
+            levels: vec![8, 5, 5, 5],
+            motion_hidden: 64,
+            channels: 16,
+            clip_transitions: 8,
+            motion_scale: 8.0,
+        }
+    }
+}
+
+impl ClipRendererConfig {
+    /// A tiny config for tests.
+    pub fn tiny() -> Self {
+        Self { image_size: 32, motion_hidden: 16, channels: 8, clip_transitions: 4, ..Self::default() }
+    }
+
+    /// The clip renderer for a dLDM: its code shape, its frame size.
+    pub fn for_ldm(ldm: &crate::baseline::TinyLdmConfig) -> Self {
+        Self {
+            image_size: ldm.image_size,
+            codes_per_transition: ldm.act_embedding_num,
+            levels: ldm.levels.clone(),
+            ..Self::default()
+        }
+    }
+
+    fn code_dim(&self) -> usize {
+        self.codes_per_transition * self.levels.len()
+    }
+}
+
+/// Copies of the first frame the selector chooses from, in channel order.
+pub const CANDIDATES: usize = 5;
+/// The selector's classes: the first frame as it is, moved with the gripper, moved with the block,
+/// or the fill colour.
+pub const CLASSES: usize = 4;
+
+/// One transition's motion: a displacement in whole pixels and whether a block moves with it.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TransitionMotion {
+    /// Displacement right, in pixels.
+    pub dx: f32,
+    /// Displacement down, in pixels.
+    pub dy: f32,
+    /// Whether a block is carried along.
+    pub carried: bool,
+}
+
+/// Where the five copies of a clip's first frame go, in pixels (right, down), after some
+/// transitions of the clip ([`clip_translations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ClipTranslations {
+    /// The gripper's displacement so far.
+    pub gripper: (i64, i64),
+    /// The carried block's displacement so far (the first carried stretch of the clip).
+    pub block: (i64, i64),
+    /// The gripper's displacement up to the grasp (to the first carried transition), or up to now
+    /// when nothing has been carried yet.
+    pub grasp: (i64, i64),
+}
+
+/// The translations after the transitions `motions` of a clip: sums of the displacements, rounded
+/// to whole pixels once at the end so sub-pixel motions do not lose their fractions.
+pub fn clip_translations(motions: &[TransitionMotion]) -> ClipTranslations {
+    let (mut g, mut b, mut grasp) = ((0f32, 0f32), (0f32, 0f32), None::<(f32, f32)>);
+    // Only the first carried stretch moves the block; a later one would be another block.
+    let mut released = false;
+    for m in motions {
+        match (grasp.is_some(), m.carried, released) {
+            (false, true, _) => {
+                grasp = Some(g);
+                b = (m.dx, m.dy);
+            }
+            (true, true, false) => b = (b.0 + m.dx, b.1 + m.dy),
+            (true, false, _) => released = true,
+            _ => {}
+        }
+        g = (g.0 + m.dx, g.1 + m.dy);
+    }
+    let r = |v: (f32, f32)| (v.0.round() as i64, v.1.round() as i64);
+    ClipTranslations { gripper: r(g), block: r(b), grasp: r(grasp.unwrap_or(g)) }
+}
+
+/// How the label-free motion teacher reads a transition ([`dominant_motion`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MotionTeacher {
+    /// Largest displacement searched, as a fraction of the frame side.
+    pub radius: f32,
+    /// A pixel changed (or is foreground) when some channel differs by more than this from the
+    /// previous frame (the background), in [-1, 1] units.
+    pub tolerance: f32,
+    /// A moved pixel matches its source when every channel differs by at most this: looser than
+    /// `tolerance`, as textured blocks moved by a fraction of a pixel do not repeat exactly.
+    pub match_tolerance: f32,
+    /// Fewer matched pixels than this fraction of the frame: no motion.
+    pub min_moved: f32,
+    /// At least this fraction of the frame of vivid pixels moving along: a block is carried.
+    pub min_vivid: f32,
+}
+
+impl Default for MotionTeacher {
+    fn default() -> Self {
+        Self { radius: 0.6, tolerance: 0.1, match_tolerance: 0.3, min_moved: 0.001, min_vivid: 0.003 }
+    }
+}
+
+/// What [`dominant_motion`] read from a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MotionReading {
+    /// The motion (none when too few pixels moved).
+    pub motion: TransitionMotion,
+    /// Pixels the displacement explains.
+    pub moved: usize,
+    /// Of those, vivid (block-coloured) ones.
+    pub vivid: usize,
+}
+
+/// The dominant motion from `prev` to `next` (each `(3, H, W)` f32 in [-1, 1], row-major): the
+/// whole-pixel displacement that carries the most changed pixels of `next` onto matching pixels of
+/// `prev` that moved away or are foreground, and whether at least `min_vivid` of them are vivid (block-coloured,
+/// as [`crate::baseline::colour_mask`]) in `prev`.
+///
+/// `background` (same layout) is the video's static background, e.g. its per-pixel median over
+/// time: an uncovered pixel shows the background, which would match static background pixels at
+/// many displacements; only sources that are foreground or changed count.
+pub fn dominant_motion(
+    prev: &[f32],
+    next: &[f32],
+    background: &[f32],
+    (h, w): (usize, usize),
+    t: &MotionTeacher,
+) -> MotionReading {
+    let hw = h * w;
+    if prev.len() != 3 * hw || next.len() != 3 * hw || background.len() != 3 * hw {
+        return MotionReading::default();
+    }
+    let at = |v: &[f32], c: usize, i: usize| v[c * hw + i];
+    let differs = |a: &[f32], b: &[f32], i: usize| (0..3).any(|c| (at(a, c, i) - at(b, c, i)).abs() > t.tolerance);
+    let vivid = |v: &[f32], i: usize| {
+        let rgb = [0, 1, 2].map(|c| (at(v, c, i) + 1.0) * 0.5);
+        let (mx, mn) = (rgb.iter().cloned().fold(f32::MIN, f32::max), rgb.iter().cloned().fold(f32::MAX, f32::min));
+        (mx - mn) / (mx + 1e-6) > crate::baseline::COLOUR_SATURATION as f32 && mx > crate::baseline::COLOUR_VALUE as f32
+    };
+    // Changed pixels of `next` that show something other than the background: what arrived. (A
+    // block put down where it stays is background in a median over time, so vivid pixels count
+    // as arrived too.)
+    let changed: Vec<usize> =
+        (0..hw).filter(|&i| differs(prev, next, i) && (differs(next, background, i) || vivid(next, i))).collect();
+    // A moved pixel comes from a pixel of `prev` of (nearly) its colour that moved away or is not
+    // background. (A block that rests where it will stay is background in a median over time,
+    // but it changes when lifted.)
+    let matches = |j: usize, i: usize| {
+        (differs(prev, next, j) || differs(prev, background, j))
+            && (0..3).all(|c| (at(prev, c, j) - at(next, c, i)).abs() <= t.match_tolerance)
+    };
+    let r = (t.radius * w.max(h) as f32).round() as i64;
+    let mut best = (0usize, 0i64, 0i64);
+    for dy in -r..=r {
+        for dx in -r..=r {
+            if dx == 0 && dy == 0 {
+                continue;
+            }
+            let mut n = 0usize;
+            for &i in &changed {
+                let (y, x) = ((i / w) as i64 - dy, (i % w) as i64 - dx);
+                if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
+                    continue;
+                }
+                let j = y as usize * w + x as usize;
+                n += matches(j, i) as usize;
+            }
+            let shorter = dx * dx + dy * dy < best.1 * best.1 + best.2 * best.2;
+            if n > best.0 || (n == best.0 && n > 0 && shorter) {
+                best = (n, dx, dy);
+            }
+        }
+    }
+    let (n, dx, dy) = best;
+    if (n as f32) < t.min_moved * hw as f32 {
+        return MotionReading { moved: n, ..Default::default() };
+    }
+    let mut vivid_n = 0usize;
+    for &i in &changed {
+        let (y, x) = ((i / w) as i64 - dy, (i % w) as i64 - dx);
+        if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
+            continue;
+        }
+        let j = y as usize * w + x as usize;
+        if matches(j, i) && vivid(prev, j) {
+            vivid_n += 1;
+        }
+    }
+    let carried = vivid_n as f32 >= t.min_vivid * hw as f32;
+    MotionReading { motion: TransitionMotion { dx: dx as f32, dy: dy as f32, carried }, moved: n, vivid: vivid_n }
+}
+
+/// `x` `(B, C, H, W)` with image `b` moved by `offsets[b]` = (right, down) whole pixels; pixels
+/// moved in from outside repeat the nearest edge.
+pub fn shift_images(x: &Tensor, offsets: &[(i64, i64)]) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if offsets.len() != b {
+        return Err(Error::Invalid(format!("{} offsets for {b} images", offsets.len())));
+    }
+    let mut idx = Vec::with_capacity(b * c * h * w);
+    for &(dx, dy) in offsets {
+        let plane: Vec<u32> = (0..h * w)
+            .map(|i| {
+                let y = ((i / w) as i64 - dy).clamp(0, h as i64 - 1) as usize;
+                let x = ((i % w) as i64 - dx).clamp(0, w as i64 - 1) as usize;
+                (y * w + x) as u32
+            })
+            .collect();
+        for _ in 0..c {
+            idx.extend_from_slice(&plane);
+        }
+    }
+    let idx = Tensor::from_vec(idx, (b, c, h * w), x.device())?;
+    Ok(x.reshape((b, c, h * w))?.contiguous()?.gather(&idx, 2)?.reshape((b, c, h, w))?)
+}
+
+/// The five copies of each first frame `x` `(B, 3, H, W)` the selector picks from, `(B, 15, H, W)`:
+/// as it is, moved with the gripper, moved with the block, at the grasp pose, and the grasp pose
+/// moved with the block (the last two show, near each block, whether it is the carried one).
+pub fn clip_candidates(x: &Tensor, t: &[ClipTranslations]) -> Result<Tensor> {
+    let add = |a: (i64, i64), b: (i64, i64)| (a.0 + b.0, a.1 + b.1);
+    let parts = [
+        x.clone(),
+        shift_images(x, &t.iter().map(|t| t.gripper).collect::<Vec<_>>())?,
+        shift_images(x, &t.iter().map(|t| t.block).collect::<Vec<_>>())?,
+        shift_images(x, &t.iter().map(|t| t.grasp).collect::<Vec<_>>())?,
+        shift_images(x, &t.iter().map(|t| add(t.grasp, t.block)).collect::<Vec<_>>())?,
+    ];
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// The clip renderer: a motion MLP (codes of a transition -> its motion) and a per-pixel selector.
+pub struct ClipRenderer {
+    cfg: ClipRendererConfig,
+    motion: [Linear; 3],
+    convs: Vec<Conv2d>,
+    head: Conv2d,
+}
+
+impl ClipRenderer {
+    /// Builds the renderer under `vb` (`motion.{0,1,2}`, `select.{0..4}`, `select.head`).
+    pub fn new(cfg: &ClipRendererConfig, vb: VarBuilder) -> Result<Self> {
+        if cfg.clip_transitions == 0 || cfg.image_size == 0 || cfg.levels.is_empty() {
+            return Err(Error::Invalid(
+                "clip renderer: clip_transitions, image_size and levels must be non-empty".into(),
+            ));
+        }
+        let m = vb.pp("motion");
+        let hdim = cfg.motion_hidden;
+        let motion = [
+            candle_nn::linear(cfg.code_dim(), hdim, m.pp("0"))?,
+            candle_nn::linear(hdim, hdim, m.pp("1"))?,
+            candle_nn::linear(hdim, 3, m.pp("2"))?,
+        ];
+        let s = vb.pp("select");
+        let c = cfg.channels;
+        let conv = |cin: usize, dil: usize, name: &str| {
+            let cc = Conv2dConfig { padding: dil, dilation: dil, ..Default::default() };
+            candle_nn::conv2d(cin, c, 3, cc, s.pp(name))
+        };
+        let convs = vec![conv(3 * CANDIDATES + 2, 1, "0")?, conv(c, 2, "1")?, conv(c, 4, "2")?, conv(c, 1, "3")?];
+        let head = candle_nn::conv2d(c, CLASSES + 3, 1, Default::default(), s.pp("head"))?;
+        Ok(Self { cfg: cfg.clone(), motion, convs, head })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ClipRendererConfig {
+        &self.cfg
+    }
+
+    /// The FSQ vectors of code indices `(N, Q)` flattened to `(N, Q * levels)`.
+    pub fn code_vectors(&self, idx: &Tensor) -> Result<Tensor> {
+        let n = idx.dim(0)?;
+        let v = fsq::fsq_indices_to_codes(idx, &self.cfg.levels)
+            .map_err(|e| Error::Invalid(format!("clip renderer: {e}")))?;
+        Ok(v.to_dtype(DType::F32)?.reshape((n, self.cfg.code_dim()))?)
+    }
+
+    /// Raw motion outputs of code vectors `(N, Q * levels)`: `(N, 3)` = displacement right and down
+    /// in units of `motion_scale` pixels, and the logit of "a block is carried".
+    pub fn motion_outputs(&self, code_vecs: &Tensor) -> Result<Tensor> {
+        let h = self.motion[0].forward(code_vecs)?.gelu()?;
+        let h = self.motion[1].forward(&h)?.gelu()?;
+        Ok(self.motion[2].forward(&h)?)
+    }
+
+    /// The motion of each transition whose codes are `idx` `(N, Q)`.
+    pub fn motions(&self, idx: &Tensor) -> Result<Vec<TransitionMotion>> {
+        let out = self.motion_outputs(&self.code_vectors(idx)?)?.to_vec2::<f32>()?;
+        let s = self.cfg.motion_scale as f32;
+        Ok(out.into_iter().map(|r| TransitionMotion { dx: r[0] * s, dy: r[1] * s, carried: r[2] > 0.0 }).collect())
+    }
+
+    /// The selector on candidates `(B, 15, H, W)` (from [`clip_candidates`]): class logits
+    /// `(B, 4, H, W)` and the fill colour `(B, 3, H, W)` in [-1, 1].
+    pub fn select(&self, candidates: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, _, h, w) = candidates.dims4()?;
+        let coords = coordinate_planes(b, h, w, candidates.device())?;
+        let mut x = Tensor::cat(&[candidates, &coords], 1)?;
+        for c in &self.convs {
+            x = c.forward(&x)?.gelu()?;
+        }
+        let out = self.head.forward(&x)?;
+        Ok((out.narrow(1, 0, CLASSES)?, out.narrow(1, CLASSES, 3)?.tanh()?))
+    }
+
+    /// The soft render (training): the class probabilities mix the first three copies and the fill.
+    pub fn compose_soft(candidates: &Tensor, logits: &Tensor, fill: &Tensor) -> Result<Tensor> {
+        let p = candle_nn::ops::softmax(logits, 1)?;
+        let mut out = fill.broadcast_mul(&p.narrow(1, CLASSES - 1, 1)?)?;
+        for k in 0..CLASSES - 1 {
+            out = (out + candidates.narrow(1, 3 * k, 3)?.broadcast_mul(&p.narrow(1, k, 1)?)?)?;
+        }
+        Ok(out)
+    }
+
+    /// The hard render (inference): each pixel is exactly the chosen copy's pixel or the fill.
+    pub fn compose_hard(candidates: &Tensor, logits: &Tensor, fill: &Tensor) -> Result<Tensor> {
+        let choice = logits.argmax_keepdim(1)?; // (B, 1, H, W)
+        let (b, _, h, w) = logits.dims4()?;
+        let onehot = Tensor::arange(0u32, CLASSES as u32, logits.device())?
+            .reshape((1, CLASSES, 1, 1))?
+            .broadcast_as((b, CLASSES, h, w))?
+            .eq(&choice.broadcast_as((b, CLASSES, h, w))?)?
+            .to_dtype(fill.dtype())?;
+        let mut out = fill.broadcast_mul(&onehot.narrow(1, CLASSES - 1, 1)?)?;
+        for k in 0..CLASSES - 1 {
+            out = (out + candidates.narrow(1, 3 * k, 3)?.broadcast_mul(&onehot.narrow(1, k, 1)?)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Renders the frames after `first` `(B, 3, H, W)` under per-row transition motions
+    /// (`motions[b][j]`, equal lengths `S`): `(B, 3, S, H, W)`, every frame drawn from `first`.
+    pub fn render_clip(&self, first: &Tensor, motions: &[Vec<TransitionMotion>]) -> Result<Tensor> {
+        let (b, c, h, w) = first.dims4()?;
+        let s = motions.first().map_or(0, Vec::len);
+        if motions.len() != b || motions.iter().any(|m| m.len() != s) || s == 0 {
+            return Err(Error::Invalid(format!(
+                "render_clip: {} motion rows for {b} frames, each non-empty and equal",
+                motions.len()
+            )));
+        }
+        // Row-major (b, k): every prefix of every row in one batch.
+        let trans: Vec<ClipTranslations> =
+            motions.iter().flat_map(|m| (1..=s).map(|k| clip_translations(&m[..k]))).collect();
+        let firsts = first.unsqueeze(1)?.broadcast_as((b, s, c, h, w))?.reshape((b * s, c, h, w))?;
+        let cand = clip_candidates(&firsts, &trans)?;
+        let (logits, fill) = self.select(&cand)?;
+        let out = Self::compose_hard(&cand, &logits, &fill)?;
+        Ok(out.reshape((b, s, c, h, w))?.transpose(1, 2)?.contiguous()?)
+    }
+}
+
+/// x and y coordinate planes in [-1, 1], `(B, 2, H, W)`.
+fn coordinate_planes(b: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
+    let xs = Tensor::arange(0u32, w as u32, dev)?.to_dtype(DType::F32)?.affine(2.0 / w.max(1) as f64, -1.0)?;
+    let ys = Tensor::arange(0u32, h as u32, dev)?.to_dtype(DType::F32)?.affine(2.0 / h.max(1) as f64, -1.0)?;
+    let xs = xs.reshape((1, 1, 1, w))?.broadcast_as((b, 1, h, w))?;
+    let ys = ys.reshape((1, 1, h, 1))?.broadcast_as((b, 1, h, w))?;
+    Ok(Tensor::cat(&[xs, ys], 1)?)
+}
+
+/// A dLDM whose codes are rendered by a [`ClipRenderer`]: the dLDM's encoder gives the codes, the
+/// clip renderer draws them, one render per clip of `clip_transitions`.
+pub struct ClipDynamics {
+    /// The dLDM (its encoder and quantiser).
+    pub ldm: TinyLdm,
+    /// The renderer.
+    pub renderer: ClipRenderer,
+}
+
+impl LatentDynamics for ClipDynamics {
+    fn encode_codes(&self, frames: &Tensor) -> Result<Tensor> {
+        self.ldm.encode_codes(frames)
+    }
+
+    fn render(&self, context: &Tensor, codes: &Tensor) -> Result<Tensor> {
+        let (b, s, q) = codes.dims3()?;
+        let tc = context.dim(2)?;
+        let mut cur = context.narrow(2, tc - 1, 1)?.squeeze(2)?.to_dtype(DType::F32)?;
+        let flat = codes.reshape((b * s, q))?;
+        let m = self.renderer.motions(&flat)?;
+        let rows: Vec<Vec<TransitionMotion>> = m.chunks(s.max(1)).map(<[_]>::to_vec).collect();
+        let mut out = Vec::new();
+        let k = self.renderer.cfg.clip_transitions;
+        for j0 in (0..s).step_by(k) {
+            let n = k.min(s - j0);
+            let part: Vec<Vec<TransitionMotion>> = rows.iter().map(|r| r[j0..j0 + n].to_vec()).collect();
+            let clip = self.renderer.render_clip(&cur, &part)?;
+            cur = clip.narrow(2, n - 1, 1)?.squeeze(2)?;
+            out.push(clip);
+        }
+        Ok(Tensor::cat(&out, 2)?.to_dtype(context.dtype())?)
+    }
+
+    fn codes_per_step(&self) -> usize {
+        self.ldm.codes_per_step()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.ldm.vocab_size()
+    }
+
+    fn frames_per_code_step(&self) -> usize {
+        1
+    }
+}
+
+/// Mean over pixels of the channel-summed L1 between `a` and `b`, `(B, 3, H, W)`: the render loss.
+pub fn pixel_l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok((a - b)?.abs()?.sum(1)?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+    use rand::SeedableRng;
+
+    fn m(dx: f32, dy: f32, carried: bool) -> TransitionMotion {
+        TransitionMotion { dx, dy, carried }
+    }
+
+    #[test]
+    fn translations_follow_the_first_carried_stretch_and_keep_fractions() {
+        // Reach (not carried), lift and carry (carried), release, retreat, then a second carried
+        // stretch that must not move the first block.
+        let ms = [
+            m(2.4, 1.0, false),
+            m(2.4, 1.0, false),
+            m(0.0, -3.0, true),
+            m(5.0, 0.0, true),
+            m(0.0, 1.0, false),
+            m(-1.0, -1.0, true),
+        ];
+        let t = clip_translations(&ms);
+        assert_eq!(t.gripper, (9, -1)); // 8.8 rounds to 9 once, not 2 + 2 + ...
+        assert_eq!(t.grasp, (5, 2));
+        assert_eq!(t.block, (5, -3));
+        // Nothing carried: the block stays, the grasp pose is the gripper's.
+        let t = clip_translations(&ms[..2]);
+        assert_eq!((t.block, t.grasp, t.gripper), ((0, 0), (5, 2), (5, 2)));
+        assert_eq!(clip_translations(&[]), ClipTranslations::default());
+    }
+
+    /// A (3, H, W) plane of `bg` with a `side`-px square of `rgb` at (x, y).
+    fn scene(h: usize, w: usize, bg: [f32; 3], squares: &[((usize, usize), usize, [f32; 3])]) -> Vec<f32> {
+        let mut v = vec![0f32; 3 * h * w];
+        for c in 0..3 {
+            for i in 0..h * w {
+                v[c * h * w + i] = bg[c];
+            }
+            for &((x, y), side, rgb) in squares {
+                for yy in y..y + side {
+                    for xx in x..x + side {
+                        v[c * h * w + yy * w + xx] = rgb[c];
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn the_teacher_reads_the_displacement_and_whether_a_block_moves_along() {
+        let (h, w) = (24, 28);
+        let wall = [0.5, 0.5, 0.45];
+        let grey = [-0.2, -0.2, -0.2];
+        let red = [0.9, -0.8, -0.8];
+        let t = MotionTeacher::default();
+        // A grey gripper moves by (3, -2) over a static red block: not carried.
+        let a = scene(h, w, wall, &[((5, 10), 4, grey), ((15, 15), 4, red)]);
+        let b = scene(h, w, wall, &[((8, 8), 4, grey), ((15, 15), 4, red)]);
+        let bg = scene(h, w, wall, &[((15, 15), 4, red)]);
+        let r = dominant_motion(&a, &b, &bg, (h, w), &t);
+        assert_eq!(r.motion, m(3.0, -2.0, false));
+        assert_eq!(r.vivid, 0);
+        // The gripper carries the block by (-4, 0): carried.
+        let a = scene(h, w, wall, &[((10, 5), 4, grey), ((10, 9), 4, red)]);
+        let b = scene(h, w, wall, &[((6, 5), 4, grey), ((6, 9), 4, red)]);
+        let r = dominant_motion(&a, &b, &bg, (h, w), &t);
+        assert_eq!(r.motion, m(-4.0, 0.0, true));
+        assert!(r.vivid >= 8, "{r:?}");
+        // Nothing moves.
+        assert_eq!(dominant_motion(&a, &a, &bg, (h, w), &t).motion, TransitionMotion::default());
+        // A wrong-sized plane is no motion, not a panic.
+        assert_eq!(dominant_motion(&a[1..], &a, &bg, (h, w), &t), MotionReading::default());
+    }
+
+    #[test]
+    fn shifted_images_move_content_and_repeat_edges() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 2.0 * 12.0, &dev)?.reshape((2, 1, 3, 4))?;
+        let y = shift_images(&x, &[(1, 0), (-1, 2)])?.squeeze(1)?.to_vec3::<f32>()?;
+        assert_eq!(y[0], vec![vec![0.0, 0.0, 1.0, 2.0], vec![4.0, 4.0, 5.0, 6.0], vec![8.0, 8.0, 9.0, 10.0]]);
+        assert_eq!(
+            y[1],
+            vec![vec![13.0, 14.0, 15.0, 15.0], vec![13.0, 14.0, 15.0, 15.0], vec![13.0, 14.0, 15.0, 15.0]]
+        );
+        assert!(shift_images(&x, &[(0, 0)]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn every_rendered_pixel_is_a_pixel_of_a_copy_or_the_fill() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = ClipRendererConfig::tiny();
+        let varmap = VarMap::new();
+        let r = ClipRenderer::new(&cfg, crate::train::seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+        let s = cfg.image_size;
+        let first =
+            crate::train::rand_from(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1), -1.0, 1.0, (2, 3, s, s), &dev)?;
+        let motions = vec![
+            vec![m(1.0, 0.0, false), m(0.0, 2.0, true), m(-3.0, 0.0, true)],
+            vec![m(0.0, 0.0, false), m(4.0, 1.0, false), m(0.0, 0.0, false)],
+        ];
+        let out = r.render_clip(&first, &motions)?;
+        assert_eq!(out.dims(), &[2, 3, 3, s, s]);
+        // Frame k of row b against the copies of its own translations, pixel by pixel.
+        for (b, row) in motions.iter().enumerate() {
+            for k in 0..3 {
+                let t = clip_translations(&row[..=k]);
+                let x = first.narrow(0, b, 1)?;
+                let cand = clip_candidates(&x, &[t])?;
+                let (_, fill) = r.select(&cand)?;
+                let opts = [cand.narrow(1, 0, 3)?, cand.narrow(1, 3, 3)?, cand.narrow(1, 6, 3)?, fill];
+                let got = out.narrow(0, b, 1)?.narrow(2, k, 1)?.squeeze(2)?;
+                let mut min_err = (&got - &opts[0])?.abs()?.sum_keepdim(1)?;
+                for o in &opts[1..] {
+                    min_err = min_err.minimum(&(&got - o)?.abs()?.sum_keepdim(1)?)?;
+                }
+                assert!(min_err.max_all()?.to_scalar::<f32>()? < 1e-6, "row {b} frame {k}");
+            }
+        }
+        // Mismatched rows are an error.
+        assert!(r.render_clip(&first, &motions[..1]).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,413 @@
+//! Training of the clip renderer ([`crate::clip`]) on a frozen dLDM's codes: the motion MLP
+//! regresses each transition's label-free motion ([`dominant_motion`]) from its codes, and the
+//! selector learns to draw frame `s + k` of a video from frame `s` and the motions of the `k`
+//! transitions between them (`k` up to `clip_transitions`), by L1 against the true frame.
+
+use super::craft::{Augment, Transitions, FOREGROUND_THRESHOLD};
+use super::{fit, seeded_var_builder, RunDir, TrainConfig, Trainer};
+use crate::baseline::TinyLdm;
+use crate::clip::{
+    clip_candidates, clip_translations, pixel_l1, shift_images, ClipRenderer, ClipRendererConfig, MotionTeacher,
+    TransitionMotion,
+};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Everything a clip-renderer run depends on; stored in its checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipTrainConfig {
+    /// The renderer.
+    pub renderer: ClipRendererConfig,
+    /// How transitions' motions are read from the frames.
+    pub teacher: MotionTeacher,
+    /// Optimisation (`batch_size` clips per step for the selector). `total_steps` counts both
+    /// phases: the first `motion_steps` fit the motion MLP alone, the rest the selector alone.
+    pub train: TrainConfig,
+    /// Steps of the first phase (the motion MLP; cheap, so many).
+    pub motion_steps: u64,
+    /// Transitions per step for the motion MLP.
+    pub motion_batch: usize,
+    /// Fraction of training clips whose copies are placed by the motion MLP's own (rounded)
+    /// motions instead of the teacher's, so the selector sees the placement errors it will meet.
+    pub predicted_motion_prob: f64,
+    /// Appearance augmentation of each training clip (its first and its target frame alike; no
+    /// geometric parts, which would move the copies off their translations): the renderer is
+    /// trained on one look and must draw others.
+    pub augment: Augment,
+    /// Extra weight of moved pixels in [`selection_loss`].
+    pub moved_weight: f64,
+    /// Seed of the weights.
+    pub init_seed: u64,
+}
+
+impl Default for ClipTrainConfig {
+    fn default() -> Self {
+        Self {
+            renderer: ClipRendererConfig::default(),
+            teacher: MotionTeacher::default(),
+            train: TrainConfig {
+                total_steps: 2600,
+                warmup_steps: 30,
+                // One schedule serves both phases: the selector's phase starts at full rate.
+                decay: super::Decay::Constant,
+                batch_size: 16,
+                checkpoint_every: 200,
+                log_every: 10,
+                optim: super::AdamWConfig { lr: 2e-3, weight_decay: 0.0, ..Default::default() },
+                ..Default::default()
+            },
+            motion_steps: 2000,
+            motion_batch: 256,
+            predicted_motion_prob: 0.25,
+            augment: Augment {
+                color_jitter: 0.2,
+                static_noise: 0.05,
+                grating: 0.3,
+                background_only: true,
+                ..Default::default()
+            },
+            moved_weight: 10.0,
+            init_seed: 0,
+        }
+    }
+}
+
+impl ClipTrainConfig {
+    fn to_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| Error::Invalid(e.to_string()))
+    }
+}
+
+/// Per-transition training targets: the dLDM's codes and the teacher's motions.
+pub struct ClipData {
+    /// Code indices of every transition, `(N, Q)` u32.
+    pub codes: Tensor,
+    /// The teacher's motion of every transition.
+    pub motions: Vec<TransitionMotion>,
+}
+
+impl ClipData {
+    /// Encodes every transition of `data` with `ldm` and reads its motion with `teacher` (each
+    /// episode's background is its per-pixel median over time).
+    pub fn build(ldm: &TinyLdm, data: &Transitions, teacher: &MotionTeacher) -> Result<Self> {
+        let mut codes = Vec::new();
+        for chunk in (0..data.len()).collect::<Vec<_>>().chunks(256) {
+            let (a, b) = data.pairs(chunk)?;
+            codes.push(ldm.quantize_pairs(&a, &b)?.1);
+        }
+        let codes = Tensor::cat(&codes, 0)?;
+        let motions = data.teacher_motions(teacher)?;
+        if motions.len() != data.len() {
+            return Err(Error::Invalid(format!("{} motions for {} transitions", motions.len(), data.len())));
+        }
+        Ok(Self { codes, motions })
+    }
+}
+
+/// The motion MLP's loss on transitions `ids`: L1 of the displacement (in `motion_scale` units)
+/// plus the binary cross-entropy of "carried".
+pub fn motion_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<Tensor> {
+    let dev = d.codes.device();
+    let idx = d.codes.index_select(&Tensor::from_vec(ids.iter().map(|&i| i as u32).collect(), ids.len(), dev)?, 0)?;
+    let out = r.motion_outputs(&r.code_vectors(&idx)?)?;
+    let s = r.config().motion_scale as f32;
+    let target: Vec<f32> = ids.iter().flat_map(|&i| [d.motions[i].dx / s, d.motions[i].dy / s]).collect();
+    let target = Tensor::from_vec(target, (ids.len(), 2), dev)?;
+    let carried: Vec<f32> = ids.iter().map(|&i| d.motions[i].carried as u8 as f32).collect();
+    let carried = Tensor::from_vec(carried, (ids.len(), 1), dev)?;
+    let l1 = (out.narrow(1, 0, 2)? - target)?.abs()?.mean_all()?;
+    let bce = candle_nn::loss::binary_cross_entropy_with_logit(&out.narrow(1, 2, 1)?, &carried)?;
+    Ok((l1 + bce)?)
+}
+
+/// A copy matches the true pixel when its channel-summed L1 is below this ([-1, 1] units);
+/// otherwise the pixel's target class is the fill.
+pub const MATCH_L1: f64 = 0.15;
+
+/// The selector's cross-entropy against a label-free per-pixel target: the unmoved frame where it
+/// matches the true frame's pixel within [`MATCH_L1`]; else the block's or the gripper's copy where
+/// it matches and carries moved content there (`moved`, `(B, 2, H, W)`: the first frame's
+/// foreground moved like each copy; a copy that only matches by accident, such as wall where the
+/// gripper left, is not a target); else the fill. The moved content covers a few percent of a
+/// frame, so with the L1 alone the selector settles on copying the first frame; pixels whose
+/// target is not the unmoved copy weigh `1 + moved_weight`.
+pub fn selection_loss(
+    candidates: &Tensor,
+    moved: &Tensor,
+    logits: &Tensor,
+    target: &Tensor,
+    moved_weight: f64,
+) -> Result<Tensor> {
+    let (b, _, h, w) = target.dims4()?;
+    let matches = |k: usize| -> Result<Tensor> {
+        Ok((candidates.narrow(1, 3 * k, 3)? - target)?.abs()?.sum_keepdim(1)?.lt(MATCH_L1)?)
+    };
+    // u8 masks, as `where_cond` takes them.
+    let still = matches(0)?;
+    let block = matches(2)?.mul(&moved.narrow(1, 1, 1)?.gt(0.5)?)?;
+    let gripper = matches(1)?.mul(&moved.narrow(1, 0, 1)?.gt(0.5)?)?;
+    // First in order: unmoved, block, gripper, fill.
+    let fill = Tensor::full(3f32, (b, 1, h, w), target.device())?;
+    let class = gripper.where_cond(&Tensor::full(1f32, (b, 1, h, w), target.device())?, &fill)?;
+    let class = block.where_cond(&Tensor::full(2f32, (b, 1, h, w), target.device())?, &class)?;
+    let class = still.where_cond(&Tensor::zeros((b, 1, h, w), DType::F32, target.device())?, &class)?;
+    let class = class.to_dtype(DType::U32)?;
+    let logp = candle_nn::ops::log_softmax(logits, 1)?;
+    let nll = logp.gather(&class, 1)?.neg()?;
+    let moved = class.ne(0u32)?.to_dtype(DType::F32)?;
+    let weight = ((moved * moved_weight)? + 1.0)?;
+    Ok((nll.mul(&weight)?.sum_all()? / weight.sum_all()?)?)
+}
+
+/// Trains (or resumes) a clip renderer for `ldm` on the videos of `data` in `run_dir`.
+pub fn train_clip_renderer(
+    cfg: &ClipTrainConfig,
+    ldm: &TinyLdm,
+    data: &Transitions,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+) -> Result<ClipRenderer> {
+    let lc = ldm.config();
+    if cfg.renderer.codes_per_transition != lc.act_embedding_num || cfg.renderer.levels != lc.levels {
+        return Err(Error::Invalid(format!(
+            "clip renderer expects {} codes of levels {:?} per transition, the dLDM has {} of {:?}",
+            cfg.renderer.codes_per_transition, cfg.renderer.levels, lc.act_embedding_num, lc.levels
+        )));
+    }
+    let clip_data = ClipData::build(ldm, data, &cfg.teacher)?;
+    let varmap = VarMap::new();
+    let model = ClipRenderer::new(&cfg.renderer, seeded_var_builder(&varmap, cfg.init_seed, DType::F32, device))?;
+    let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?;
+    let resumed = if resume { trainer.resume(run_dir)? } else { None };
+    if let Some(saved) = &resumed {
+        let same = serde_json::from_value::<ClipTrainConfig>(saved.clone())
+            .is_ok_and(|s| s.renderer == cfg.renderer && s.teacher == cfg.teacher);
+        if !same {
+            return Err(Error::Checkpoint {
+                path: run_dir.join(super::checkpoint::STATE_FILE),
+                reason: "was written with a different renderer or teacher; use the same config or a new folder".into(),
+            });
+        }
+    }
+    let mut run = RunDir::open(run_dir, resumed.map(|_| trainer.step), cfg.train.total_steps, progress)?;
+    if cfg.augment.shift != 0 || cfg.augment.zoom != 0.0 || cfg.augment.rotate != 0.0 {
+        return Err(Error::Invalid(
+            "clip renderer: augment must not shift, zoom or rotate (the copies' translations would be off)".into(),
+        ));
+    }
+    let backgrounds = data.backgrounds()?;
+    let frames = &data.frames;
+    let k_max = cfg.renderer.clip_transitions;
+    fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
+        // Two phases in one resumable run: the motion MLP first (the selector's training clips
+        // use its motions, and its few weights fit in seconds), then the selector.
+        if ctx.step < cfg.motion_steps {
+            let ids: Vec<usize> =
+                (0..cfg.motion_batch).map(|_| ctx.rng.random_range(0..clip_data.motions.len())).collect();
+            let m_loss = motion_loss(&model, &clip_data, &ids)?;
+            ctx.extra.insert("motion".into(), m_loss.to_scalar::<f32>()?.into());
+            return Ok(m_loss);
+        }
+        // Clips: a start transition, and k transitions after it inside its episode.
+        let mut ids = Vec::new();
+        let mut starts = Vec::new();
+        let mut targets = Vec::new();
+        let mut trans = Vec::new();
+        for _ in 0..cfg.train.batch_size {
+            let i = ctx.rng.random_range(0..clip_data.motions.len());
+            let e = data.episode[i] as usize;
+            let left = data.frames_per_episode[e] - 1 - data.index_in_episode[i] as usize;
+            let k = ctx.rng.random_range(1..=k_max.min(left));
+            let ms: Vec<TransitionMotion> = if ctx.rng.random_bool(cfg.predicted_motion_prob) {
+                let idx = clip_data.codes.narrow(0, i, k)?;
+                model.motions(&idx)?
+            } else {
+                clip_data.motions[i..i + k].to_vec()
+            };
+            trans.push(clip_translations(&ms));
+            ids.push(i);
+            starts.push(data.starts[i]);
+            targets.push(data.starts[i] + k as u32);
+        }
+        *ctx.data_pos += cfg.train.batch_size as u64;
+        let n = starts.len();
+        let x_s = frames.index_select(&Tensor::from_vec(starts, n, frames.device())?, 0)?.to_dtype(DType::F32)?;
+        let target = frames.index_select(&Tensor::from_vec(targets, n, frames.device())?, 0)?.to_dtype(DType::F32)?;
+        let fg = data.foreground(&backgrounds, &ids, (&x_s, &target), FOREGROUND_THRESHOLD)?;
+        // The first frame's foreground, moved like the gripper's and the block's copies.
+        let moved = Tensor::cat(
+            &[
+                shift_images(&fg.0, &trans.iter().map(|t| t.gripper).collect::<Vec<_>>())?,
+                shift_images(&fg.0, &trans.iter().map(|t| t.block).collect::<Vec<_>>())?,
+            ],
+            1,
+        )?;
+        let (x_s, target) = cfg.augment.apply(&x_s, &target, Some((&fg.0, &fg.1)), ctx.rng, n, 0..n)?;
+        let cand = clip_candidates(&x_s, &trans)?;
+        let (logits, fill) = model.select(&cand)?;
+        let render = ClipRenderer::compose_soft(&cand, &logits, &fill)?;
+        let r_loss = pixel_l1(&render, &target)?;
+        let ce = selection_loss(&cand, &moved, &logits, &target, cfg.moved_weight)?;
+        ctx.extra.insert("render_l1".into(), r_loss.to_scalar::<f32>()?.into());
+        ctx.extra.insert("select_ce".into(), ce.to_scalar::<f32>()?.into());
+        Ok((r_loss + ce)?)
+    })?;
+    Ok(model)
+}
+
+/// Loads a clip renderer run folder.
+pub fn load_clip_renderer(run_dir: &Path, device: &Device) -> Result<(ClipTrainConfig, ClipRenderer)> {
+    let state = super::checkpoint::read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
+        path: run_dir.join(super::checkpoint::STATE_FILE),
+        reason: "no checkpoint in this run folder".into(),
+    })?;
+    let cfg: ClipTrainConfig = serde_json::from_value(state.config.clone()).map_err(|e| Error::Checkpoint {
+        path: run_dir.join(super::checkpoint::STATE_FILE),
+        reason: format!("not a clip renderer config: {e}"),
+    })?;
+    let path = run_dir.join(&state.tensors_file);
+    // SAFETY: the checkpoint file is ours and not modified while mapped.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };
+    let model = ClipRenderer::new(&cfg.renderer, vb)?;
+    Ok((cfg, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clip::{ClipDynamics, CLASSES};
+    use crate::train::stage1::{load_stage1, train_stage1, Stage1Config};
+    use crate::train::tests::weights;
+    use crate::LatentDynamics;
+
+    /// A tiny stage-1 run with the displacement head on, in `stage1/` of a fresh temporary folder.
+    fn source() -> Result<(tempfile::TempDir, std::path::PathBuf, Stage1Config)> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
+        let dir = tmp.path().join("stage1");
+        let mut cfg = Stage1Config::tiny_play();
+        cfg.model.image_size = 32;
+        cfg.model.channels = [8, 16, 16];
+        cfg.model.dim = 32;
+        cfg.model.displacement_weight = 0.5;
+        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
+        cfg.data.episodes = 2;
+        cfg.data.play_frames = 10;
+        cfg.train.total_steps = 2;
+        cfg.train.warmup_steps = 1;
+        cfg.train.batch_size = 4;
+        cfg.restart_on_collapse = None;
+        train_stage1(&cfg, &dir, false, &Device::Cpu, false)?;
+        Ok((tmp, dir, cfg))
+    }
+
+    fn clip_cfg(ldm: &crate::baseline::TinyLdmConfig, total: u64) -> ClipTrainConfig {
+        let mut c = ClipTrainConfig {
+            renderer: ClipRendererConfig {
+                channels: 4,
+                motion_hidden: 8,
+                clip_transitions: 3,
+                ..ClipRendererConfig::for_ldm(ldm)
+            },
+            ..Default::default()
+        };
+        c.motion_steps = 2;
+        c.motion_batch = 8;
+        c.train.total_steps = total;
+        c.train.warmup_steps = 1;
+        c.train.batch_size = 2;
+        c.train.checkpoint_every = 2;
+        c.train.log_every = 1;
+        c.train.optim.lr = 1e-2;
+        c
+    }
+
+    #[test]
+    fn the_clip_renderer_trains_both_phases_reloads_and_resumes_exactly() -> Result<()> {
+        let (tmp, src, s1) = source()?;
+        let dev = Device::Cpu;
+        let (_, ldm) = load_stage1(&src, &dev)?;
+        let data = Transitions::render(&s1.data, vw_data::craftworld::Split::Train, &dev)?;
+        let straight = tmp.path().join("straight");
+        let init = tmp.path().join("init");
+        // Zero steps writes the initial weights: both phases must move their own part only.
+        let model = train_clip_renderer(&clip_cfg(&s1.model, 5), &ldm, &data, &straight, false, &dev, false)?;
+        train_clip_renderer(&clip_cfg(&s1.model, 0), &ldm, &data, &init, false, &dev, false)?;
+        let (w0, w1) = (weights(&init)?, weights(&straight)?);
+        for prefix in ["motion.", "select."] {
+            assert!(w0.keys().filter(|k| k.starts_with(prefix)).any(|k| w0[k] != w1[k]), "{prefix} did not train");
+        }
+        // The run reloads into the same renders.
+        let (cfg, loaded) = load_clip_renderer(&straight, &dev)?;
+        assert_eq!(cfg, clip_cfg(&s1.model, 5));
+        let clip = data.episode_clip(0)?;
+        let (_, ldm2) = load_stage1(&src, &dev)?;
+        let (_, ldm3) = load_stage1(&src, &dev)?;
+        let a = ClipDynamics { ldm: ldm2, renderer: model };
+        let b = ClipDynamics { ldm: ldm3, renderer: loaded };
+        let codes = a.encode_codes(&clip)?;
+        let context = clip.narrow(2, 0, 1)?;
+        let (ra, rb) = (a.render(&context, &codes)?, b.render(&context, &codes)?);
+        assert_eq!(ra.dims(), &[1, 3, codes.dim(1)?, 32, 32]);
+        assert_eq!(ra.flatten_all()?.to_vec1::<f32>()?, rb.flatten_all()?.to_vec1::<f32>()?);
+        // 3 steps, then --resume to 5: the same weights as 5 straight (constant rate).
+        let resumed = tmp.path().join("resumed");
+        train_clip_renderer(&clip_cfg(&s1.model, 3), &ldm, &data, &resumed, false, &dev, false)?;
+        assert_ne!(weights(&resumed)?, w1, "3 and 5 steps must differ for the check to mean anything");
+        train_clip_renderer(&clip_cfg(&s1.model, 5), &ldm, &data, &resumed, true, &dev, false)?;
+        assert_eq!(weights(&resumed)?, w1, "the resumed run differs from the straight one");
+        // A renderer for other codes, or a geometric augmentation, is refused.
+        let mut wrong = clip_cfg(&s1.model, 1);
+        wrong.renderer.levels = vec![5, 5];
+        assert!(train_clip_renderer(&wrong, &ldm, &data, &tmp.path().join("w"), false, &dev, false).is_err());
+        let mut shifted = clip_cfg(&s1.model, 1);
+        shifted.augment.shift = 2;
+        assert!(train_clip_renderer(&shifted, &ldm, &data, &tmp.path().join("s"), false, &dev, false).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_selection_target_is_the_first_matching_copy_else_the_fill() -> Result<()> {
+        let dev = Device::Cpu;
+        // One image of 1 x 4 pixels; copies: as is, gripper, block (the other two unused).
+        let px = |v: [f32; 4]| Tensor::from_vec(v.repeat(3), (1, 3, 1, 4), &dev);
+        let cand = Tensor::cat(
+            &[
+                px([0.0, 0.0, 0.0, 0.6])?,
+                px([0.0, 0.5, 0.5, 0.0])?,
+                px([0.0, 0.0, -0.5, 0.3])?,
+                px([0.0; 4])?,
+                px([0.0; 4])?,
+            ],
+            1,
+        )?;
+        // Pixel 0: the unmoved frame matches; 1: the gripper's copy; 2: the block's (the
+        // gripper's does not match); 3: only the gripper's copy matches, but no moved content
+        // lands there (an accident, like wall where the gripper left) -> the fill.
+        let target = px([0.0, 0.5, -0.5, 0.0])?;
+        let want = [0usize, 1, 2, 3];
+        // Logits that put all mass on the wanted class give ~0 loss, on another class a large one.
+        let logits_for = |cls: [usize; 4]| -> Result<Tensor> {
+            let mut v = vec![-20f32; CLASSES * 4];
+            for (p, &c) in cls.iter().enumerate() {
+                v[c * 4 + p] = 20.0;
+            }
+            Ok(Tensor::from_vec(v, (1, CLASSES, 1, 4), &dev)?)
+        };
+        // Moved content (gripper's copy, block's copy) everywhere but the gripper's at pixel 3.
+        let moved = Tensor::from_vec(vec![1f32, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], (1, 2, 1, 4), &dev)?;
+        let good = selection_loss(&cand, &moved, &logits_for(want)?, &target, 10.0)?.to_scalar::<f32>()?;
+        assert!(good < 1e-6, "{good}");
+        for wrong in [[1, 1, 2, 3], [0, 0, 2, 3], [0, 1, 1, 3], [0, 1, 2, 0]] {
+            let bad = selection_loss(&cand, &moved, &logits_for(wrong)?, &target, 10.0)?.to_scalar::<f32>()?;
+            assert!(bad > 1.0, "{wrong:?}: {bad}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,392 @@
+//! The clip renderer (`vw_dldm::clip`): trains it on a stage-1 dLDM's codes and scores what it
+//! draws with the CraftWorld judge; checks its label-free motion teacher against the ground truth.
+//!
+//! ```text
+//! cargo run --release --example clip_renderer -- teacher [--episodes 16] [--split train|test]
+//! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
+//! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
+//! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train] [--png FILE]
+//! ```
+//!
+//! `eval` scores three renderings of each held-out episode, all chained one render per recipe
+//! step: the dLDM's codes of the expert video drawn by the clip renderer (what the demo's policy
+//! rows can at best reach), the same with the teacher's motions read from the expert frames instead
+//! of the codes (the selector's ceiling), and the dLDM's own per-frame renderer for comparison.
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use std::path::PathBuf;
+use vw_data::craftworld::{Episode, Split};
+use vw_dldm::clip::{dominant_motion, ClipDynamics, ClipRenderer, MotionTeacher, TransitionMotion};
+use vw_dldm::train::clip::{load_clip_renderer, train_clip_renderer, ClipTrainConfig};
+use vw_dldm::train::craft::Transitions;
+use vw_dldm::train::stage1::load_stage1;
+use vw_dldm::LatentDynamics;
+use vw_eval::demo::methods::ExpertCodes;
+use vw_eval::demo::{episodes, score_method, DemoConfig, VideoPredictor};
+
+fn split_of(v: &str) -> anyhow::Result<Split> {
+    Ok(match v {
+        "train" => Split::Train,
+        "test" => Split::TestAppearance,
+        other => anyhow::bail!("--split {other}: expected train or test"),
+    })
+}
+
+/// Per-pixel median over time of frames in the same layout.
+fn median_background(planes: &[Vec<f32>]) -> Vec<f32> {
+    (0..planes[0].len())
+        .map(|i| {
+            let mut v: Vec<f32> = planes.iter().map(|p| p[i]).collect();
+            v.sort_by(f32::total_cmp);
+            v[(v.len() - 1) / 2]
+        })
+        .collect()
+}
+
+fn teacher_check(n: usize, split: Split) -> anyhow::Result<()> {
+    let cfg = DemoConfig::cpu();
+    let eps = episodes(&cfg, split, n, true)?;
+    let t = MotionTeacher::default();
+    let (mut err_sum, mut err_max, mut count) = (0f64, 0f64, 0usize);
+    let mut conf = [[0usize; 2]; 2]; // [truth carried][teacher carried]
+    let mut moving_missed = 0usize;
+    for ep in &eps {
+        let size = ep.frames[0].width() as usize;
+        let cam = ep.camera();
+        let (planes, bg) = planes_of(ep);
+        for j in 0..ep.frames.len() - 1 {
+            let r = dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &t);
+            let m = r.motion;
+            let (a, b) = (ep.truth[j].scene.hand, ep.truth[j + 1].scene.hand);
+            let (pa, pb) = (cam.project(a.0, a.1), cam.project(b.0, b.1));
+            let (gx, gy) = ((pb.0 - pa.0) * size as f32, (pb.1 - pa.1) * size as f32);
+            let moving = gx.hypot(gy) > 0.5;
+            // A block moves with the hand while held at the transition's start (it is released at the
+            // end of the lowering, so not held at its end).
+            let carried = ep.truth[j].scene.held.is_some() && moving;
+            if moving {
+                let e = ((m.dx - gx) as f64).hypot((m.dy - gy) as f64);
+                if std::env::var("CLIP_DEBUG").is_ok() && (e > 2.0 || carried != m.carried) {
+                    println!("ep {} t {j} phase {:?} truth ({gx:.1},{gy:.1}) carried {carried} teacher ({},{}) {} moved {} vivid {}", ep.seed, ep.truth[j].phase, m.dx, m.dy, m.carried, r.moved, r.vivid);
+                }
+                err_sum += e;
+                err_max = err_max.max(e);
+                count += 1;
+                moving_missed += (m.dx == 0.0 && m.dy == 0.0) as usize;
+                conf[carried as usize][m.carried as usize] += 1;
+            }
+        }
+    }
+    println!("teacher on {n} {split} episodes, {count} moving transitions:");
+    println!(
+        "  displacement error vs the hand: mean {:.2} px, max {:.2} px; no motion found in {moving_missed}",
+        err_sum / count.max(1) as f64,
+        err_max
+    );
+    println!(
+        "  carried (truth x teacher): not/not {} not/yes {} yes/not {} yes/yes {}",
+        conf[0][0], conf[0][1], conf[1][0], conf[1][1]
+    );
+    Ok(())
+}
+
+/// The frames of an episode as `(3, H, W)` planes in [-1, 1], and their per-pixel median.
+fn planes_of(ep: &Episode) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let size = ep.frames[0].width() as usize;
+    let planes: Vec<Vec<f32>> = ep
+        .frames
+        .iter()
+        .map(|f| {
+            let mut v = vec![0f32; 3 * size * size];
+            for (i, p) in f.pixels().enumerate() {
+                for c in 0..3 {
+                    v[c * size * size + i] = p.0[c] as f32 / 127.5 - 1.0;
+                }
+            }
+            v
+        })
+        .collect();
+    let bg = median_background(&planes);
+    (planes, bg)
+}
+
+/// The clip renderer drawing the teacher's motions, read from the expert's own frames: what the
+/// selector draws when the motions are right.
+struct TeacherMotions<'a> {
+    renderer: &'a ClipRenderer,
+    teacher: MotionTeacher,
+    episodes: &'a [Episode],
+    next: usize,
+}
+
+impl VideoPredictor for TeacherMotions<'_> {
+    fn name(&self) -> String {
+        "clip renderer, teacher motions".into()
+    }
+    fn description(&self) -> String {
+        "the clip renderer placing its copies by the motions read from the expert's frames".into()
+    }
+    fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
+        let ep = &self.episodes[self.next];
+        self.next += 1;
+        let size = ep.frames[0].width() as usize;
+        let (planes, bg) = planes_of(ep);
+        let motions: Vec<TransitionMotion> = (0..planes.len() - 1)
+            .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &self.teacher).motion)
+            .collect();
+        let k = self.renderer.config().clip_transitions;
+        let mut cur = first.unsqueeze(0)?;
+        let mut out = Vec::new();
+        for chunk in motions.chunks(k) {
+            let clip = self
+                .renderer
+                .render_clip(&cur, &[chunk.to_vec()])
+                .map_err(|e| vw_eval::Error::Invalid(e.to_string()))?;
+            cur = clip.narrow(2, chunk.len() - 1, 1)?.squeeze(2)?;
+            out.push(clip);
+        }
+        let v = Tensor::cat(&out, 2)?.squeeze(0)?;
+        Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
+    }
+}
+
+/// How far the motions the renderer reads from the dLDM's codes are from the teacher's motions of
+/// the same held-out transitions, per transition and summed over each recipe step.
+fn motion_check(clip: &ClipDynamics, teacher: &MotionTeacher, eps: &[Episode], fps: usize) -> anyhow::Result<()> {
+    use vw_dldm::clip::clip_translations;
+    let (mut e_sum, mut n, mut carried_ok) = (0f64, 0usize, 0usize);
+    let (mut step_err, mut steps, mut block_exact) = (0f64, 0usize, 0usize);
+    for ep in eps {
+        let size = ep.frames[0].width() as usize;
+        let (planes, bg) = planes_of(ep);
+        let truth: Vec<TransitionMotion> = (0..planes.len() - 1)
+            .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), teacher).motion)
+            .collect();
+        let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
+        let codes = clip.encode_codes(&video)?.squeeze(0)?;
+        let pred = clip.renderer.motions(&codes)?;
+        for (p, t) in pred.iter().zip(&truth) {
+            e_sum += ((p.dx - t.dx) as f64).hypot((p.dy - t.dy) as f64);
+            carried_ok += (p.carried == t.carried) as usize;
+            n += 1;
+        }
+        for (p, t) in pred.chunks(fps).zip(truth.chunks(fps)) {
+            let (a, b) = (clip_translations(p).block, clip_translations(t).block);
+            step_err += ((a.0 - b.0) as f64).hypot((a.1 - b.1) as f64);
+            block_exact += (a == b) as usize;
+            steps += 1;
+        }
+    }
+    println!(
+        "motions from codes vs the teacher: {:.2} px per transition, carried right {:.1}%; block at step end {:.2} px off, exact in {:.1}% of {steps} steps",
+        e_sum / n.max(1) as f64,
+        100.0 * carried_ok as f64 / n.max(1) as f64,
+        step_err / steps.max(1) as f64,
+        100.0 * block_exact as f64 / steps.max(1) as f64
+    );
+    Ok(())
+}
+
+/// The copies placed by the teacher's motions, each pixel taken from the copy that best matches the
+/// expert's true frame (the unmoved frame where none does): the ceiling of the copy representation.
+struct OracleSelect<'a> {
+    teacher: MotionTeacher,
+    clip_transitions: usize,
+    episodes: &'a [Episode],
+    next: usize,
+}
+
+impl VideoPredictor for OracleSelect<'_> {
+    fn name(&self) -> String {
+        "oracle selection".into()
+    }
+    fn description(&self) -> String {
+        "copies placed by the teacher's motions, picked per pixel by the true frame".into()
+    }
+    fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
+        use vw_dldm::clip::{clip_candidates, clip_translations};
+        let ep = &self.episodes[self.next];
+        self.next += 1;
+        let size = ep.frames[0].width() as usize;
+        let (planes, bg) = planes_of(ep);
+        let motions: Vec<TransitionMotion> = (0..planes.len() - 1)
+            .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &self.teacher).motion)
+            .collect();
+        let video = ep.frames_tensor(&Device::Cpu).map_err(|e| vw_eval::Error::Invalid(e.to_string()))?; // (3, T, H, W)
+        let err = |e: vw_dldm::Error| vw_eval::Error::Invalid(e.to_string());
+        let mut cur = first.unsqueeze(0)?;
+        let mut out = Vec::new();
+        for (c, chunk) in motions.chunks(self.clip_transitions).enumerate() {
+            for k in 1..=chunk.len() {
+                let cand = clip_candidates(&cur, &[clip_translations(&chunk[..k])]).map_err(err)?;
+                let truth = video.narrow(1, c * self.clip_transitions + k, 1)?.squeeze(1)?.unsqueeze(0)?;
+                let errs: Vec<Tensor> = (0..3)
+                    .map(|l| (cand.narrow(1, 3 * l, 3)? - &truth)?.abs()?.sum_keepdim(1))
+                    .collect::<candle_core::Result<_>>()?;
+                let best = Tensor::cat(&errs, 1)?.argmin_keepdim(1)?;
+                let mut img = cand.narrow(1, 0, 3)?.zeros_like()?;
+                for l in 0..3u32 {
+                    let m = best.eq(l)?.to_dtype(candle_core::DType::F32)?;
+                    img = (img + cand.narrow(1, 3 * l as usize, 3)?.broadcast_mul(&m)?)?;
+                }
+                out.push(img.unsqueeze(2)?);
+                if k == chunk.len() {
+                    cur = img;
+                }
+            }
+        }
+        let v = Tensor::cat(&out, 2)?.squeeze(0)?;
+        Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
+    }
+}
+
+fn report(name: &str, r: &vw_eval::demo::Scored) {
+    let curve: Vec<String> = r.result.success.rate.iter().map(|x| format!("{:.0}%", 100.0 * x)).collect();
+    let q = r.result.quality.as_ref().map_or("-".into(), |q| format!("{:.2} dB / SSIM {:.3}", q.psnr, q.ssim));
+    println!("{name:40} steps 1..: {:32} full task {:.0}%  {q}", curve.join(" "), 100.0 * r.result.success.full_task);
+}
+
+struct Args {
+    n: usize,
+    split: Split,
+    ldm: Option<PathBuf>,
+    out: Option<PathBuf>,
+    steps: u64,
+    png: Option<PathBuf>,
+    predicted_prob: Option<f64>,
+    channels: Option<usize>,
+    motions_only: bool,
+}
+
+fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let ldm_dir = a.ldm.as_ref().context("--ldm RUN/dldm is required")?;
+    let (_, ldm) = load_stage1(ldm_dir, &dev)?;
+    let (_, ldm_again) = load_stage1(ldm_dir, &dev)?;
+    let (ccfg, renderer) = load_clip_renderer(renderer_dir, &dev)?;
+    let (_, renderer2) = load_clip_renderer(renderer_dir, &dev)?;
+    let cfg = DemoConfig::cpu();
+    let eps = episodes(&cfg, a.split, a.n, true)?;
+    let fps = cfg.craft.frames_per_step;
+    let clip = ClipDynamics { ldm, renderer };
+    motion_check(&clip, &ccfg.teacher, &eps, fps)?;
+    if a.motions_only {
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    let mut p = ExpertCodes {
+        name: "clip renderer, dLDM codes".into(),
+        dynamics: &clip,
+        episodes: &eps,
+        next: 0,
+        anchor_every: None,
+    };
+    rows.push(("clip renderer, expert's dLDM codes", score_method(&mut p, &eps, fps, 8, &dev)?));
+    let mut t = TeacherMotions { renderer: &renderer2, teacher: ccfg.teacher, episodes: &eps, next: 0 };
+    rows.push(("clip renderer, teacher motions", score_method(&mut t, &eps, fps, 8, &dev)?));
+    let mut o = OracleSelect {
+        teacher: ccfg.teacher,
+        clip_transitions: ccfg.renderer.clip_transitions,
+        episodes: &eps,
+        next: 0,
+    };
+    rows.push(("oracle selection, teacher motions", score_method(&mut o, &eps, fps, 0, &dev)?));
+    let mut f = ExpertCodes {
+        name: "per-frame renderer".into(),
+        dynamics: &ldm_again,
+        episodes: &eps,
+        next: 0,
+        anchor_every: None,
+    };
+    rows.push(("dLDM per-frame renderer, same codes", score_method(&mut f, &eps, fps, 0, &dev)?));
+    println!("{} {} episodes:", a.n, a.split);
+    for (name, r) in &rows {
+        report(name, r);
+    }
+    if let Some(png) = &a.png {
+        // Per episode: the expert's first two steps, then each clip-renderer row.
+        let (fw, fh) = (eps[0].frames[0].width(), eps[0].frames[0].height());
+        let cols = (2 * fps + 1) as u32;
+        let shown = rows[0].1.videos.len().min(rows[1].1.videos.len());
+        let mut sheet = image::RgbImage::new(cols * fw, 3 * shown as u32 * fh);
+        for (e, ep) in eps.iter().enumerate().take(shown) {
+            let strips = [&ep.frames, &rows[0].1.videos[e], &rows[1].1.videos[e]];
+            for (r, v) in strips.into_iter().enumerate() {
+                for (c, fr) in v.iter().take(cols as usize).enumerate() {
+                    image::imageops::replace(&mut sheet, fr, (c as u32 * fw) as i64, ((3 * e + r) as u32 * fh) as i64);
+                }
+            }
+        }
+        sheet.save(png)?;
+    }
+    Ok(())
+}
+
+fn train(a: &Args) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let ldm_dir = a.ldm.as_ref().context("--ldm RUN/dldm is required")?;
+    let out = a.out.as_ref().context("--out DIR is required")?;
+    let (s1, ldm) = load_stage1(ldm_dir, &dev)?;
+    let data = Transitions::render(&s1.data, Split::Train, &dev)?;
+    let mut cfg =
+        ClipTrainConfig { renderer: vw_dldm::clip::ClipRendererConfig::for_ldm(&s1.model), ..Default::default() };
+    cfg.train.total_steps = cfg.motion_steps + a.steps;
+    if let Some(p) = a.predicted_prob {
+        cfg.predicted_motion_prob = p;
+    }
+    if let Some(c) = a.channels {
+        cfg.renderer.channels = c;
+    }
+    let t0 = std::time::Instant::now();
+    train_clip_renderer(&cfg, &ldm, &data, out, true, &dev, true)?;
+    println!("trained {} + {} steps in {:.0} s", cfg.motion_steps, a.steps, t0.elapsed().as_secs_f64());
+    evaluate(a, out)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().context("usage: clip_renderer teacher|train|eval [options]")?;
+    let mut a = Args {
+        n: 16,
+        split: Split::Train,
+        ldm: None,
+        out: None,
+        steps: 600,
+        png: None,
+        predicted_prob: None,
+        channels: None,
+        motions_only: cmd == "motions",
+    };
+    if cmd != "teacher" {
+        a.split = Split::TestAppearance;
+        a.n = 32;
+    }
+    while let Some(k) = args.next() {
+        let v = args.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--episodes" => a.n = v.parse()?,
+            "--split" => a.split = split_of(&v)?,
+            "--ldm" => a.ldm = Some(v.into()),
+            "--out" => a.out = Some(v.into()),
+            "--steps" => a.steps = v.parse()?,
+            "--png" => a.png = Some(v.into()),
+            "--predicted-prob" => a.predicted_prob = Some(v.parse()?),
+            "--channels" => a.channels = Some(v.parse()?),
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    anyhow::ensure!(a.n >= 1, "--episodes must be >= 1");
+    match cmd.as_str() {
+        "teacher" => teacher_check(a.n, a.split),
+        "train" => train(&a),
+        // Trains the motion MLP alone (selector untouched) and compares its motions with the
+        // teacher's on the chosen episodes.
+        "motions" => {
+            a.steps = 0;
+            train(&a)
+        }
+        "eval" => evaluate(&a, a.out.as_ref().context("--out DIR (the renderer's run folder) is required")?),
+        other => anyhow::bail!("unknown command {other}"),
+    }
+}
