@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example clip_renderer -- teacher [--episodes 16] [--split train|test]
 //! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
+//!     [--split test|train] [--predicted-prob P] [--channels C] [--augment on|off] [--png FILE]
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train] [--png FILE]
 //! ```
@@ -191,6 +192,9 @@ fn motion_check(clip: &ClipDynamics, teacher: &MotionTeacher, eps: &[Episode], f
 /// The copies placed by the teacher's motions, each pixel taken from the copy that best matches the
 /// expert's true frame (the unmoved frame where none does): the ceiling of the copy representation.
 struct OracleSelect<'a> {
+    /// With `CLIP_DIAG` set: also count what this selector picks where the oracle moves a copy.
+    renderer: Option<&'a ClipRenderer>,
+    confusion: [[usize; 4]; 3],
     teacher: MotionTeacher,
     clip_transitions: usize,
     episodes: &'a [Episode],
@@ -214,6 +218,7 @@ impl VideoPredictor for OracleSelect<'_> {
             .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &self.teacher).motion)
             .collect();
         let video = ep.frames_tensor(&Device::Cpu).map_err(|e| vw_eval::Error::Invalid(e.to_string()))?; // (3, T, H, W)
+        let diag = std::env::var("CLIP_DIAG").is_ok();
         let err = |e: vw_dldm::Error| vw_eval::Error::Invalid(e.to_string());
         let mut cur = first.unsqueeze(0)?;
         let mut out = Vec::new();
@@ -225,6 +230,19 @@ impl VideoPredictor for OracleSelect<'_> {
                     .map(|l| (cand.narrow(1, 3 * l, 3)? - &truth)?.abs()?.sum_keepdim(1))
                     .collect::<candle_core::Result<_>>()?;
                 let best = Tensor::cat(&errs, 1)?.argmin_keepdim(1)?;
+                if let (true, Some(r)) = (diag, self.renderer) {
+                    // Where the oracle takes a moved copy that differs from the unmoved frame: what
+                    // does the learned selector pick there?
+                    let (logits, _) = r.select(&cand).map_err(err)?;
+                    let learned = logits.argmax_keepdim(1)?.flatten_all()?.to_vec1::<u32>()?;
+                    let oracle = best.flatten_all()?.to_vec1::<u32>()?;
+                    let differs = errs[0].flatten_all()?.to_vec1::<f32>()?;
+                    for ((&o, &l), &d) in oracle.iter().zip(&learned).zip(&differs) {
+                        if o > 0 && d > 0.15 {
+                            self.confusion[o as usize][l as usize] += 1;
+                        }
+                    }
+                }
                 let mut img = cand.narrow(1, 0, 3)?.zeros_like()?;
                 for l in 0..3u32 {
                     let m = best.eq(l)?.to_dtype(candle_core::DType::F32)?;
@@ -257,6 +275,7 @@ struct Args {
     predicted_prob: Option<f64>,
     channels: Option<usize>,
     motions_only: bool,
+    no_augment: bool,
 }
 
 fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -286,12 +305,20 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
     let mut t = TeacherMotions { renderer: &renderer2, teacher: ccfg.teacher, episodes: &eps, next: 0 };
     rows.push(("clip renderer, teacher motions", score_method(&mut t, &eps, fps, 8, &dev)?));
     let mut o = OracleSelect {
+        renderer: Some(&renderer2),
+        confusion: [[0; 4]; 3],
         teacher: ccfg.teacher,
         clip_transitions: ccfg.renderer.clip_transitions,
         episodes: &eps,
         next: 0,
     };
     rows.push(("oracle selection, teacher motions", score_method(&mut o, &eps, fps, 0, &dev)?));
+    if std::env::var("CLIP_DIAG").is_ok() {
+        println!(
+            "oracle class (gripper, block copy) x learned class (as is, gripper, block, fill): {:?}",
+            &o.confusion[1..]
+        );
+    }
     let mut f = ExpertCodes {
         name: "per-frame renderer".into(),
         dynamics: &ldm_again,
@@ -338,6 +365,9 @@ fn train(a: &Args) -> anyhow::Result<()> {
     if let Some(c) = a.channels {
         cfg.renderer.channels = c;
     }
+    if a.no_augment {
+        cfg.augment = Default::default();
+    }
     let t0 = std::time::Instant::now();
     train_clip_renderer(&cfg, &ldm, &data, out, true, &dev, true)?;
     println!("trained {} + {} steps in {:.0} s", cfg.motion_steps, a.steps, t0.elapsed().as_secs_f64());
@@ -357,6 +387,7 @@ fn main() -> anyhow::Result<()> {
         predicted_prob: None,
         channels: None,
         motions_only: cmd == "motions",
+        no_augment: false,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -373,6 +404,7 @@ fn main() -> anyhow::Result<()> {
             "--png" => a.png = Some(v.into()),
             "--predicted-prob" => a.predicted_prob = Some(v.parse()?),
             "--channels" => a.channels = Some(v.parse()?),
+            "--augment" => a.no_augment = v == "off",
             other => anyhow::bail!("unknown argument {other}"),
         }
     }

@@ -125,17 +125,18 @@ pub fn motion_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<Tens
     Ok((l1 + bce)?)
 }
 
-/// A copy matches the true pixel when its channel-summed L1 is below this ([-1, 1] units);
-/// otherwise the pixel's target class is the fill.
-pub const MATCH_L1: f64 = 0.15;
+/// The fill is the target where no copy comes within this channel-summed L1 ([-1, 1] units).
+pub const FILL_L1: f64 = 0.6;
+/// The unmoved frame is the target unless a moved copy is closer by more than this.
+pub const STILL_MARGIN: f64 = 0.05;
 
-/// The selector's cross-entropy against a label-free per-pixel target: the unmoved frame where it
-/// matches the true frame's pixel within [`MATCH_L1`]; else the block's or the gripper's copy where
-/// it matches and carries moved content there (`moved`, `(B, 2, H, W)`: the first frame's
-/// foreground moved like each copy; a copy that only matches by accident, such as wall where the
-/// gripper left, is not a target); else the fill. The moved content covers a few percent of a
-/// frame, so with the L1 alone the selector settles on copying the first frame; pixels whose
-/// target is not the unmoved copy weigh `1 + moved_weight`.
+/// The selector's cross-entropy against a label-free per-pixel target ([`selection_targets`]): the
+/// copy closest to the true frame's pixel, among the unmoved frame and the gripper's and block's
+/// copies where they carry moved content (`moved`, `(B, 2, H, W)`: the first frame's movable
+/// pixels moved like each copy; a copy that only matches by accident, such as wall where the
+/// gripper left, is not a target), or the fill where none is close. The moved content covers a
+/// few percent of a frame, so with the L1 alone the selector settles on copying the first frame;
+/// pixels whose target is not the unmoved copy weigh `1 + moved_weight`.
 pub fn selection_loss(
     candidates: &Tensor,
     moved: &Tensor,
@@ -143,25 +144,34 @@ pub fn selection_loss(
     target: &Tensor,
     moved_weight: f64,
 ) -> Result<Tensor> {
-    let (b, _, h, w) = target.dims4()?;
-    let matches = |k: usize| -> Result<Tensor> {
-        Ok((candidates.narrow(1, 3 * k, 3)? - target)?.abs()?.sum_keepdim(1)?.lt(MATCH_L1)?)
-    };
-    // u8 masks, as `where_cond` takes them.
-    let still = matches(0)?;
-    let block = matches(2)?.mul(&moved.narrow(1, 1, 1)?.gt(0.5)?)?;
-    let gripper = matches(1)?.mul(&moved.narrow(1, 0, 1)?.gt(0.5)?)?;
-    // First in order: unmoved, block, gripper, fill.
-    let fill = Tensor::full(3f32, (b, 1, h, w), target.device())?;
-    let class = gripper.where_cond(&Tensor::full(1f32, (b, 1, h, w), target.device())?, &fill)?;
-    let class = block.where_cond(&Tensor::full(2f32, (b, 1, h, w), target.device())?, &class)?;
-    let class = still.where_cond(&Tensor::zeros((b, 1, h, w), DType::F32, target.device())?, &class)?;
-    let class = class.to_dtype(DType::U32)?;
+    let class = selection_targets(candidates, moved, target)?;
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let nll = logp.gather(&class, 1)?.neg()?;
     let moved = class.ne(0u32)?.to_dtype(DType::F32)?;
     let weight = ((moved * moved_weight)? + 1.0)?;
     Ok((nll.mul(&weight)?.sum_all()? / weight.sum_all()?)?)
+}
+
+/// The per-pixel classes of [`selection_loss`], `(B, 1, H, W)` u32 (0 unmoved, 1 gripper's copy,
+/// 2 block's copy, 3 fill).
+pub fn selection_targets(candidates: &Tensor, moved: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (b, _, h, w) = target.dims4()?;
+    let err = |k: usize| -> Result<Tensor> { Ok((candidates.narrow(1, 3 * k, 3)? - target)?.abs()?.sum_keepdim(1)?) };
+    // A copy that moved nothing to a pixel cannot be its target (large error there).
+    let gated = |k: usize, g: usize| -> Result<Tensor> {
+        let off = moved.narrow(1, g, 1)?.affine(-1.0, 1.0)?; // 1 where nothing moved there
+        Ok((err(k)? + (off * 1e3)?)?)
+    };
+    // The closest copy, the unmoved frame winning near-ties (a moved copy's edges are whole-pixel
+    // shifts of a sub-pixel motion, so they rarely match exactly); the fill only where no copy is
+    // close.
+    let errs = [
+        (err(0)? - STILL_MARGIN)?,
+        gated(1, 0)?,
+        (gated(2, 1)? - 1e-3)?,
+        Tensor::full(FILL_L1 as f32, (b, 1, h, w), target.device())?,
+    ];
+    Ok(Tensor::cat(&errs, 1)?.argmin_keepdim(1)?)
 }
 
 /// Trains (or resumes) a clip renderer for `ldm` on the videos of `data` in `run_dir`.
@@ -241,20 +251,37 @@ pub fn train_clip_renderer(
         let x_s = frames.index_select(&Tensor::from_vec(starts, n, frames.device())?, 0)?.to_dtype(DType::F32)?;
         let target = frames.index_select(&Tensor::from_vec(targets, n, frames.device())?, 0)?.to_dtype(DType::F32)?;
         let fg = data.foreground(&backgrounds, &ids, (&x_s, &target), FOREGROUND_THRESHOLD)?;
-        // The first frame's foreground, moved like the gripper's and the block's copies.
+        // What of the first frame can move: its foreground, or what changes by the target frame
+        // (a block that rests where it was for most of the video is background in the median,
+        // but it changes when lifted). Moved like the gripper's and the block's copies.
+        let changed = (&x_s - &target)?.abs()?.max_keepdim(1)?.gt(FOREGROUND_THRESHOLD)?.to_dtype(DType::F32)?;
+        let movable = fg.0.maximum(&changed)?;
         let moved = Tensor::cat(
             &[
-                shift_images(&fg.0, &trans.iter().map(|t| t.gripper).collect::<Vec<_>>())?,
-                shift_images(&fg.0, &trans.iter().map(|t| t.block).collect::<Vec<_>>())?,
+                shift_images(&movable, &trans.iter().map(|t| t.gripper).collect::<Vec<_>>())?,
+                shift_images(&movable, &trans.iter().map(|t| t.block).collect::<Vec<_>>())?,
             ],
             1,
         )?;
-        let (x_s, target) = cfg.augment.apply(&x_s, &target, Some((&fg.0, &fg.1)), ctx.rng, n, 0..n)?;
+        // The same for the texture augmentation: what moves keeps its own look in both frames, so
+        // its copies still match where it lands.
+        let target_movable = fg.1.maximum(&changed)?;
+        let (x_s, target) = cfg.augment.apply(&x_s, &target, Some((&movable, &target_movable)), ctx.rng, n, 0..n)?;
         let cand = clip_candidates(&x_s, &trans)?;
         let (logits, fill) = model.select(&cand)?;
         let render = ClipRenderer::compose_soft(&cand, &logits, &fill)?;
         let r_loss = pixel_l1(&render, &target)?;
         let ce = selection_loss(&cand, &moved, &logits, &target, cfg.moved_weight)?;
+        // How often each copy is the target, and how often the selector already picks it there.
+        let class = selection_targets(&cand, &moved, &target)?;
+        let picked = logits.argmax_keepdim(1)?;
+        for (k, name) in [(1u32, "gripper"), (2, "block"), (3, "fill")] {
+            let is = class.eq(k)?.to_dtype(DType::F32)?;
+            let n = is.sum_all()?.to_scalar::<f32>()?;
+            let hit = is.mul(&picked.eq(k)?.to_dtype(DType::F32)?)?.sum_all()?.to_scalar::<f32>()?;
+            ctx.extra.insert(format!("{name}_px"), n.into());
+            ctx.extra.insert(format!("{name}_recall"), (hit / n.max(1.0)).into());
+        }
         ctx.extra.insert("render_l1".into(), r_loss.to_scalar::<f32>()?.into());
         ctx.extra.insert("select_ce".into(), ce.to_scalar::<f32>()?.into());
         Ok((r_loss + ce)?)
@@ -373,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn the_selection_target_is_the_first_matching_copy_else_the_fill() -> Result<()> {
+    fn the_selection_target_is_the_closest_moved_copy_else_the_fill() -> Result<()> {
         let dev = Device::Cpu;
         // One image of 1 x 4 pixels; copies: as is, gripper, block (the other two unused).
         let px = |v: [f32; 4]| Tensor::from_vec(v.repeat(3), (1, 3, 1, 4), &dev);
