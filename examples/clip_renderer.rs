@@ -112,6 +112,15 @@ fn planes_of(ep: &Episode) -> (Vec<Vec<f32>>, Vec<f32>) {
     (planes, bg)
 }
 
+/// The teacher's motion of every transition of an episode.
+fn teacher_motions(ep: &Episode, teacher: &MotionTeacher) -> Vec<TransitionMotion> {
+    let size = ep.frames[0].width() as usize;
+    let (planes, bg) = planes_of(ep);
+    (0..planes.len() - 1)
+        .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), teacher).motion)
+        .collect()
+}
+
 /// The clip renderer drawing the teacher's motions, read from the expert's own frames: what the
 /// selector draws when the motions are right.
 struct TeacherMotions<'a> {
@@ -131,11 +140,7 @@ impl VideoPredictor for TeacherMotions<'_> {
     fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
         let ep = &self.episodes[self.next];
         self.next += 1;
-        let size = ep.frames[0].width() as usize;
-        let (planes, bg) = planes_of(ep);
-        let motions: Vec<TransitionMotion> = (0..planes.len() - 1)
-            .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &self.teacher).motion)
-            .collect();
+        let motions = teacher_motions(ep, &self.teacher);
         let k = self.renderer.config().clip_transitions;
         let mut cur = first.unsqueeze(0)?;
         let mut out = Vec::new();
@@ -159,11 +164,7 @@ fn motion_check(clip: &ClipDynamics, teacher: &MotionTeacher, eps: &[Episode], f
     let (mut e_sum, mut n, mut carried_ok) = (0f64, 0usize, 0usize);
     let (mut step_err, mut steps, mut block_exact) = (0f64, 0usize, 0usize);
     for ep in eps {
-        let size = ep.frames[0].width() as usize;
-        let (planes, bg) = planes_of(ep);
-        let truth: Vec<TransitionMotion> = (0..planes.len() - 1)
-            .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), teacher).motion)
-            .collect();
+        let truth = teacher_motions(ep, teacher);
         let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
         let codes = clip.encode_codes(&video)?.squeeze(0)?;
         let pred = clip.renderer.motions(&codes)?;
@@ -212,11 +213,7 @@ impl VideoPredictor for OracleSelect<'_> {
         use vw_dldm::clip::{clip_candidates, clip_translations};
         let ep = &self.episodes[self.next];
         self.next += 1;
-        let size = ep.frames[0].width() as usize;
-        let (planes, bg) = planes_of(ep);
-        let motions: Vec<TransitionMotion> = (0..planes.len() - 1)
-            .map(|j| dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &self.teacher).motion)
-            .collect();
+        let motions = teacher_motions(ep, &self.teacher);
         let video = ep.frames_tensor(&Device::Cpu).map_err(|e| vw_eval::Error::Invalid(e.to_string()))?; // (3, T, H, W)
         let diag = std::env::var("CLIP_DIAG").is_ok();
         let err = |e: vw_dldm::Error| vw_eval::Error::Invalid(e.to_string());

@@ -207,6 +207,11 @@ pub fn dominant_motion(
         (differs(prev, next, j) || differs(prev, background, j))
             && (0..3).all(|c| (at(prev, c, j) - at(next, c, i)).abs() <= t.match_tolerance)
     };
+    // The pixel of `prev` that pixel i of `next` comes from under displacement (dx, dy).
+    let source = |i: usize, dx: i64, dy: i64| -> Option<usize> {
+        let (y, x) = ((i / w) as i64 - dy, (i % w) as i64 - dx);
+        (y >= 0 && x >= 0 && y < h as i64 && x < w as i64).then(|| y as usize * w + x as usize)
+    };
     let r = (t.radius * w.max(h) as f32).round() as i64;
     let mut best = (0usize, 0i64, 0i64);
     for dy in -r..=r {
@@ -214,15 +219,7 @@ pub fn dominant_motion(
             if dx == 0 && dy == 0 {
                 continue;
             }
-            let mut n = 0usize;
-            for &i in &changed {
-                let (y, x) = ((i / w) as i64 - dy, (i % w) as i64 - dx);
-                if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
-                    continue;
-                }
-                let j = y as usize * w + x as usize;
-                n += matches(j, i) as usize;
-            }
+            let n = changed.iter().filter(|&&i| source(i, dx, dy).is_some_and(|j| matches(j, i))).count();
             let shorter = dx * dx + dy * dy < best.1 * best.1 + best.2 * best.2;
             if n > best.0 || (n == best.0 && n > 0 && shorter) {
                 best = (n, dx, dy);
@@ -233,17 +230,8 @@ pub fn dominant_motion(
     if (n as f32) < t.min_moved * hw as f32 {
         return MotionReading { moved: n, ..Default::default() };
     }
-    let mut vivid_n = 0usize;
-    for &i in &changed {
-        let (y, x) = ((i / w) as i64 - dy, (i % w) as i64 - dx);
-        if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
-            continue;
-        }
-        let j = y as usize * w + x as usize;
-        if matches(j, i) && vivid(prev, j) {
-            vivid_n += 1;
-        }
-    }
+    let vivid_n =
+        changed.iter().filter(|&&i| source(i, dx, dy).is_some_and(|j| matches(j, i) && vivid(prev, j))).count();
     let carried = vivid_n as f32 >= t.min_vivid * hw as f32;
     MotionReading { motion: TransitionMotion { dx: dx as f32, dy: dy as f32, carried }, moved: n, vivid: vivid_n }
 }

@@ -310,28 +310,16 @@ pub fn load_clip_renderer(run_dir: &Path, device: &Device) -> Result<(ClipTrainC
 mod tests {
     use super::*;
     use crate::clip::{ClipDynamics, CLASSES};
-    use crate::train::stage1::{load_stage1, train_stage1, Stage1Config};
+    use crate::train::stage1::{load_stage1, Stage1Config};
     use crate::train::tests::weights;
     use crate::LatentDynamics;
 
     /// A tiny stage-1 run with the displacement head on, in `stage1/` of a fresh temporary folder.
     fn source() -> Result<(tempfile::TempDir, std::path::PathBuf, Stage1Config)> {
-        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let dir = tmp.path().join("stage1");
-        let mut cfg = Stage1Config::tiny_play();
-        cfg.model.image_size = 32;
-        cfg.model.channels = [8, 16, 16];
-        cfg.model.dim = 32;
-        cfg.model.displacement_weight = 0.5;
-        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
-        cfg.data.episodes = 2;
-        cfg.data.play_frames = 10;
-        cfg.train.total_steps = 2;
-        cfg.train.warmup_steps = 1;
-        cfg.train.batch_size = 4;
-        cfg.restart_on_collapse = None;
-        train_stage1(&cfg, &dir, false, &Device::Cpu, false)?;
-        Ok((tmp, dir, cfg))
+        crate::train::tests::tiny_stage1_source(|cfg| {
+            cfg.model.displacement_weight = 0.5;
+            cfg.train.total_steps = 2;
+        })
     }
 
     fn clip_cfg(ldm: &crate::baseline::TinyLdmConfig, total: u64) -> ClipTrainConfig {
@@ -346,12 +334,7 @@ mod tests {
         };
         c.motion_steps = 2;
         c.motion_batch = 8;
-        c.train.total_steps = total;
-        c.train.warmup_steps = 1;
-        c.train.batch_size = 2;
-        c.train.checkpoint_every = 2;
-        c.train.log_every = 1;
-        c.train.optim.lr = 1e-2;
+        c.train = TrainConfig { decay: crate::train::Decay::Constant, ..crate::train::tests::tiny_train_config(total) };
         c
     }
 

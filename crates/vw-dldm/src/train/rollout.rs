@@ -329,41 +329,23 @@ pub fn train_rollout(
 mod tests {
     use super::*;
     use crate::baseline::LdmArch;
-    use crate::train::stage1::{load_stage1, train_stage1};
+    use crate::train::stage1::load_stage1;
     use crate::train::tests::weights;
     use crate::LatentDynamics;
 
     /// A stage-1 run of the motion architecture on tiny CraftWorld episodes, in `stage1/` of a
     /// fresh temporary folder: (the folder, the run, its config).
     fn source() -> Result<(tempfile::TempDir, std::path::PathBuf, Stage1Config)> {
-        let tmp = tempfile::tempdir().map_err(|e| Error::io("tempdir", e))?;
-        let dir = tmp.path().join("stage1");
-        let mut cfg = Stage1Config::tiny_play();
-        cfg.model.image_size = 32;
-        cfg.model.channels = [8, 16, 16];
-        cfg.model.dim = 32;
-        cfg.model.arch = LdmArch::Motion;
-        cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
-        cfg.data.episodes = 2;
-        cfg.data.play_frames = 10;
-        cfg.train.total_steps = 3;
-        cfg.train.warmup_steps = 1;
-        cfg.train.batch_size = 4;
-        cfg.train.log_every = 1;
-        cfg.restart_on_collapse = None;
-        train_stage1(&cfg, &dir, false, &Device::Cpu, false)?;
-        Ok((tmp, dir, cfg))
+        crate::train::tests::tiny_stage1_source(|cfg| {
+            cfg.model.arch = LdmArch::Motion;
+            cfg.train.total_steps = 3;
+        })
     }
 
     fn tune(steps: u64) -> RolloutTune {
         let mut t = RolloutTune::tiny();
         t.horizon = 3;
-        t.train.total_steps = steps;
-        t.train.warmup_steps = 1;
-        t.train.batch_size = 2;
-        t.train.log_every = 1;
-        t.train.checkpoint_every = 2;
-        t.train.optim.lr = 1e-2;
+        t.train = crate::train::tests::tiny_train_config(steps);
         t
     }
 

@@ -14,6 +14,44 @@ pub(crate) fn weights(run_dir: &std::path::Path) -> crate::Result<std::collectio
         .collect()
 }
 
+/// The optimisation of the tiny training tests: `total` steps, 1 warm-up step, batches of 2, a
+/// checkpoint every 2 steps, lr 1e-2 (cosine: callers that resume set `Decay::Constant`).
+pub(crate) fn tiny_train_config(total: u64) -> TrainConfig {
+    TrainConfig {
+        total_steps: total,
+        warmup_steps: 1,
+        batch_size: 2,
+        log_every: 1,
+        checkpoint_every: 2,
+        optim: AdamWConfig { lr: 1e-2, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// A tiny stage-1 run (the play recipe at 32 px on two 10-frame play episodes, 4 transitions a
+/// batch, no collapse restarts), changed by `adjust`, trained in `stage1/` of a fresh temporary
+/// folder: (the folder, the run, its config).
+pub(crate) fn tiny_stage1_source(
+    adjust: impl FnOnce(&mut stage1::Stage1Config),
+) -> crate::Result<(tempfile::TempDir, std::path::PathBuf, stage1::Stage1Config)> {
+    let tmp = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
+    let dir = tmp.path().join("stage1");
+    let mut cfg = stage1::Stage1Config::tiny_play();
+    cfg.model.image_size = 32;
+    cfg.model.channels = [8, 16, 16];
+    cfg.model.dim = 32;
+    cfg.data.world = vw_data::craftworld::CraftConfig::tiny();
+    cfg.data.episodes = 2;
+    cfg.data.play_frames = 10;
+    cfg.train.warmup_steps = 1;
+    cfg.train.batch_size = 4;
+    cfg.train.log_every = 1;
+    cfg.restart_on_collapse = None;
+    adjust(&mut cfg);
+    stage1::train_stage1(&cfg, &dir, false, &Device::Cpu, false)?;
+    Ok((tmp, dir, cfg))
+}
+
 /// A two-layer MLP fitting y = 0.5 x0 - x1 + sin(x2).
 struct Toy {
     l1: candle_nn::Linear,
