@@ -138,7 +138,10 @@ impl VideoPredictor for TeacherMotions<'_> {
         "the clip renderer placing its copies by the motions read from the expert's frames".into()
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
-        let ep = &self.episodes[self.next];
+        let ep = self
+            .episodes
+            .get(self.next)
+            .ok_or_else(|| vw_eval::Error::Invalid("asked for more episodes than were given".into()))?;
         self.next += 1;
         let motions = teacher_motions(ep, &self.teacher);
         let k = self.renderer.config().clip_transitions;
@@ -211,7 +214,10 @@ impl VideoPredictor for OracleSelect<'_> {
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
         use vw_dldm::clip::{clip_candidates, clip_translations};
-        let ep = &self.episodes[self.next];
+        let ep = self
+            .episodes
+            .get(self.next)
+            .ok_or_else(|| vw_eval::Error::Invalid("asked for more episodes than were given".into()))?;
         self.next += 1;
         let motions = teacher_motions(ep, &self.teacher);
         let video = ep.frames_tensor(&Device::Cpu).map_err(|e| vw_eval::Error::Invalid(e.to_string()))?; // (3, T, H, W)

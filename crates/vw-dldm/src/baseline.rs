@@ -189,7 +189,9 @@ pub struct TinyLdmConfig {
     /// by L1, and whether a block moves along by cross-entropy). The pixel renderer forgives a
     /// gripper a pixel or two off, so without it the codes say the direction of a move but not
     /// its length, and a renderer that draws a whole recipe step from the codes misplaces the block
-    /// (docs/results.md, the clip renderer). 0 = off (no head, the keys of earlier runs).
+    /// (docs/results.md, the clip renderer). The targets are read from the frames before
+    /// augmentation; a whole-pixel shift keeps them right, a zoom or rotation changes the motion the
+    /// encoder sees by up to its own factor. 0 = off (no head, the keys of earlier runs).
     pub displacement_weight: f64,
 }
 
