@@ -121,13 +121,29 @@ fn teacher_motions(ep: &Episode, teacher: &MotionTeacher) -> Vec<TransitionMotio
         .collect()
 }
 
+/// The episodes a diagnostic predictor is asked for, in order, with the teacher's motions of each.
+struct TeacherEpisodes<'a> {
+    teacher: MotionTeacher,
+    episodes: &'a [Episode],
+    next: usize,
+}
+
+impl<'a> TeacherEpisodes<'a> {
+    fn next_episode(&mut self) -> vw_eval::Result<(&'a Episode, Vec<TransitionMotion>)> {
+        let ep = self
+            .episodes
+            .get(self.next)
+            .ok_or_else(|| vw_eval::Error::Invalid("asked for more episodes than were given".into()))?;
+        self.next += 1;
+        Ok((ep, teacher_motions(ep, &self.teacher)))
+    }
+}
+
 /// The clip renderer drawing the teacher's motions, read from the expert's own frames: what the
 /// selector draws when the motions are right.
 struct TeacherMotions<'a> {
     renderer: &'a ClipRenderer,
-    teacher: MotionTeacher,
-    episodes: &'a [Episode],
-    next: usize,
+    source: TeacherEpisodes<'a>,
 }
 
 impl VideoPredictor for TeacherMotions<'_> {
@@ -138,12 +154,7 @@ impl VideoPredictor for TeacherMotions<'_> {
         "the clip renderer placing its copies by the motions read from the expert's frames".into()
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
-        let ep = self
-            .episodes
-            .get(self.next)
-            .ok_or_else(|| vw_eval::Error::Invalid("asked for more episodes than were given".into()))?;
-        self.next += 1;
-        let motions = teacher_motions(ep, &self.teacher);
+        let (_, motions) = self.source.next_episode()?;
         let k = self.renderer.config().clip_transitions;
         let mut cur = first.unsqueeze(0)?;
         let mut out = Vec::new();
@@ -199,10 +210,8 @@ struct OracleSelect<'a> {
     /// With `CLIP_DIAG` set: also count what this selector picks where the oracle moves a copy.
     renderer: Option<&'a ClipRenderer>,
     confusion: [[usize; 4]; 3],
-    teacher: MotionTeacher,
     clip_transitions: usize,
-    episodes: &'a [Episode],
-    next: usize,
+    source: TeacherEpisodes<'a>,
 }
 
 impl VideoPredictor for OracleSelect<'_> {
@@ -214,12 +223,7 @@ impl VideoPredictor for OracleSelect<'_> {
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
         use vw_dldm::clip::{clip_candidates, clip_translations};
-        let ep = self
-            .episodes
-            .get(self.next)
-            .ok_or_else(|| vw_eval::Error::Invalid("asked for more episodes than were given".into()))?;
-        self.next += 1;
-        let motions = teacher_motions(ep, &self.teacher);
+        let (ep, motions) = self.source.next_episode()?;
         let video = ep.frames_tensor(&Device::Cpu).map_err(|e| vw_eval::Error::Invalid(e.to_string()))?; // (3, T, H, W)
         let diag = std::env::var("CLIP_DIAG").is_ok();
         let err = |e: vw_dldm::Error| vw_eval::Error::Invalid(e.to_string());
@@ -305,15 +309,14 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
         anchor_every: None,
     };
     rows.push(("clip renderer, expert's dLDM codes", score_method(&mut p, &eps, fps, 8, &dev)?));
-    let mut t = TeacherMotions { renderer: &renderer2, teacher: ccfg.teacher, episodes: &eps, next: 0 };
+    let source = || TeacherEpisodes { teacher: ccfg.teacher, episodes: &eps, next: 0 };
+    let mut t = TeacherMotions { renderer: &renderer2, source: source() };
     rows.push(("clip renderer, teacher motions", score_method(&mut t, &eps, fps, 8, &dev)?));
     let mut o = OracleSelect {
         renderer: Some(&renderer2),
         confusion: [[0; 4]; 3],
-        teacher: ccfg.teacher,
         clip_transitions: ccfg.renderer.clip_transitions,
-        episodes: &eps,
-        next: 0,
+        source: source(),
     };
     rows.push(("oracle selection, teacher motions", score_method(&mut o, &eps, fps, 0, &dev)?));
     if std::env::var("CLIP_DIAG").is_ok() {
