@@ -155,18 +155,11 @@ impl VideoPredictor for TeacherMotions<'_> {
     }
     fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
         let (_, motions) = self.source.next_episode()?;
-        let k = self.renderer.config().clip_transitions;
-        let mut cur = first.unsqueeze(0)?;
-        let mut out = Vec::new();
-        for chunk in motions.chunks(k) {
-            let clip = self
-                .renderer
-                .render_clip(&cur, &[chunk.to_vec()])
-                .map_err(|e| vw_eval::Error::Invalid(e.to_string()))?;
-            cur = clip.narrow(2, chunk.len() - 1, 1)?.squeeze(2)?;
-            out.push(clip);
-        }
-        let v = Tensor::cat(&out, 2)?.squeeze(0)?;
+        let v = self
+            .renderer
+            .render_steps(&first.unsqueeze(0)?, &[motions])
+            .map_err(|e| vw_eval::Error::Invalid(e.to_string()))?;
+        let v = v.squeeze(0)?;
         Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
     }
 }
@@ -250,11 +243,8 @@ impl VideoPredictor for OracleSelect<'_> {
                         }
                     }
                 }
-                let mut img = cand.narrow(1, 0, 3)?.zeros_like()?;
-                for l in 0..3u32 {
-                    let m = best.eq(l)?.to_dtype(candle_core::DType::F32)?;
-                    img = (img + cand.narrow(1, 3 * l as usize, 3)?.broadcast_mul(&m)?)?;
-                }
+                let no_fill = truth.zeros_like()?;
+                let img = ClipRenderer::compose_choice(&cand, &best, &no_fill).map_err(err)?;
                 out.push(img.unsqueeze(2)?);
                 if k == chunk.len() {
                     cur = img;

@@ -671,9 +671,7 @@ impl TinyLdm {
                 pred.shape()
             )));
         }
-        let l1 = (pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?;
-        let bce = candle_nn::loss::binary_cross_entropy_with_logit(&pred.narrow(1, 2, 1)?, &target.narrow(1, 2, 1)?)?;
-        Ok(Some((l1 + bce)?))
+        Ok(Some(crate::clip::motion_loss(&pred, target)?))
     }
 
     /// The fraction (N, 1) of the pixels of each transition that `extent_target` counts.

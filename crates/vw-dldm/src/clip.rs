@@ -352,28 +352,23 @@ impl ClipRenderer {
 
     /// The soft render (training): the class probabilities mix the first three copies and the fill.
     pub fn compose_soft(candidates: &Tensor, logits: &Tensor, fill: &Tensor) -> Result<Tensor> {
-        let p = candle_nn::ops::softmax(logits, 1)?;
-        let mut out = fill.broadcast_mul(&p.narrow(1, CLASSES - 1, 1)?)?;
-        for k in 0..CLASSES - 1 {
-            out = (out + candidates.narrow(1, 3 * k, 3)?.broadcast_mul(&p.narrow(1, k, 1)?)?)?;
-        }
-        Ok(out)
+        mix(candidates, &candle_nn::ops::softmax(logits, 1)?, fill)
     }
 
     /// The hard render (inference): each pixel is exactly the chosen copy's pixel or the fill.
     pub fn compose_hard(candidates: &Tensor, logits: &Tensor, fill: &Tensor) -> Result<Tensor> {
-        let choice = logits.argmax_keepdim(1)?; // (B, 1, H, W)
-        let (b, _, h, w) = logits.dims4()?;
-        let onehot = Tensor::arange(0u32, CLASSES as u32, logits.device())?
+        Self::compose_choice(candidates, &logits.argmax_keepdim(1)?, fill)
+    }
+
+    /// Each pixel the copy (0-2) or the fill (3) that `choice` `(B, 1, H, W)` u32 names.
+    pub fn compose_choice(candidates: &Tensor, choice: &Tensor, fill: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = choice.dims4()?;
+        let onehot = Tensor::arange(0u32, CLASSES as u32, choice.device())?
             .reshape((1, CLASSES, 1, 1))?
             .broadcast_as((b, CLASSES, h, w))?
             .eq(&choice.broadcast_as((b, CLASSES, h, w))?)?
             .to_dtype(fill.dtype())?;
-        let mut out = fill.broadcast_mul(&onehot.narrow(1, CLASSES - 1, 1)?)?;
-        for k in 0..CLASSES - 1 {
-            out = (out + candidates.narrow(1, 3 * k, 3)?.broadcast_mul(&onehot.narrow(1, k, 1)?)?)?;
-        }
-        Ok(out)
+        mix(candidates, &onehot, fill)
     }
 
     /// Renders the frames after `first` `(B, 3, H, W)` under per-row transition motions
@@ -396,6 +391,35 @@ impl ClipRenderer {
         let out = Self::compose_hard(&cand, &logits, &fill)?;
         Ok(out.reshape((b, s, c, h, w))?.transpose(1, 2)?.contiguous()?)
     }
+
+    /// Renders any number of transitions after `first` `(B, 3, H, W)` (`motions[b][j]`, equal
+    /// lengths): [`ClipRenderer::render_clip`] on each run of `clip_transitions`, each from the last
+    /// frame of the one before. `(B, 3, S, H, W)`.
+    pub fn render_steps(&self, first: &Tensor, motions: &[Vec<TransitionMotion>]) -> Result<Tensor> {
+        let s = motions.first().map_or(0, Vec::len);
+        let k = self.cfg.clip_transitions;
+        let mut cur = first.clone();
+        let mut out = Vec::new();
+        for j0 in (0..s).step_by(k) {
+            let n = k.min(s - j0);
+            let part: Vec<Vec<TransitionMotion>> =
+                motions.iter().map(|r| r.get(j0..j0 + n).map(<[_]>::to_vec).unwrap_or_default()).collect();
+            let clip = self.render_clip(&cur, &part)?;
+            cur = clip.narrow(2, n - 1, 1)?.squeeze(2)?;
+            out.push(clip);
+        }
+        Ok(Tensor::cat(&out, 2)?)
+    }
+}
+
+/// The first three copies of `candidates` and `fill` weighted per pixel by `weights`
+/// `(B, CLASSES, H, W)` (class `CLASSES - 1` is the fill).
+fn mix(candidates: &Tensor, weights: &Tensor, fill: &Tensor) -> Result<Tensor> {
+    let mut out = fill.broadcast_mul(&weights.narrow(1, CLASSES - 1, 1)?)?;
+    for k in 0..CLASSES - 1 {
+        out = (out + candidates.narrow(1, 3 * k, 3)?.broadcast_mul(&weights.narrow(1, k, 1)?)?)?;
+    }
+    Ok(out)
 }
 
 /// x and y coordinate planes in [-1, 1], `(B, 2, H, W)`.
@@ -424,20 +448,10 @@ impl LatentDynamics for ClipDynamics {
     fn render(&self, context: &Tensor, codes: &Tensor) -> Result<Tensor> {
         let (b, s, q) = codes.dims3()?;
         let tc = context.dim(2)?;
-        let mut cur = context.narrow(2, tc - 1, 1)?.squeeze(2)?.to_dtype(DType::F32)?;
-        let flat = codes.reshape((b * s, q))?;
-        let m = self.renderer.motions(&flat)?;
+        let first = context.narrow(2, tc - 1, 1)?.squeeze(2)?.to_dtype(DType::F32)?;
+        let m = self.renderer.motions(&codes.reshape((b * s, q))?)?;
         let rows: Vec<Vec<TransitionMotion>> = m.chunks(s.max(1)).map(<[_]>::to_vec).collect();
-        let mut out = Vec::new();
-        let k = self.renderer.cfg.clip_transitions;
-        for j0 in (0..s).step_by(k) {
-            let n = k.min(s - j0);
-            let part: Vec<Vec<TransitionMotion>> = rows.iter().map(|r| r[j0..j0 + n].to_vec()).collect();
-            let clip = self.renderer.render_clip(&cur, &part)?;
-            cur = clip.narrow(2, n - 1, 1)?.squeeze(2)?;
-            out.push(clip);
-        }
-        Ok(Tensor::cat(&out, 2)?.to_dtype(context.dtype())?)
+        Ok(self.renderer.render_steps(&first, &rows)?.to_dtype(context.dtype())?)
     }
 
     fn codes_per_step(&self) -> usize {
@@ -451,6 +465,28 @@ impl LatentDynamics for ClipDynamics {
     fn frames_per_code_step(&self) -> usize {
         1
     }
+}
+
+/// Targets `(N, 3)` of a motion regression for the transitions `ids` of `motions`: the
+/// displacement in units of `scale` pixels, and carried in {0, 1}.
+pub fn motion_targets(motions: &[TransitionMotion], ids: &[usize], scale: f64, device: &Device) -> Result<Tensor> {
+    let s = scale as f32;
+    let v: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| {
+            let m = motions[i];
+            [m.dx / s, m.dy / s, m.carried as u8 as f32]
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (ids.len(), 3), device)?)
+}
+
+/// The loss of a motion regression's outputs `pred` `(N, 3)` (displacement, carried logit)
+/// against [`motion_targets`]: L1 of the displacement plus the binary cross-entropy of carried.
+pub fn motion_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let l1 = (pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?;
+    let bce = candle_nn::loss::binary_cross_entropy_with_logit(&pred.narrow(1, 2, 1)?, &target.narrow(1, 2, 1)?)?;
+    Ok((l1 + bce)?)
 }
 
 /// Mean over pixels of the channel-summed L1 between `a` and `b`, `(B, 3, H, W)`: the render loss.

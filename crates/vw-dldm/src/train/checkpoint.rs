@@ -172,6 +172,22 @@ pub fn committed_tensors_path(run_dir: &Path) -> Result<PathBuf> {
     Ok(run_dir.join(state.tensors_file))
 }
 
+/// The committed checkpoint of a run folder, for loading a model for inference: its state (with
+/// the run's config) and an f32 `VarBuilder` over its tensors.
+pub fn committed_checkpoint(
+    run_dir: &Path,
+    device: &candle_core::Device,
+) -> Result<(TrainState, candle_nn::VarBuilder<'static>)> {
+    let state = read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
+        path: run_dir.join(STATE_FILE),
+        reason: "no checkpoint in this run folder".into(),
+    })?;
+    let path = run_dir.join(&state.tensors_file);
+    // SAFETY: the checkpoint file is ours and not modified while mapped.
+    let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[path], candle_core::DType::F32, device)? };
+    Ok((state, vb))
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");

@@ -7,12 +7,12 @@ use super::craft::{Augment, Transitions, FOREGROUND_THRESHOLD};
 use super::{fit, seeded_var_builder, RunDir, TrainConfig, Trainer};
 use crate::baseline::TinyLdm;
 use crate::clip::{
-    clip_candidates, clip_translations, pixel_l1, shift_images, ClipRenderer, ClipRendererConfig, MotionTeacher,
-    TransitionMotion,
+    clip_candidates, clip_translations, motion_loss, motion_targets, pixel_l1, shift_images, ClipRenderer,
+    ClipRendererConfig, MotionTeacher, TransitionMotion,
 };
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -95,34 +95,21 @@ impl ClipData {
     /// Encodes every transition of `data` with `ldm` and reads its motion with `teacher` (each
     /// episode's background is its per-pixel median over time).
     pub fn build(ldm: &TinyLdm, data: &Transitions, teacher: &MotionTeacher) -> Result<Self> {
-        let mut codes = Vec::new();
-        for chunk in (0..data.len()).collect::<Vec<_>>().chunks(256) {
-            let (a, b) = data.pairs(chunk)?;
-            codes.push(ldm.quantize_pairs(&a, &b)?.1);
-        }
-        let codes = Tensor::cat(&codes, 0)?;
+        let file = super::codes::encode_transitions(ldm, data)?;
+        let q = file.codes_per_step;
+        let codes = Tensor::from_vec(file.codes.concat(), (file.codes.len(), q), data.frames.device())?;
         let motions = data.teacher_motions(teacher)?;
-        if motions.len() != data.len() {
-            return Err(Error::Invalid(format!("{} motions for {} transitions", motions.len(), data.len())));
-        }
         Ok(Self { codes, motions })
     }
 }
 
-/// The motion MLP's loss on transitions `ids`: L1 of the displacement (in `motion_scale` units)
-/// plus the binary cross-entropy of "carried".
-pub fn motion_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<Tensor> {
+/// The motion MLP's loss on transitions `ids` ([`motion_loss`] against the teacher's motions in
+/// units of `motion_scale` pixels).
+pub fn motion_mlp_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<Tensor> {
     let dev = d.codes.device();
     let idx = d.codes.index_select(&Tensor::from_vec(ids.iter().map(|&i| i as u32).collect(), ids.len(), dev)?, 0)?;
-    let out = r.motion_outputs(&r.code_vectors(&idx)?)?;
-    let s = r.config().motion_scale as f32;
-    let target: Vec<f32> = ids.iter().flat_map(|&i| [d.motions[i].dx / s, d.motions[i].dy / s]).collect();
-    let target = Tensor::from_vec(target, (ids.len(), 2), dev)?;
-    let carried: Vec<f32> = ids.iter().map(|&i| d.motions[i].carried as u8 as f32).collect();
-    let carried = Tensor::from_vec(carried, (ids.len(), 1), dev)?;
-    let l1 = (out.narrow(1, 0, 2)? - target)?.abs()?.mean_all()?;
-    let bce = candle_nn::loss::binary_cross_entropy_with_logit(&out.narrow(1, 2, 1)?, &carried)?;
-    Ok((l1 + bce)?)
+    let pred = r.motion_outputs(&r.code_vectors(&idx)?)?;
+    motion_loss(&pred, &motion_targets(&d.motions, ids, r.config().motion_scale, dev)?)
 }
 
 /// The fill is the target where no copy comes within this channel-summed L1 ([-1, 1] units).
@@ -221,7 +208,7 @@ pub fn train_clip_renderer(
         if ctx.step < cfg.motion_steps {
             let ids: Vec<usize> =
                 (0..cfg.motion_batch).map(|_| ctx.rng.random_range(0..clip_data.motions.len())).collect();
-            let m_loss = motion_loss(&model, &clip_data, &ids)?;
+            let m_loss = motion_mlp_loss(&model, &clip_data, &ids)?;
             ctx.extra.insert("motion".into(), m_loss.to_scalar::<f32>()?.into());
             return Ok(m_loss);
         }
@@ -291,17 +278,11 @@ pub fn train_clip_renderer(
 
 /// Loads a clip renderer run folder.
 pub fn load_clip_renderer(run_dir: &Path, device: &Device) -> Result<(ClipTrainConfig, ClipRenderer)> {
-    let state = super::checkpoint::read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
-        path: run_dir.join(super::checkpoint::STATE_FILE),
-        reason: "no checkpoint in this run folder".into(),
-    })?;
+    let (state, vb) = super::checkpoint::committed_checkpoint(run_dir, device)?;
     let cfg: ClipTrainConfig = serde_json::from_value(state.config.clone()).map_err(|e| Error::Checkpoint {
         path: run_dir.join(super::checkpoint::STATE_FILE),
         reason: format!("not a clip renderer config: {e}"),
     })?;
-    let path = run_dir.join(&state.tensors_file);
-    // SAFETY: the checkpoint file is ours and not modified while mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };
     let model = ClipRenderer::new(&cfg.renderer, vb)?;
     Ok((cfg, model))
 }

@@ -200,24 +200,6 @@ impl Transitions {
         Ok(motions)
     }
 
-    /// The targets of the dLDM's displacement head for transitions `ids` from their teacher
-    /// `motions`: (N, 3) = displacement / [`crate::baseline::MOTION_SCALE`], carried in {0, 1}.
-    pub fn displacement_targets(
-        motions: &[crate::clip::TransitionMotion],
-        ids: &[usize],
-        device: &Device,
-    ) -> Result<Tensor> {
-        let s = crate::baseline::MOTION_SCALE as f32;
-        let v: Vec<f32> = ids
-            .iter()
-            .flat_map(|&i| {
-                let m = motions[i];
-                [m.dx / s, m.dy / s, m.carried as u8 as f32]
-            })
-            .collect();
-        Ok(Tensor::from_vec(v, (ids.len(), 3), device)?)
-    }
-
     /// The frames of episode `e` as a clip (1, 3, T, H, W).
     pub fn episode_clip(&self, e: usize) -> Result<Tensor> {
         let start: usize = self.frames_per_episode[..e].iter().sum();

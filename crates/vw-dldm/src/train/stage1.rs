@@ -7,7 +7,7 @@ use super::{fit, RunDir, TrainConfig, Trainer};
 use crate::baseline::{AuxTargets, TinyLdm, TinyLdmConfig};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -280,7 +280,7 @@ fn train_stage1_attempt(
             None
         };
         let displacement = match motions {
-            Some(m) => Some(Transitions::displacement_targets(m, &ids[rows.clone()], device)?),
+            Some(m) => Some(crate::clip::motion_targets(m, &ids[rows.clone()], crate::baseline::MOTION_SCALE, device)?),
             None => None,
         };
         let aux = AuxTargets { extent_pair: Some((&clean.0, &clean.1)), displacement: displacement.as_ref() };
@@ -336,14 +336,8 @@ pub fn stage1_config_of(recorded: &serde_json::Value, run_dir: &Path) -> Result<
 
 /// Loads a trained stage-1 model from a run folder (its committed checkpoint and recorded config).
 pub fn load_stage1(run_dir: &Path, device: &Device) -> Result<(Stage1Config, TinyLdm)> {
-    let state = super::checkpoint::read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
-        path: run_dir.join(super::checkpoint::STATE_FILE),
-        reason: "no checkpoint in this run folder".into(),
-    })?;
+    let (state, vb) = super::checkpoint::committed_checkpoint(run_dir, device)?;
     let cfg = stage1_config_of(&state.config, run_dir)?;
-    let path = run_dir.join(&state.tensors_file);
-    // SAFETY: the checkpoint file is ours and not modified while mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };
     let model = TinyLdm::new(&cfg.model, vb)?;
     Ok((cfg, model))
 }

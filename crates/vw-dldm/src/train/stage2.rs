@@ -361,17 +361,11 @@ pub fn train_stage2(
 
 /// Loads a trained stage-2 model from its run folder.
 pub fn load_stage2(run_dir: &Path, device: &Device) -> Result<(Stage2Config, Stage2Model)> {
-    let state = super::checkpoint::read_state(run_dir)?.ok_or_else(|| Error::Checkpoint {
-        path: run_dir.join(super::checkpoint::STATE_FILE),
-        reason: "no checkpoint in this run folder".into(),
-    })?;
+    let (state, vb) = super::checkpoint::committed_checkpoint(run_dir, device)?;
     let cfg: Stage2Config = serde_json::from_value(state.config.clone()).map_err(|e| Error::Checkpoint {
         path: run_dir.join(super::checkpoint::STATE_FILE),
         reason: format!("config is not a stage-2 config: {e}"),
     })?;
-    let path = run_dir.join(&state.tensors_file);
-    // SAFETY: the checkpoint file is ours and not modified while mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device)? };
     let dit = build_dit(&cfg, vb.clone())?;
     let model = Stage2Model::new(&cfg, dit, vb)?;
     Ok((cfg, model))
