@@ -117,30 +117,24 @@ pub const FILL_L1: f64 = 0.6;
 /// The unmoved frame is the target unless a moved copy is closer by more than this.
 pub const STILL_MARGIN: f64 = 0.05;
 
-/// The selector's cross-entropy against a label-free per-pixel target ([`selection_targets`]): the
-/// copy closest to the true frame's pixel, among the unmoved frame and the gripper's and block's
-/// copies where they carry moved content (`moved`, `(B, 2, H, W)`: the first frame's movable
-/// pixels moved like each copy; a copy that only matches by accident, such as wall where the
-/// gripper left, is not a target), or the fill where none is close. The moved content covers a
-/// few percent of a frame, so with the L1 alone the selector settles on copying the first frame;
-/// pixels whose target is not the unmoved copy weigh `1 + moved_weight`.
-pub fn selection_loss(
-    candidates: &Tensor,
-    moved: &Tensor,
-    logits: &Tensor,
-    target: &Tensor,
-    moved_weight: f64,
-) -> Result<Tensor> {
-    let class = selection_targets(candidates, moved, target)?;
+/// The selector's cross-entropy against a label-free per-pixel target `class` `(B, 1, H, W)` u32
+/// from [`selection_targets`]: the copy closest to the true frame's pixel, among the unmoved frame
+/// and the gripper's and block's copies where they carry moved content, or the fill where none is
+/// close. The moved content covers a few percent of a frame, so with the L1 alone the selector
+/// settles on copying the first frame; pixels whose target is not the unmoved copy weigh
+/// `1 + moved_weight`.
+pub fn selection_loss(class: &Tensor, logits: &Tensor, moved_weight: f64) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
-    let nll = logp.gather(&class, 1)?.neg()?;
+    let nll = logp.gather(class, 1)?.neg()?;
     let moved = class.ne(0u32)?.to_dtype(DType::F32)?;
     let weight = ((moved * moved_weight)? + 1.0)?;
     Ok((nll.mul(&weight)?.sum_all()? / weight.sum_all()?)?)
 }
 
 /// The per-pixel classes of [`selection_loss`], `(B, 1, H, W)` u32 (0 unmoved, 1 gripper's copy,
-/// 2 block's copy, 3 fill).
+/// 2 block's copy, 3 fill). `moved` `(B, 2, H, W)`: the first frame's movable pixels moved like
+/// the gripper's and the block's copy; a copy that only matches by accident, such as wall where
+/// the gripper left, is not a target there.
 pub fn selection_targets(candidates: &Tensor, moved: &Tensor, target: &Tensor) -> Result<Tensor> {
     let (b, _, h, w) = target.dims4()?;
     let err = |k: usize| -> Result<Tensor> { Ok((candidates.narrow(1, 3 * k, 3)? - target)?.abs()?.sum_keepdim(1)?) };
@@ -258,9 +252,9 @@ pub fn train_clip_renderer(
         let (logits, fill) = model.select(&cand)?;
         let render = ClipRenderer::compose_soft(&cand, &logits, &fill)?;
         let r_loss = pixel_l1(&render, &target)?;
-        let ce = selection_loss(&cand, &moved, &logits, &target, cfg.moved_weight)?;
-        // How often each copy is the target, and how often the selector already picks it there.
         let class = selection_targets(&cand, &moved, &target)?;
+        let ce = selection_loss(&class, &logits, cfg.moved_weight)?;
+        // How often each copy is the target, and how often the selector already picks it there.
         let picked = logits.argmax_keepdim(1)?;
         for (k, name) in [(1u32, "gripper"), (2, "block"), (3, "fill")] {
             let is = class.eq(k)?.to_dtype(DType::F32)?;
@@ -393,10 +387,12 @@ mod tests {
         };
         // Moved content (gripper's copy, block's copy) everywhere but the gripper's at pixel 3.
         let moved = Tensor::from_vec(vec![1f32, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0], (1, 2, 1, 4), &dev)?;
-        let good = selection_loss(&cand, &moved, &logits_for(want)?, &target, 10.0)?.to_scalar::<f32>()?;
+        let class = selection_targets(&cand, &moved, &target)?;
+        assert_eq!(class.flatten_all()?.to_vec1::<u32>()?, want.map(|c| c as u32));
+        let good = selection_loss(&class, &logits_for(want)?, 10.0)?.to_scalar::<f32>()?;
         assert!(good < 1e-6, "{good}");
         for wrong in [[1, 1, 2, 3], [0, 0, 2, 3], [0, 1, 1, 3], [0, 1, 2, 0]] {
-            let bad = selection_loss(&cand, &moved, &logits_for(wrong)?, &target, 10.0)?.to_scalar::<f32>()?;
+            let bad = selection_loss(&class, &logits_for(wrong)?, 10.0)?.to_scalar::<f32>()?;
             assert!(bad > 1.0, "{wrong:?}: {bad}");
         }
         Ok(())
