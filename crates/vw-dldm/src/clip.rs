@@ -8,12 +8,21 @@
 //!
 //! What it draws: the moved content of a CraftWorld clip is rigid layers. The codes of each
 //! transition give that transition's motion (a displacement and whether something is carried,
-//! [`ClipRenderer::motions`]); their sums over the clip so far place five copies of the first
-//! frame ([`clip_candidates`]): as it is, moved with the gripper, moved with the carried block, at
-//! the gripper's grasp pose, and that pose moved with the block. A small convolutional selector
-//! ([`ClipRenderer::select`]) picks, per pixel, one copy or a painted fill colour (what was behind
-//! what moved away). Every pixel of a render is a pixel of the clip's first frame or a fill colour,
-//! so a rollout chains one render per clip, not one per frame.
+//! [`ClipRenderer::motions`]); their sums over the clip so far say where the gripper and the
+//! carried block are ([`clip_translations`]). Two compositors draw a frame from that
+//! ([`Compositor`]):
+//! - [`Compositor::Layers`] (the default): once per clip, two small convolutional networks find
+//!   the gripper's layer and the carried block's layer of the first frame
+//!   ([`ClipRenderer::layer_masks`]); each frame cuts both out, fills the holes from the first
+//!   frame a few pixels to the side, and pastes the block's layer, then the gripper's, at their
+//!   translations ([`compose_layers`]).
+//! - [`Compositor::Select`]: five copies of the first frame ([`clip_candidates`]: as it is, moved
+//!   with the gripper, moved with the carried block, at the grasp pose, and that pose moved with
+//!   the block), and a per-pixel, per-frame choice of one copy or a painted fill colour
+//!   ([`ClipRenderer::select`]).
+//!
+//! Either way every pixel of a render is a pixel of the clip's first frame (or, for the selector,
+//! a fill colour), so a rollout chains one render per clip, not one per frame.
 //!
 //! Training needs no labels: the motion of each transition comes from the frames themselves
 //! ([`dominant_motion`]: the displacement that explains most changed pixels, and whether vivid
@@ -45,6 +54,32 @@ pub struct ClipRendererConfig {
     pub clip_transitions: usize,
     /// Pixels per unit of the motion MLP's displacement output.
     pub motion_scale: f64,
+    /// How a frame is put together from the clip's first frame. (Configs written before this
+    /// field existed were all [`Compositor::Select`], so that is what a missing field reads as.)
+    #[serde(default = "Compositor::written_before_layers")]
+    pub compositor: Compositor,
+}
+
+/// How the clip renderer puts a frame together from the clip's first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compositor {
+    /// Per pixel and per frame, a choice among five copies of the first frame or a fill colour
+    /// ([`ClipRenderer::select`]).
+    Select,
+    /// Two rigid layers of the first frame, found once per clip: what moves with the gripper and
+    /// what moves with the carried block ([`ClipRenderer::layer_masks`]). Each frame is the first
+    /// frame with both layers cut out and filled, the block's layer pasted at its translation, then
+    /// the gripper's at its own ([`compose_layers`]). One mask per clip keeps every frame of the
+    /// clip consistent, where the per-frame choice can lose a part of a layer in one frame only.
+    #[default]
+    Layers,
+}
+
+impl Compositor {
+    fn written_before_layers() -> Self {
+        Compositor::Select
+    }
 }
 
 impl Default for ClipRendererConfig {
@@ -57,6 +92,7 @@ impl Default for ClipRendererConfig {
             channels: 16,
             clip_transitions: 8,
             motion_scale: 8.0,
+            compositor: Compositor::default(),
         }
     }
 }
@@ -275,16 +311,48 @@ pub fn clip_candidates(x: &Tensor, t: &[ClipTranslations]) -> Result<Tensor> {
     Ok(Tensor::cat(&parts, 1)?)
 }
 
-/// The clip renderer: a motion MLP (codes of a transition -> its motion) and a per-pixel selector.
-pub struct ClipRenderer {
-    cfg: ClipRendererConfig,
-    motion: [Linear; 3],
+/// Four 3x3 convolutions (dilations 1, 2, 4, 1: a 17-px view) on an input and the coordinate
+/// planes, and a 1x1 head.
+struct ConvStack {
     convs: Vec<Conv2d>,
     head: Conv2d,
 }
 
+impl ConvStack {
+    fn new(cin: usize, channels: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        let conv = |cin: usize, dil: usize, name: &str| {
+            let cc = Conv2dConfig { padding: dil, dilation: dil, ..Default::default() };
+            candle_nn::conv2d(cin, channels, 3, cc, vb.pp(name))
+        };
+        let c = channels;
+        let convs = vec![conv(cin + 2, 1, "0")?, conv(c, 2, "1")?, conv(c, 4, "2")?, conv(c, 1, "3")?];
+        let head = candle_nn::conv2d(c, cout, 1, Default::default(), vb.pp("head"))?;
+        Ok(Self { convs, head })
+    }
+
+    /// The head's raw output on `x` `(B, cin, H, W)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        let coords = coordinate_planes(b, h, w, x.device())?;
+        let mut x = Tensor::cat(&[x, &coords], 1)?;
+        for c in &self.convs {
+            x = c.forward(&x)?.gelu()?;
+        }
+        Ok(self.head.forward(&x)?)
+    }
+}
+
+/// The clip renderer: a motion MLP (codes of a transition -> its motion) and the convolutions of
+/// its compositor (one selector, or a gripper-layer and a block-layer finder).
+pub struct ClipRenderer {
+    cfg: ClipRendererConfig,
+    motion: [Linear; 3],
+    nets: Vec<ConvStack>,
+}
+
 impl ClipRenderer {
-    /// Builds the renderer under `vb` (`motion.{0,1,2}`, `select.{0..4}`, `select.head`).
+    /// Builds the renderer under `vb`: `motion.{0,1,2}`, then `select.{0..4}` and `select.head`
+    /// ([`Compositor::Select`]) or `layers.gripper.*` and `layers.block.*` ([`Compositor::Layers`]).
     pub fn new(cfg: &ClipRendererConfig, vb: VarBuilder) -> Result<Self> {
         if cfg.clip_transitions == 0 || cfg.image_size == 0 || cfg.levels.is_empty() {
             return Err(Error::Invalid(
@@ -298,15 +366,21 @@ impl ClipRenderer {
             candle_nn::linear(hdim, hdim, m.pp("1"))?,
             candle_nn::linear(hdim, 3, m.pp("2"))?,
         ];
-        let s = vb.pp("select");
         let c = cfg.channels;
-        let conv = |cin: usize, dil: usize, name: &str| {
-            let cc = Conv2dConfig { padding: dil, dilation: dil, ..Default::default() };
-            candle_nn::conv2d(cin, c, 3, cc, s.pp(name))
+        let nets = match cfg.compositor {
+            // The selector sees the five copies.
+            Compositor::Select => vec![ConvStack::new(3 * CANDIDATES, c, CLASSES + 3, vb.pp("select"))?],
+            // The gripper's layer (and the fill) from the first frame; the block's from the first
+            // frame, its grasp-pose copy and the gripper's layer at the grasp pose.
+            Compositor::Layers => {
+                let l = vb.pp("layers");
+                vec![
+                    ConvStack::new(3, c, 1 + FILL_SHIFTS.len(), l.pp("gripper"))?,
+                    ConvStack::new(3 + 3 + 1, c, 1, l.pp("block"))?,
+                ]
+            }
         };
-        let convs = vec![conv(3 * CANDIDATES + 2, 1, "0")?, conv(c, 2, "1")?, conv(c, 4, "2")?, conv(c, 1, "3")?];
-        let head = candle_nn::conv2d(c, CLASSES + 3, 1, Default::default(), s.pp("head"))?;
-        Ok(Self { cfg: cfg.clone(), motion, convs, head })
+        Ok(Self { cfg: cfg.clone(), motion, nets })
     }
 
     /// The config.
@@ -340,14 +414,33 @@ impl ClipRenderer {
     /// The selector on candidates `(B, 15, H, W)` (from [`clip_candidates`]): class logits
     /// `(B, 4, H, W)` and the fill colour `(B, 3, H, W)` in [-1, 1].
     pub fn select(&self, candidates: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, _, h, w) = candidates.dims4()?;
-        let coords = coordinate_planes(b, h, w, candidates.device())?;
-        let mut x = Tensor::cat(&[candidates, &coords], 1)?;
-        for c in &self.convs {
-            x = c.forward(&x)?.gelu()?;
-        }
-        let out = self.head.forward(&x)?;
+        self.expect(Compositor::Select)?;
+        let out = self.nets[0].forward(candidates)?;
         Ok((out.narrow(1, 0, CLASSES)?, out.narrow(1, CLASSES, 3)?.tanh()?))
+    }
+
+    /// The two layers of each clip's first frame `first` `(B, 3, H, W)`, given the gripper's grasp
+    /// pose of the clip (`grasp[b]`, [`ClipTranslations::grasp`] over the whole clip): logits
+    /// `(B, 2, H, W)` of "moves with the gripper" and "moves with the carried block", and logits
+    /// `(B, FILL_SHIFTS.len(), H, W)` of which sideways neighbour of the first frame
+    /// ([`layer_fill`]) shows what they uncover. The gripper's layer comes first; moved to the
+    /// grasp pose, it puts the fingers around the block the clip carries, which the block's
+    /// network sees.
+    pub fn layer_masks(&self, first: &Tensor, grasp: &[(i64, i64)]) -> Result<(Tensor, Tensor)> {
+        self.expect(Compositor::Layers)?;
+        let g = self.nets[0].forward(first)?;
+        let gripper = g.narrow(1, 0, 1)?;
+        let at_grasp = shift_images(&candle_nn::ops::sigmoid(&gripper)?.detach(), grasp)?;
+        let x = Tensor::cat(&[first, &shift_images(first, grasp)?, &at_grasp], 1)?;
+        let block = self.nets[1].forward(&x)?;
+        Ok((Tensor::cat(&[&gripper, &block], 1)?, g.narrow(1, 1, FILL_SHIFTS.len())?))
+    }
+
+    fn expect(&self, c: Compositor) -> Result<()> {
+        if self.cfg.compositor != c {
+            return Err(Error::Invalid(format!("clip renderer: built as {:?}, not {c:?}", self.cfg.compositor)));
+        }
+        Ok(())
     }
 
     /// The soft render (training): the class probabilities mix the first three copies and the fill.
@@ -362,13 +455,7 @@ impl ClipRenderer {
 
     /// Each pixel the copy (0-2) or the fill (3) that `choice` `(B, 1, H, W)` u32 names.
     pub fn compose_choice(candidates: &Tensor, choice: &Tensor, fill: &Tensor) -> Result<Tensor> {
-        let (b, _, h, w) = choice.dims4()?;
-        let onehot = Tensor::arange(0u32, CLASSES as u32, choice.device())?
-            .reshape((1, CLASSES, 1, 1))?
-            .broadcast_as((b, CLASSES, h, w))?
-            .eq(&choice.broadcast_as((b, CLASSES, h, w))?)?
-            .to_dtype(fill.dtype())?;
-        mix(candidates, &onehot, fill)
+        mix(candidates, &one_hot(choice, CLASSES)?.to_dtype(fill.dtype())?, fill)
     }
 
     /// Renders the frames after `first` `(B, 3, H, W)` under per-row transition motions
@@ -385,10 +472,26 @@ impl ClipRenderer {
         // Row-major (b, k): every prefix of every row in one batch.
         let trans: Vec<ClipTranslations> =
             motions.iter().flat_map(|m| (1..=s).map(|k| clip_translations(&m[..k]))).collect();
-        let firsts = first.unsqueeze(1)?.broadcast_as((b, s, c, h, w))?.reshape((b * s, c, h, w))?;
-        let cand = clip_candidates(&firsts, &trans)?;
-        let (logits, fill) = self.select(&cand)?;
-        let out = Self::compose_hard(&cand, &logits, &fill)?;
+        let per_frame = |x: &Tensor| -> Result<Tensor> {
+            let (_, c, h, w) = x.dims4()?;
+            Ok(x.unsqueeze(1)?.broadcast_as((b, s, c, h, w))?.reshape((b * s, c, h, w))?)
+        };
+        let firsts = per_frame(first)?;
+        let out = match self.cfg.compositor {
+            Compositor::Select => {
+                let cand = clip_candidates(&firsts, &trans)?;
+                let (logits, fill) = self.select(&cand)?;
+                Self::compose_hard(&cand, &logits, &fill)?
+            }
+            Compositor::Layers => {
+                // One pair of layers per clip, from the grasp pose of the whole clip.
+                let grasp: Vec<(i64, i64)> = motions.iter().map(|m| clip_translations(m).grasp).collect();
+                let (logits, fill) = self.layer_masks(first, &grasp)?;
+                let masks = logits.ge(0f32)?.to_dtype(DType::F32)?;
+                let fill = layer_fill(first, &one_hot(&fill.argmax_keepdim(1)?, FILL_SHIFTS.len())?)?;
+                compose_layers(&firsts, &per_frame(&masks)?, &per_frame(&fill)?, &trans)?
+            }
+        };
         Ok(out.reshape((b, s, c, h, w))?.transpose(1, 2)?.contiguous()?)
     }
 
@@ -418,6 +521,55 @@ fn mix(candidates: &Tensor, weights: &Tensor, fill: &Tensor) -> Result<Tensor> {
     let mut out = fill.broadcast_mul(&weights.narrow(1, CLASSES - 1, 1)?)?;
     for k in 0..CLASSES - 1 {
         out = (out + candidates.narrow(1, 3 * k, 3)?.broadcast_mul(&weights.narrow(1, k, 1)?)?)?;
+    }
+    Ok(out)
+}
+
+/// Layers of [`Compositor::Layers`]: what moves with the gripper, what moves with the block.
+pub const LAYERS: usize = 2;
+
+/// Where the fill of [`Compositor::Layers`] comes from: the first frame moved sideways by these
+/// pixels (right). The layers are thin upright things (an arm) or small squares, so a pixel a
+/// few columns to one side of a hole usually shows what is behind it.
+pub const FILL_SHIFTS: [i64; 4] = [-8, -4, 4, 8];
+
+/// The fill of [`Compositor::Layers`]: the copies of `first` `(B, 3, H, W)` moved by
+/// [`FILL_SHIFTS`], mixed per pixel by `weights` `(B, FILL_SHIFTS.len(), H, W)` (a softmax in
+/// training, one-hot at inference: then every fill pixel is a pixel of the first frame).
+pub fn layer_fill(first: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let b = first.dim(0)?;
+    let mut out = first.zeros_like()?;
+    for (k, &dx) in FILL_SHIFTS.iter().enumerate() {
+        let copy = shift_images(first, &vec![(dx, 0); b])?;
+        out = (out + copy.broadcast_mul(&weights.narrow(1, k, 1)?)?)?;
+    }
+    Ok(out)
+}
+
+/// `(B, n, H, W)` f32 one-hot planes of the class indices `idx` `(B, 1, H, W)` u32.
+fn one_hot(idx: &Tensor, n: usize) -> Result<Tensor> {
+    let (b, _, h, w) = idx.dims4()?;
+    Ok(Tensor::arange(0u32, n as u32, idx.device())?
+        .reshape((1, n, 1, 1))?
+        .broadcast_as((b, n, h, w))?
+        .eq(&idx.broadcast_as((b, n, h, w))?)?
+        .to_dtype(DType::F32)?)
+}
+
+/// Frames from first frames `first` `(B, 3, H, W)` and their layers `masks` `(B, 2, H, W)` in
+/// [0, 1] (gripper, block; [`ClipRenderer::layer_masks`]): the first frame with both layers cut
+/// out and `fill` `(B, 3, H, W)` in their place, then the block's layer pasted at `t[b].block`,
+/// then the gripper's (in front) at `t[b].gripper`. With 0/1 masks every pixel is a pixel of
+/// the first frame, of one of its two moved copies, or the fill.
+pub fn compose_layers(first: &Tensor, masks: &Tensor, fill: &Tensor, t: &[ClipTranslations]) -> Result<Tensor> {
+    let holes = masks.sum_keepdim(1)?.clamp(0f32, 1f32)?;
+    let mut out = (first + (fill - first)?.broadcast_mul(&holes)?)?;
+    for (layer, shift) in
+        [(1, t.iter().map(|t| t.block).collect::<Vec<_>>()), (0, t.iter().map(|t| t.gripper).collect())]
+    {
+        let m = shift_images(&masks.narrow(1, layer, 1)?, &shift)?;
+        let img = shift_images(first, &shift)?;
+        out = (&out + (img - &out)?.broadcast_mul(&m)?)?;
     }
     Ok(out)
 }
@@ -485,8 +637,22 @@ pub fn motion_targets(motions: &[TransitionMotion], ids: &[usize], scale: f64, d
 /// against [`motion_targets`]: L1 of the displacement plus the binary cross-entropy of carried.
 pub fn motion_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     let l1 = (pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?;
-    let bce = candle_nn::loss::binary_cross_entropy_with_logit(&pred.narrow(1, 2, 1)?, &target.narrow(1, 2, 1)?)?;
+    let bce = bce_with_logits(&pred.narrow(1, 2, 1)?, &target.narrow(1, 2, 1)?)?;
     Ok((l1 + bce)?)
+}
+
+/// Mean binary cross-entropy of `logits` against targets in [0, 1], in the form that stays finite
+/// for any logit: `max(x, 0) - x t + ln(1 + e^-|x|)`. (`candle_nn`'s takes the log of the sigmoid,
+/// which is exactly 0 or 1 past |x| ~ 17 in f32: its loss, and then the weights, become NaN once
+/// a confident logit grows that far.)
+pub fn bce_with_logits(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    Ok(bce_with_logits_each(logits, target)?.mean_all()?)
+}
+
+/// [`bce_with_logits`] of each element, not averaged.
+pub fn bce_with_logits_each(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    Ok((logits.relu()? - logits.mul(target)?)?.add(&softplus)?)
 }
 
 /// Mean over pixels of the channel-summed L1 between `a` and `b`, `(B, 3, H, W)`: the render loss.
@@ -571,6 +737,21 @@ mod tests {
     }
 
     #[test]
+    fn the_motion_loss_stays_finite_for_confident_logits() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[-200f32], [-1.0], [0.0], [3.0], [200.0]], &dev)?;
+        let target = Tensor::new(&[[0f32], [1.0], [0.0], [1.0], [1.0]], &dev)?;
+        // ln(1 + e^-|x|) + max(x, 0) - x t, row by row.
+        let want = [0.0, 1.0 + (-1f64).exp().ln_1p(), 2f64.ln(), (-3f64).exp().ln_1p(), 0.0];
+        let got = bce_with_logits(&logits, &target)?.to_scalar::<f32>()? as f64;
+        assert!((got - want.iter().sum::<f64>() / 5.0).abs() < 1e-6, "{got}");
+        // A wrong confident logit costs its size, not NaN.
+        let wrong = bce_with_logits(&Tensor::new(&[[200f32]], &dev)?, &Tensor::new(&[[0f32]], &dev)?)?;
+        assert_eq!(wrong.to_scalar::<f32>()?, 200.0);
+        Ok(())
+    }
+
+    #[test]
     fn shifted_images_move_content_and_repeat_edges() -> Result<()> {
         let dev = Device::Cpu;
         let x = Tensor::arange(0f32, 2.0 * 12.0, &dev)?.reshape((2, 1, 3, 4))?;
@@ -587,36 +768,82 @@ mod tests {
     #[test]
     fn every_rendered_pixel_is_a_pixel_of_a_copy_or_the_fill() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = ClipRendererConfig::tiny();
-        let varmap = VarMap::new();
-        let r = ClipRenderer::new(&cfg, crate::train::seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
-        let s = cfg.image_size;
-        let first =
-            crate::train::rand_from(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1), -1.0, 1.0, (2, 3, s, s), &dev)?;
-        let motions = vec![
-            vec![m(1.0, 0.0, false), m(0.0, 2.0, true), m(-3.0, 0.0, true)],
-            vec![m(0.0, 0.0, false), m(4.0, 1.0, false), m(0.0, 0.0, false)],
-        ];
-        let out = r.render_clip(&first, &motions)?;
-        assert_eq!(out.dims(), &[2, 3, 3, s, s]);
-        // Frame k of row b against the copies of its own translations, pixel by pixel.
-        for (b, row) in motions.iter().enumerate() {
-            for k in 0..3 {
-                let t = clip_translations(&row[..=k]);
+        for compositor in [Compositor::Select, Compositor::Layers] {
+            let cfg = ClipRendererConfig { compositor, ..ClipRendererConfig::tiny() };
+            let varmap = VarMap::new();
+            let r = ClipRenderer::new(&cfg, crate::train::seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+            let s = cfg.image_size;
+            let first =
+                crate::train::rand_from(&mut rand_chacha::ChaCha8Rng::seed_from_u64(1), -1.0, 1.0, (2, 3, s, s), &dev)?;
+            let motions = vec![
+                vec![m(1.0, 0.0, false), m(0.0, 2.0, true), m(-3.0, 0.0, true)],
+                vec![m(0.0, 0.0, false), m(4.0, 1.0, false), m(0.0, 0.0, false)],
+            ];
+            let out = r.render_clip(&first, &motions)?;
+            assert_eq!(out.dims(), &[2, 3, 3, s, s]);
+            // Frame k of row b against the copies of its own translations, pixel by pixel.
+            for (b, row) in motions.iter().enumerate() {
                 let x = first.narrow(0, b, 1)?;
-                let cand = clip_candidates(&x, &[t])?;
-                let (_, fill) = r.select(&cand)?;
-                let opts = [cand.narrow(1, 0, 3)?, cand.narrow(1, 3, 3)?, cand.narrow(1, 6, 3)?, fill];
-                let got = out.narrow(0, b, 1)?.narrow(2, k, 1)?.squeeze(2)?;
-                let mut min_err = (&got - &opts[0])?.abs()?.sum_keepdim(1)?;
-                for o in &opts[1..] {
-                    min_err = min_err.minimum(&(&got - o)?.abs()?.sum_keepdim(1)?)?;
+                let fill = match compositor {
+                    Compositor::Select => None,
+                    Compositor::Layers => {
+                        let (_, fill) = r.layer_masks(&x, &[clip_translations(row).grasp])?;
+                        Some(layer_fill(&x, &one_hot(&fill.argmax_keepdim(1)?, FILL_SHIFTS.len())?)?)
+                    }
+                };
+                for k in 0..3 {
+                    let t = clip_translations(&row[..=k]);
+                    let cand = clip_candidates(&x, &[t])?;
+                    let fill = match &fill {
+                        Some(f) => f.clone(),
+                        None => r.select(&cand)?.1,
+                    };
+                    let opts = [cand.narrow(1, 0, 3)?, cand.narrow(1, 3, 3)?, cand.narrow(1, 6, 3)?, fill];
+                    let got = out.narrow(0, b, 1)?.narrow(2, k, 1)?.squeeze(2)?;
+                    let mut min_err = (&got - &opts[0])?.abs()?.sum_keepdim(1)?;
+                    for o in &opts[1..] {
+                        min_err = min_err.minimum(&(&got - o)?.abs()?.sum_keepdim(1)?)?;
+                    }
+                    assert!(min_err.max_all()?.to_scalar::<f32>()? < 1e-6, "{compositor:?} row {b} frame {k}");
                 }
-                assert!(min_err.max_all()?.to_scalar::<f32>()? < 1e-6, "row {b} frame {k}");
+            }
+            // Mismatched rows are an error, and so is the other compositor's network.
+            assert!(r.render_clip(&first, &motions[..1]).is_err());
+            match compositor {
+                Compositor::Select => assert!(r.layer_masks(&first, &[(0, 0), (0, 0)]).is_err()),
+                Compositor::Layers => assert!(r.select(&clip_candidates(&first, &[Default::default(); 2])?).is_err()),
             }
         }
-        // Mismatched rows are an error.
-        assert!(r.render_clip(&first, &motions[..1]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn layers_move_with_their_translations_over_the_filled_first_frame() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, w) = (12, 14);
+        let wall = [0.5, 0.5, 0.45];
+        let (grey, red) = ([-0.2, -0.2, -0.2], [0.9, -0.8, -0.8]);
+        let plane = |v: Vec<f32>, c: usize| Tensor::from_vec(v, (1, c, h, w), &dev);
+        // A 2-px gripper above a 3-px block, and a second, unmoved block.
+        let first = plane(scene(h, w, wall, &[((4, 2), 2, grey), ((4, 4), 3, red), ((10, 8), 2, red)]), 3)?;
+        let ones = |x: usize, y: usize, side: usize| -> Vec<f32> {
+            (0..h * w)
+                .map(|i| ((i % w) >= x && (i % w) < x + side && (i / w) >= y && (i / w) < y + side) as u8 as f32)
+                .collect()
+        };
+        let masks = plane([ones(4, 2, 2), ones(4, 4, 3)].concat(), 2)?;
+        let fill = plane(scene(h, w, wall, &[]), 3)?;
+        // The gripper moves by (3, 3), the block it carries by (3, 2).
+        let t = ClipTranslations { gripper: (3, 3), block: (3, 2), grasp: (0, 0) };
+        let got = compose_layers(&first, &masks, &fill, &[t])?;
+        // The block's layer lands first, the gripper's (in front) over it: the gripper's bottom
+        // row covers the block's top row.
+        let want = plane(scene(h, w, wall, &[((7, 6), 3, red), ((7, 5), 2, grey), ((10, 8), 2, red)]), 3)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> { Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?) };
+        assert!(max_diff(&got, &want)? < 1e-6);
+        // Unmoved layers stay where they are.
+        let still = compose_layers(&first, &masks, &fill, &[ClipTranslations::default()])?;
+        assert!(max_diff(&still, &first)? < 1e-6);
         Ok(())
     }
 }

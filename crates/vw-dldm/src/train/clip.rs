@@ -1,14 +1,17 @@
 //! Training of the clip renderer ([`crate::clip`]) on a frozen dLDM's codes: the motion MLP
-//! regresses each transition's label-free motion ([`dominant_motion`]) from its codes, and the
-//! selector learns to draw frame `s + k` of a video from frame `s` and the motions of the `k`
-//! transitions between them (`k` up to `clip_transitions`), by L1 against the true frame.
+//! regresses each transition's label-free motion ([`crate::clip::dominant_motion`]) from its
+//! codes, and the compositor (the layer finders, or the selector) learns to draw frame `s + k`
+//! of a video from frame `s` and the motions of the `k` transitions between them (`k` up to
+//! `clip_transitions`), by L1 against the true frame and a cross-entropy against label-free
+//! per-pixel targets.
 
 use super::craft::{Augment, Transitions, FOREGROUND_THRESHOLD};
 use super::{fit, seeded_var_builder, RunDir, TrainConfig, Trainer};
 use crate::baseline::TinyLdm;
 use crate::clip::{
-    clip_candidates, clip_translations, motion_loss, motion_targets, pixel_l1, shift_images, ClipRenderer,
-    ClipRendererConfig, MotionTeacher, TransitionMotion,
+    bce_with_logits_each, clip_candidates, clip_translations, compose_layers, layer_fill, motion_loss, motion_targets,
+    pixel_l1, shift_images, ClipRenderer, ClipRendererConfig, ClipTranslations, Compositor, MotionTeacher,
+    TransitionMotion,
 };
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -211,18 +214,24 @@ pub fn train_clip_renderer(
         let mut starts = Vec::new();
         let mut targets = Vec::new();
         let mut trans = Vec::new();
+        let mut grasps = Vec::new();
+        let layers = cfg.renderer.compositor == Compositor::Layers;
         for _ in 0..cfg.train.batch_size {
             let i = ctx.rng.random_range(0..clip_data.motions.len());
             let e = data.episode[i] as usize;
             let left = data.frames_per_episode[e] - 1 - data.index_in_episode[i] as usize;
-            let k = ctx.rng.random_range(1..=k_max.min(left));
+            // The layers are found once per clip (of `len` transitions) and drawn at any frame k
+            // of it; the selector sees only the clip up to its target frame.
+            let len = ctx.rng.random_range(1..=k_max.min(left));
+            let k = if layers { ctx.rng.random_range(1..=len) } else { len };
             let ms: Vec<TransitionMotion> = if ctx.rng.random_bool(cfg.predicted_motion_prob) {
-                let idx = clip_data.codes.narrow(0, i, k)?;
+                let idx = clip_data.codes.narrow(0, i, len)?;
                 model.motions(&idx)?
             } else {
-                clip_data.motions[i..i + k].to_vec()
+                clip_data.motions[i..i + len].to_vec()
             };
-            trans.push(clip_translations(&ms));
+            grasps.push(clip_translations(&ms).grasp);
+            trans.push(clip_translations(&ms[..k]));
             ids.push(i);
             starts.push(data.starts[i]);
             targets.push(data.starts[i] + k as u32);
@@ -249,10 +258,14 @@ pub fn train_clip_renderer(
         let target_movable = fg.1.maximum(&changed)?;
         let (x_s, target) = cfg.augment.apply(&x_s, &target, Some((&movable, &target_movable)), ctx.rng, n, 0..n)?;
         let cand = clip_candidates(&x_s, &trans)?;
+        let class = selection_targets(&cand, &moved, &target)?;
+        if layers {
+            let parts = LayerBatch { first: &x_s, target: &target, grasps: &grasps, trans: &trans, class: &class };
+            return layer_step(&model, &parts, &changed, cfg.moved_weight, &mut ctx.extra);
+        }
         let (logits, fill) = model.select(&cand)?;
         let render = ClipRenderer::compose_soft(&cand, &logits, &fill)?;
         let r_loss = pixel_l1(&render, &target)?;
-        let class = selection_targets(&cand, &moved, &target)?;
         let ce = selection_loss(&class, &logits, cfg.moved_weight)?;
         // How often each copy is the target, and how often the selector already picks it there.
         let picked = logits.argmax_keepdim(1)?;
@@ -268,6 +281,78 @@ pub fn train_clip_renderer(
         Ok((r_loss + ce)?)
     })?;
     Ok(model)
+}
+
+/// Extra weight of a layer's target pixels in its cross-entropy (the layered compositor's
+/// training). At the selector's `moved_weight` (10) the block's layer covered up to 6% of the
+/// frame, where a block is 0.9%, and a step's render moved blocks placed before it.
+pub const LAYER_POSITIVE_WEIGHT: f64 = 2.0;
+
+/// One batch of [`Compositor::Layers`] training clips.
+struct LayerBatch<'a> {
+    /// First frames `(B, 3, H, W)`.
+    first: &'a Tensor,
+    /// The true frames `k` transitions later.
+    target: &'a Tensor,
+    /// Each clip's grasp pose.
+    grasps: &'a [(i64, i64)],
+    /// The translations after `k` transitions.
+    trans: &'a [ClipTranslations],
+    /// The per-pixel copy that explains each target pixel ([`selection_targets`]).
+    class: &'a Tensor,
+}
+
+/// One training step of [`Compositor::Layers`]: the soft layers of the first frames composed at
+/// their translations, by L1 against the true frames, pixels that change (`changed`) weighing
+/// `1 + moved_weight` (the moved content is a few percent of a frame: unweighted, the first frame
+/// repeated is a good render); plus a cross-entropy of each layer against a label-free target.
+/// The target pixels of a layer are the first-frame pixels its copy explains in the true frame
+/// ([`selection_targets`] of class 1 or 2, moved back by the layer's translation), counted only in
+/// clips where that layer moved. The L1 alone finds the gripper but leaves the carried block
+/// behind: a block layer that also moved the blocks around it costs more than none.
+fn layer_step(
+    model: &ClipRenderer,
+    b: &LayerBatch,
+    changed: &Tensor,
+    moved_weight: f64,
+    extra: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<Tensor> {
+    let (logits, fill) = model.layer_masks(b.first, b.grasps)?;
+    let fill = layer_fill(b.first, &candle_nn::ops::softmax(&fill, 1)?)?;
+    let masks = candle_nn::ops::sigmoid(&logits)?;
+    let render = compose_layers(b.first, &masks, &fill, b.trans)?;
+    let weight = ((changed * moved_weight)? + 1.0)?;
+    let err = (&render - b.target)?.abs()?.sum_keepdim(1)?;
+    let l1 = (err.mul(&weight)?.sum_all()? / weight.sum_all()?)?;
+    let dev = b.first.device();
+    let mut ce = Tensor::zeros((), DType::F32, dev)?;
+    for (layer, class, shift) in [
+        (0, 1u32, b.trans.iter().map(|t| t.gripper).collect::<Vec<_>>()),
+        (1, 2u32, b.trans.iter().map(|t| t.block).collect()),
+    ] {
+        let back: Vec<(i64, i64)> = shift.iter().map(|&(x, y)| (-x, -y)).collect();
+        let want = shift_images(&b.class.eq(class)?.to_dtype(DType::F32)?, &back)?;
+        let moved: Vec<f32> = shift.iter().map(|&t| (t != (0, 0)) as u8 as f32).collect();
+        let n = moved.len();
+        let gate = Tensor::from_vec(moved, (n, 1, 1, 1), dev)?.broadcast_as(want.shape())?;
+        let w = ((&want * LAYER_POSITIVE_WEIGHT)? + 1.0)?.mul(&gate)?;
+        let lg = logits.narrow(1, layer, 1)?;
+        let per_px = bce_with_logits_each(&lg, &want)?;
+        let total = w.sum_all()?.to_scalar::<f32>()?;
+        if total > 0.0 {
+            ce = (ce + (per_px.mul(&w)?.sum_all()? / total as f64)?)?;
+        }
+        extra.insert(
+            format!("{}_target_px", ["gripper", "block"][layer]),
+            want.mul(&gate)?.sum_all()?.to_scalar::<f32>()?.into(),
+        );
+    }
+    extra.insert("render_l1".into(), pixel_l1(&render, b.target)?.to_scalar::<f32>()?.into());
+    extra.insert("layer_ce".into(), ce.to_scalar::<f32>()?.into());
+    let cover = masks.mean((0, 2, 3))?.to_vec1::<f32>()?;
+    extra.insert("gripper_mask".into(), cover[0].into());
+    extra.insert("block_mask".into(), cover[1].into());
+    Ok((l1 + ce)?)
 }
 
 /// Loads a clip renderer run folder.
@@ -298,8 +383,13 @@ mod tests {
     }
 
     fn clip_cfg(ldm: &crate::baseline::TinyLdmConfig, total: u64) -> ClipTrainConfig {
+        clip_cfg_with(ldm, total, Compositor::default())
+    }
+
+    fn clip_cfg_with(ldm: &crate::baseline::TinyLdmConfig, total: u64, compositor: Compositor) -> ClipTrainConfig {
         let mut c = ClipTrainConfig {
             renderer: ClipRendererConfig {
+                compositor,
                 channels: 4,
                 motion_hidden: 8,
                 clip_transitions: 3,
@@ -325,9 +415,25 @@ mod tests {
         let model = train_clip_renderer(&clip_cfg(&s1.model, 5), &ldm, &data, &straight, false, &dev, false)?;
         train_clip_renderer(&clip_cfg(&s1.model, 0), &ldm, &data, &init, false, &dev, false)?;
         let (w0, w1) = (weights(&init)?, weights(&straight)?);
-        for prefix in ["motion.", "select."] {
+        for prefix in ["motion.", "layers."] {
             assert!(w0.keys().filter(|k| k.starts_with(prefix)).any(|k| w0[k] != w1[k]), "{prefix} did not train");
         }
+        // The per-pixel selector trains too.
+        let sel = tmp.path().join("select");
+        train_clip_renderer(&clip_cfg_with(&s1.model, 5, Compositor::Select), &ldm, &data, &sel, false, &dev, false)?;
+        assert!(weights(&sel)?.keys().any(|k| k.starts_with("select.")));
+        let init_sel = tmp.path().join("init-select");
+        train_clip_renderer(
+            &clip_cfg_with(&s1.model, 0, Compositor::Select),
+            &ldm,
+            &data,
+            &init_sel,
+            false,
+            &dev,
+            false,
+        )?;
+        let (s0, s1w) = (weights(&init_sel)?, weights(&sel)?);
+        assert!(s0.keys().filter(|k| k.starts_with("select.")).any(|k| s0[k] != s1w[k]), "select. did not train");
         // The run reloads into the same renders.
         let (cfg, loaded) = load_clip_renderer(&straight, &dev)?;
         assert_eq!(cfg, clip_cfg(&s1.model, 5));

@@ -23,6 +23,22 @@ pub struct CraftData {
     pub play_frames: usize,
 }
 
+impl CraftData {
+    /// The episodes, in `split`'s look.
+    pub fn generate(&self, split: Split) -> Result<Vec<Episode>> {
+        (0..self.episodes)
+            .map(|i| {
+                let seed = self.first_seed + i as u64;
+                match self.play_frames {
+                    0 => generate_episode(&self.world, split, seed),
+                    n => generate_play_episode(&self.world, split, seed, n),
+                }
+                .map_err(|e| Error::Invalid(format!("CraftWorld episode {seed}: {e}")))
+            })
+            .collect()
+    }
+}
+
 impl Default for CraftData {
     fn default() -> Self {
         Self { world: CraftConfig::default(), episodes: 48, first_seed: 0, play_frames: 0 }
@@ -56,17 +72,7 @@ pub struct Transitions {
 impl Transitions {
     /// Renders `data.episodes` episodes of `split` and indexes their transitions.
     pub fn render(data: &CraftData, split: Split, device: &Device) -> Result<Self> {
-        let eps = (0..data.episodes)
-            .map(|i| {
-                let seed = data.first_seed + i as u64;
-                match data.play_frames {
-                    0 => generate_episode(&data.world, split, seed),
-                    n => generate_play_episode(&data.world, split, seed, n),
-                }
-                .map_err(|e| Error::Invalid(format!("CraftWorld episode {}: {e}", data.first_seed + i as u64)))
-            })
-            .collect::<Result<Vec<Episode>>>()?;
-        Self::from_episodes(&eps, device)
+        Self::from_episodes(&data.generate(split)?, device)
     }
 
     /// Indexes the transitions of already rendered episodes.

@@ -151,7 +151,7 @@ fn chain_frames(data: &Transitions, ids: &[usize], horizon: usize) -> Result<Vec
         .collect()
 }
 
-/// The rollout loss of chains whose true frames are `frames` (from [`chain_frames`]): codes from
+/// The rollout loss of chains whose true frames are `frames` (from `chain_frames`): codes from
 /// the (frozen) encoder on the true pairs, renders chained from `frames[0]`, each next input the
 /// previous render clamped to [-1, 1] as in [`crate::LatentDynamics::render`]. Returns the loss
 /// averaged over the chain and the per-transition losses (detached scalar tensors, read only when
