@@ -11,7 +11,8 @@
 //!     [--png FILE]
 //!
 //! (`train`, `motions` and `eval` also take `--unseen on`: the training look scored on the
-//! evaluation seeds, whose layouts no training video shows.)
+//! evaluation seeds, whose layouts no training video shows; `eval` takes `--settle on|off`, the
+//! layered compositor's gravity rule.)
 //! ```
 //!
 //! `eval` scores three renderings of each held-out episode, all chained one render per recipe
@@ -314,6 +315,8 @@ struct Args {
     unseen: bool,
     /// Steps of the motion MLP's phase (default: the config's).
     motion_steps: Option<u64>,
+    /// Draw with the layers' gravity rule on or off (default: as trained).
+    settle: Option<bool>,
 }
 
 fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -321,8 +324,12 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
     let ldm_dir = a.ldm.as_ref().context("--ldm RUN/dldm is required")?;
     let (_, ldm) = load_stage1(ldm_dir, &dev)?;
     let (_, ldm_again) = load_stage1(ldm_dir, &dev)?;
-    let (ccfg, renderer) = load_clip_renderer(renderer_dir, &dev)?;
-    let (_, renderer2) = load_clip_renderer(renderer_dir, &dev)?;
+    let (ccfg, mut renderer) = load_clip_renderer(renderer_dir, &dev)?;
+    let (_, mut renderer2) = load_clip_renderer(renderer_dir, &dev)?;
+    if let Some(on) = a.settle {
+        renderer.set_settle(on);
+        renderer2.set_settle(on);
+    }
     let cfg = DemoConfig::cpu();
     let eps = if a.unseen && a.split == Split::Train {
         // The training look on the evaluation seeds: layouts no training video showed.
@@ -455,6 +462,7 @@ fn main() -> anyhow::Result<()> {
         expert: 0,
         unseen: false,
         motion_steps: None,
+        settle: None,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -474,6 +482,7 @@ fn main() -> anyhow::Result<()> {
             "--augment" => a.no_augment = v == "off",
             "--expert" => a.expert = v.parse()?,
             "--motion-steps" => a.motion_steps = Some(v.parse()?),
+            "--settle" => a.settle = Some(v == "on"),
             "--unseen" => a.unseen = v == "on",
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {

@@ -58,6 +58,10 @@ pub struct ClipRendererConfig {
     /// field existed were all [`Compositor::Select`], so that is what a missing field reads as.)
     #[serde(default = "Compositor::written_before_layers")]
     pub compositor: Compositor,
+    /// [`Compositor::Layers`] only: once the carried block is let go, move it up or down (by at
+    /// most [`SETTLE_RANGE`] px) until it rests on what is under it ([`settle_blocks`]). Off by
+    /// default: a hand-written gravity rule, not learned.
+    pub settle: bool,
 }
 
 /// How the clip renderer puts a frame together from the clip's first frame.
@@ -93,6 +97,7 @@ impl Default for ClipRendererConfig {
             clip_transitions: 8,
             motion_scale: 8.0,
             compositor: Compositor::default(),
+            settle: false,
         }
     }
 }
@@ -388,6 +393,12 @@ impl ClipRenderer {
         &self.cfg
     }
 
+    /// Turns [`ClipRendererConfig::settle`] on or off (it has no weights, so a trained renderer can
+    /// be drawn either way).
+    pub fn set_settle(&mut self, on: bool) {
+        self.cfg.settle = on;
+    }
+
     /// The FSQ vectors of code indices `(N, Q)` flattened to `(N, Q * levels)`.
     pub fn code_vectors(&self, idx: &Tensor) -> Result<Tensor> {
         let n = idx.dim(0)?;
@@ -470,7 +481,7 @@ impl ClipRenderer {
             )));
         }
         // Row-major (b, k): every prefix of every row in one batch.
-        let trans: Vec<ClipTranslations> =
+        let mut trans: Vec<ClipTranslations> =
             motions.iter().flat_map(|m| (1..=s).map(|k| clip_translations(&m[..k]))).collect();
         let per_frame = |x: &Tensor| -> Result<Tensor> {
             let (_, c, h, w) = x.dims4()?;
@@ -489,6 +500,9 @@ impl ClipRenderer {
                 let (logits, fill) = self.layer_masks(first, &grasp)?;
                 let masks = logits.ge(0f32)?.to_dtype(DType::F32)?;
                 let fill = layer_fill(first, &one_hot(&fill.argmax_keepdim(1)?, FILL_SHIFTS.len())?)?;
+                if self.cfg.settle {
+                    settle_blocks(first, &masks, &fill, motions, &mut trans)?;
+                }
                 compose_layers(&firsts, &per_frame(&masks)?, &per_frame(&fill)?, &trans)?
             }
         };
@@ -562,8 +576,7 @@ fn one_hot(idx: &Tensor, n: usize) -> Result<Tensor> {
 /// then the gripper's (in front) at `t[b].gripper`. With 0/1 masks every pixel is a pixel of
 /// the first frame, of one of its two moved copies, or the fill.
 pub fn compose_layers(first: &Tensor, masks: &Tensor, fill: &Tensor, t: &[ClipTranslations]) -> Result<Tensor> {
-    let holes = masks.sum_keepdim(1)?.clamp(0f32, 1f32)?;
-    let mut out = (first + (fill - first)?.broadcast_mul(&holes)?)?;
+    let mut out = cut_out(first, masks, fill)?;
     for (layer, shift) in
         [(1, t.iter().map(|t| t.block).collect::<Vec<_>>()), (0, t.iter().map(|t| t.gripper).collect())]
     {
@@ -572,6 +585,92 @@ pub fn compose_layers(first: &Tensor, masks: &Tensor, fill: &Tensor, t: &[ClipTr
         out = (&out + (img - &out)?.broadcast_mul(&m)?)?;
     }
     Ok(out)
+}
+
+/// `first` with both layers of `masks` cut out and `fill` in their place.
+fn cut_out(first: &Tensor, masks: &Tensor, fill: &Tensor) -> Result<Tensor> {
+    let holes = masks.sum_keepdim(1)?.clamp(0f32, 1f32)?;
+    Ok((first + (fill - first)?.broadcast_mul(&holes)?)?)
+}
+
+/// How far (px) [`settle_blocks`] moves a let-go block up or down.
+pub const SETTLE_RANGE: i64 = 6;
+
+/// The number of transitions of `motions` after which its first carried stretch has ended (the
+/// block is let go), if it ends inside the clip.
+fn stretch_end(motions: &[TransitionMotion]) -> Option<usize> {
+    let start = motions.iter().position(|m| m.carried)?;
+    motions[start..].iter().position(|m| !m.carried).map(|n| start + n)
+}
+
+/// Gravity for the carried block of [`Compositor::Layers`]: in each clip `b` whose first carried
+/// stretch ends inside the clip, the block's layer (`masks` channel 1, 0/1) at its translation
+/// from then on is moved down until the next pixel would overlap something solid, or up out of
+/// something solid, by at most [`SETTLE_RANGE`] px; with nothing solid within that range it stays
+/// where the codes put it. Solid: a vivid (block-coloured, [`crate::baseline::colour_mask`]) pixel
+/// of the first frame with both layers cut out (`fill`), or the table, whose top is the row below
+/// the lowest vivid pixel of the first frame (the source stacks stand on it). Only the block's
+/// bottom edge counts (the lowest pixel of each of its columns), and it overlaps when more than
+/// half of it is on solid pixels: a neighbour beside the block, or a mask a pixel too wide, does
+/// not lift it. `trans` is row-major `(b, k)` over
+/// the prefixes of `motions[b]`, as [`ClipRenderer::render_clip`] builds it.
+pub fn settle_blocks(
+    first: &Tensor,
+    masks: &Tensor,
+    fill: &Tensor,
+    motions: &[Vec<TransitionMotion>],
+    trans: &mut [ClipTranslations],
+) -> Result<()> {
+    let (b, _, h, w) = first.dims4()?;
+    let s = motions.first().map_or(0, Vec::len);
+    if motions.len() != b || trans.len() != b * s {
+        return Err(Error::Invalid(format!(
+            "settle_blocks: {} rows, {} translations for {b} clips",
+            motions.len(),
+            trans.len()
+        )));
+    }
+    let vivid = |x: &Tensor| -> Result<Vec<Vec<Vec<f32>>>> {
+        Ok(crate::baseline::colour_mask(x)?.squeeze(1)?.to_vec3::<f32>()?)
+    };
+    let solid_base = vivid(&cut_out(first, masks, fill)?)?;
+    let vivid_first = vivid(first)?;
+    let block = masks.narrow(1, 1, 1)?.squeeze(1)?.to_vec3::<f32>()?;
+    for row in 0..b {
+        let Some(end) = stretch_end(&motions[row]) else { continue };
+        if end == 0 {
+            continue;
+        }
+        let (tx, ty) = trans[row * s + end - 1].block;
+        let table = (0..h).rev().find(|&y| vivid_first[row][y].iter().any(|&v| v > 0.5)).map_or(h, |y| y + 1) as i64;
+        // The block's bottom edge: the lowest pixel of each of its columns, where it is moved to.
+        let bottom: Vec<(i64, i64)> = (0..w)
+            .filter_map(|x| (0..h).rev().find(|&y| block[row][y][x] > 0.5).map(|y| (x as i64 + tx, y as i64 + ty)))
+            .collect();
+        if bottom.is_empty() {
+            continue;
+        }
+        let solid = |x: i64, y: i64| {
+            y >= table
+                || (x >= 0 && y >= 0 && x < w as i64 && y < h as i64 && solid_base[row][y as usize][x as usize] > 0.5)
+        };
+        // Resting on (or sunk into) something: most of the bottom edge, moved by d, is on solid pixels.
+        let overlap = |d: i64| 2 * bottom.iter().filter(|&&(x, y)| solid(x, y + d)).count() > bottom.len();
+        let d = if overlap(0) {
+            (1..=SETTLE_RANGE).map(|u| -u).find(|&d| !overlap(d)).unwrap_or(0)
+        } else {
+            let down = (0..SETTLE_RANGE).take_while(|&d| !overlap(d + 1)).count() as i64;
+            if down == SETTLE_RANGE {
+                0
+            } else {
+                down
+            }
+        };
+        for t in &mut trans[row * s + end - 1..(row + 1) * s] {
+            t.block.1 += d;
+        }
+    }
+    Ok(())
 }
 
 /// x and y coordinate planes in [-1, 1], `(B, 2, H, W)`.
@@ -814,6 +913,38 @@ mod tests {
                 Compositor::Layers => assert!(r.select(&clip_candidates(&first, &[Default::default(); 2])?).is_err()),
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_let_go_block_settles_on_what_is_under_it() -> Result<()> {
+        let dev = Device::Cpu;
+        let (h, w) = (16, 16);
+        let wall = [0.5, 0.5, 0.45];
+        let (red, green) = ([0.9, -0.8, -0.8], [-0.8, 0.9, -0.8]);
+        // A 4-px green block to carry at (2, 2); a red one standing on the table (bottom row) at (8, 12).
+        let first = Tensor::from_vec(scene(h, w, wall, &[((2, 2), 4, green), ((8, 12), 4, red)]), (1, 3, h, w), &dev)?;
+        let block: Vec<f32> =
+            (0..h * w).map(|i| ((2..6).contains(&(i % w)) && (2..6).contains(&(i / w))) as u8 as f32).collect();
+        let masks = Tensor::from_vec([vec![0f32; h * w], block].concat(), (1, 2, h, w), &dev)?;
+        let fill = Tensor::from_vec(scene(h, w, wall, &[]), (1, 3, h, w), &dev)?;
+        // Carried by (dx, dy) in one transition, then let go (or still held) for two.
+        let settled = |dx: f32, dy: f32, held: bool| -> Result<Vec<(i64, i64)>> {
+            let ms = vec![vec![m(dx, dy, true), m(0.0, 0.0, held), m(0.0, 0.0, held)]];
+            let mut t: Vec<ClipTranslations> = (1..=3).map(|k| clip_translations(&ms[0][..k])).collect();
+            settle_blocks(&first, &masks, &fill, &ms, &mut t)?;
+            Ok(t.iter().map(|t| t.block).collect())
+        };
+        // Let go 2 px above the red block (rows 6-9, its top is row 12): it drops onto it.
+        assert_eq!(settled(6.0, 4.0, false)?, vec![(6, 6); 3]);
+        // Let go sunk 1 px into it: it comes up.
+        assert_eq!(settled(6.0, 7.0, false)?, vec![(6, 6); 3]);
+        // Nothing solid within SETTLE_RANGE below: it stays where the codes put it.
+        assert_eq!(settled(0.0, 0.0, false)?, vec![(0, 0); 3]);
+        // Let go on the table (the row below the lowest vivid row is the image's bottom edge).
+        assert_eq!(settled(-1.0, 8.0, false)?, vec![(-1, 10); 3]);
+        // Still carried when the clip ends: not let go, not moved.
+        assert_eq!(settled(6.0, 4.0, true)?, vec![(6, 4); 3]);
         Ok(())
     }
 
