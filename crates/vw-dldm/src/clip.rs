@@ -791,6 +791,13 @@ mod tests {
         assert_eq!(clip_translations(&[]), ClipTranslations::default());
     }
 
+    /// An (H, W) plane of 1 on the `side`-px square at (x, y), 0 elsewhere.
+    fn square(h: usize, w: usize, (x, y): (usize, usize), side: usize) -> Vec<f32> {
+        (0..h * w)
+            .map(|i| ((x..x + side).contains(&(i % w)) && (y..y + side).contains(&(i / w))) as u8 as f32)
+            .collect()
+    }
+
     /// A (3, H, W) plane of `bg` with a `side`-px square of `rgb` at (x, y).
     fn scene(h: usize, w: usize, bg: [f32; 3], squares: &[((usize, usize), usize, [f32; 3])]) -> Vec<f32> {
         let mut v = vec![0f32; 3 * h * w];
@@ -924,9 +931,7 @@ mod tests {
         let (red, green) = ([0.9, -0.8, -0.8], [-0.8, 0.9, -0.8]);
         // A 4-px green block to carry at (2, 2); a red one standing on the table (bottom row) at (8, 12).
         let first = Tensor::from_vec(scene(h, w, wall, &[((2, 2), 4, green), ((8, 12), 4, red)]), (1, 3, h, w), &dev)?;
-        let block: Vec<f32> =
-            (0..h * w).map(|i| ((2..6).contains(&(i % w)) && (2..6).contains(&(i / w))) as u8 as f32).collect();
-        let masks = Tensor::from_vec([vec![0f32; h * w], block].concat(), (1, 2, h, w), &dev)?;
+        let masks = Tensor::from_vec([vec![0f32; h * w], square(h, w, (2, 2), 4)].concat(), (1, 2, h, w), &dev)?;
         let fill = Tensor::from_vec(scene(h, w, wall, &[]), (1, 3, h, w), &dev)?;
         // Carried by (dx, dy) in one transition, then let go (or still held) for two.
         let settled = |dx: f32, dy: f32, held: bool| -> Result<Vec<(i64, i64)>> {
@@ -957,12 +962,7 @@ mod tests {
         let plane = |v: Vec<f32>, c: usize| Tensor::from_vec(v, (1, c, h, w), &dev);
         // A 2-px gripper above a 3-px block, and a second, unmoved block.
         let first = plane(scene(h, w, wall, &[((4, 2), 2, grey), ((4, 4), 3, red), ((10, 8), 2, red)]), 3)?;
-        let ones = |x: usize, y: usize, side: usize| -> Vec<f32> {
-            (0..h * w)
-                .map(|i| ((i % w) >= x && (i % w) < x + side && (i / w) >= y && (i / w) < y + side) as u8 as f32)
-                .collect()
-        };
-        let masks = plane([ones(4, 2, 2), ones(4, 4, 3)].concat(), 2)?;
+        let masks = plane([square(h, w, (4, 2), 2), square(h, w, (4, 4), 3)].concat(), 2)?;
         let fill = plane(scene(h, w, wall, &[]), 3)?;
         // The gripper moves by (3, 3), the block it carries by (3, 2).
         let t = ClipTranslations { gripper: (3, 3), block: (3, 2), grasp: (0, 0) };
