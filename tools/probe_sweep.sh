@@ -10,7 +10,8 @@
 # Each run writes OUTDIR/NAME/ (probe.md, probe.json, dldm/metrics.jsonl) and OUTDIR/NAME.log; then
 # every run's held-out codes are re-probed with the FSQ code vectors (`--probe digits+embedding`)
 # into OUTDIR/NAME-emb/. OUTDIR/summary.md holds one line per run and probe. RUN_TIMEOUT=SECONDS
-# stops a training run that takes longer (its line then says it failed).
+# stops a training run that takes longer (its line then says it failed), and a re-probe too, so a
+# device call's limit is not passed in the second stage.
 set -u
 bin=$1 out=$2 configs=$3 device=${4:-cuda:0}
 mkdir -p "$out"
@@ -27,7 +28,7 @@ while read -r name flags; do
     [[ -z "$name" || "$name" == \#* ]] && continue
     mkdir -p "$out/$name-emb"
     ln -sfn "../$name/dldm" "$out/$name-emb/dldm"
-    RAYON_NUM_THREADS=1 "$bin" --out "$out/$name-emb" --device "$device" $flags --reuse --probe digits+embedding \
+    RAYON_NUM_THREADS=1 timeout "${RUN_TIMEOUT:-0}" "$bin" --out "$out/$name-emb" --device "$device" $flags --reuse --probe digits+embedding \
         >"$out/$name-emb.log" 2>&1 &
 done <"$configs"
 wait
