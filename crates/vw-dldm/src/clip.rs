@@ -156,23 +156,26 @@ pub struct ClipTranslations {
 /// The translations after the transitions `motions` of a clip: sums of the displacements, rounded
 /// to whole pixels once at the end so sub-pixel motions do not lose their fractions.
 pub fn clip_translations(motions: &[TransitionMotion]) -> ClipTranslations {
-    let (mut g, mut b, mut grasp) = ((0f32, 0f32), (0f32, 0f32), None::<(f32, f32)>);
-    // Only the first carried stretch moves the block; a later one would be another block.
-    let mut released = false;
-    for m in motions {
-        match (grasp.is_some(), m.carried, released) {
-            (false, true, _) => {
-                grasp = Some(g);
-                b = (m.dx, m.dy);
-            }
-            (true, true, false) => b = (b.0 + m.dx, b.1 + m.dy),
-            (true, false, _) => released = true,
-            _ => {}
-        }
-        g = (g.0 + m.dx, g.1 + m.dy);
-    }
+    let sum = |ms: &[TransitionMotion]| ms.iter().fold((0f32, 0f32), |a, m| (a.0 + m.dx, a.1 + m.dy));
     let r = |v: (f32, f32)| (v.0.round() as i64, v.1.round() as i64);
-    ClipTranslations { gripper: r(g), block: r(b), grasp: r(grasp.unwrap_or(g)) }
+    let gripper = sum(motions);
+    match carried_stretch(motions) {
+        Some(s) => ClipTranslations {
+            gripper: r(gripper),
+            block: r(sum(&motions[s.clone()])),
+            grasp: r(sum(&motions[..s.start])),
+        },
+        None => ClipTranslations { gripper: r(gripper), block: (0, 0), grasp: r(gripper) },
+    }
+}
+
+/// The transitions of the first carried stretch of `motions` (only it moves the block; a later
+/// one would be another block), if any: from the first carried transition to the next one that is
+/// not carried, or to the end.
+fn carried_stretch(motions: &[TransitionMotion]) -> Option<std::ops::Range<usize>> {
+    let start = motions.iter().position(|m| m.carried)?;
+    let len = motions[start..].iter().position(|m| !m.carried).unwrap_or(motions.len() - start);
+    Some(start..start + len)
 }
 
 /// How the label-free motion teacher reads a transition ([`dominant_motion`]).
@@ -596,13 +599,6 @@ fn cut_out(first: &Tensor, masks: &Tensor, fill: &Tensor) -> Result<Tensor> {
 /// How far (px) [`settle_blocks`] moves a let-go block up or down.
 pub const SETTLE_RANGE: i64 = 6;
 
-/// The number of transitions of `motions` after which its first carried stretch has ended (the
-/// block is let go), if it ends inside the clip.
-fn stretch_end(motions: &[TransitionMotion]) -> Option<usize> {
-    let start = motions.iter().position(|m| m.carried)?;
-    motions[start..].iter().position(|m| !m.carried).map(|n| start + n)
-}
-
 /// Gravity for the carried block of [`Compositor::Layers`]: in each clip `b` whose first carried
 /// stretch ends inside the clip, the block's layer (`masks` channel 1, 0/1) at its translation
 /// from then on is moved down until the next pixel would overlap something solid, or up out of
@@ -637,10 +633,8 @@ pub fn settle_blocks(
     let vivid_first = vivid(first)?;
     let block = masks.narrow(1, 1, 1)?.squeeze(1)?.to_vec3::<f32>()?;
     for row in 0..b {
-        let Some(end) = stretch_end(&motions[row]) else { continue };
-        if end == 0 {
-            continue;
-        }
+        // The block is let go inside the clip: its carried stretch ends before the clip does.
+        let Some(end) = carried_stretch(&motions[row]).map(|s| s.end).filter(|&e| e < s) else { continue };
         let (tx, ty) = trans[row * s + end - 1].block;
         let table = (0..h).rev().find(|&y| vivid_first[row][y].iter().any(|&v| v > 0.5)).map_or(h, |y| y + 1) as i64;
         // The block's bottom edge: the lowest pixel of each of its columns, where it is moved to.
