@@ -25,7 +25,7 @@ use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 use vw_data::craftworld::{Episode, Split};
 use vw_dldm::clip::{dominant_motion, ClipDynamics, ClipRenderer, Compositor, MotionTeacher, TransitionMotion};
-use vw_dldm::train::clip::{load_clip_renderer, train_clip_renderer, ClipTrainConfig};
+use vw_dldm::train::clip::{load_clip_renderer, train_clip_renderer, ClipData, ClipTrainConfig};
 use vw_dldm::train::craft::Transitions;
 use vw_dldm::train::stage1::load_stage1;
 use vw_dldm::LatentDynamics;
@@ -172,8 +172,16 @@ impl VideoPredictor for TeacherMotions<'_> {
 
 /// How far the motions the renderer reads from the dLDM's codes are from the teacher's motions of
 /// the same held-out transitions, per transition and summed over each recipe step.
-fn motion_check(clip: &ClipDynamics, teacher: &MotionTeacher, eps: &[Episode], fps: usize) -> anyhow::Result<()> {
+fn motion_check(
+    clip: &ClipDynamics,
+    teacher: &MotionTeacher,
+    eps: &[Episode],
+    fps: usize,
+    seen: Option<&ClipData>,
+) -> anyhow::Result<()> {
     use vw_dldm::clip::clip_translations;
+    let lookup = seen.map(CodeLookup::new).transpose()?;
+    let mut lookup_rows: Vec<(Vec<TransitionMotion>, Vec<TransitionMotion>)> = Vec::new();
     let (mut e_sum, mut n, mut carried_ok) = (0f64, 0usize, 0usize);
     let (mut step_err, mut steps, mut block_exact) = (0f64, 0usize, 0usize);
     // The block's step-end error split by axis, and how often each axis is within 1 px / 3 px.
@@ -185,6 +193,9 @@ fn motion_check(clip: &ClipDynamics, teacher: &MotionTeacher, eps: &[Episode], f
         let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
         let codes = clip.encode_codes(&video)?.squeeze(0)?;
         let pred = clip.renderer.motions(&codes)?;
+        if let Some(l) = &lookup {
+            lookup_rows.push((l.read(&codes, &pred)?, truth.clone()));
+        }
         for (j, (p, t)) in pred.iter().zip(&truth).enumerate() {
             by_phase[j % fps].0 += (p.dx - t.dx).abs() as f64;
             by_phase[j % fps].1 += (p.dy - t.dy).abs() as f64;
@@ -229,7 +240,100 @@ fn motion_check(clip: &ClipDynamics, teacher: &MotionTeacher, eps: &[Episode], f
             pct(acc[1])
         );
     }
+    if let Some(l) = &lookup {
+        l.report(&lookup_rows, fps);
+    }
     Ok(())
+}
+
+/// The best a reader of one transition's codes alone can do: the median of the teacher's motions
+/// of every training transition with the same codes (the motion MLP where the codes were never
+/// seen). Says whether the codes or the MLP's reading of them limit the motions' precision.
+struct CodeLookup {
+    medians: std::collections::HashMap<Vec<u32>, (f32, f32)>,
+    /// Mean |dx|, |dy| of the training transitions from their own codes' median (the spread
+    /// within a code: what no per-transition reader can undo), and how many transitions.
+    spread: (f64, f64, usize),
+}
+
+impl CodeLookup {
+    fn new(d: &ClipData) -> anyhow::Result<Self> {
+        let codes = d.codes.to_vec2::<u32>()?;
+        let mut groups: std::collections::HashMap<Vec<u32>, Vec<(f32, f32)>> = Default::default();
+        for (c, m) in codes.iter().zip(&d.motions) {
+            groups.entry(c.clone()).or_default().push((m.dx, m.dy));
+        }
+        let median = |mut v: Vec<f32>| {
+            v.sort_by(f32::total_cmp);
+            v[v.len() / 2]
+        };
+        let mut spread = (0f64, 0f64, 0usize);
+        let mut medians = std::collections::HashMap::new();
+        for (c, ms) in groups {
+            let m = (median(ms.iter().map(|p| p.0).collect()), median(ms.iter().map(|p| p.1).collect()));
+            for p in &ms {
+                spread.0 += (p.0 - m.0).abs() as f64;
+                spread.1 += (p.1 - m.1).abs() as f64;
+                spread.2 += 1;
+            }
+            medians.insert(c, m);
+        }
+        Ok(Self { medians, spread })
+    }
+
+    /// The lookup's motions for `codes` `(T, Q)`: the medians where the codes were seen, `mlp`'s
+    /// motion elsewhere (and `mlp`'s carried flag throughout).
+    fn read(&self, codes: &Tensor, mlp: &[TransitionMotion]) -> anyhow::Result<Vec<TransitionMotion>> {
+        Ok(codes
+            .to_vec2::<u32>()?
+            .iter()
+            .zip(mlp)
+            .map(|(c, m)| match self.medians.get(c) {
+                Some(&(dx, dy)) => TransitionMotion { dx, dy, carried: m.carried },
+                None => *m,
+            })
+            .collect())
+    }
+
+    fn report(&self, rows: &[(Vec<TransitionMotion>, Vec<TransitionMotion>)], fps: usize) {
+        use vw_dldm::clip::clip_translations;
+        let n = self.spread.2.max(1) as f64;
+        println!(
+            "  codes alone: {} distinct codes over {} training transitions, spread within a code |dx| {:.2} / |dy| {:.2} px",
+            self.medians.len(),
+            self.spread.2,
+            self.spread.0 / n,
+            self.spread.1 / n
+        );
+        let (mut ex, mut ey, mut count, mut within, mut steps) = (0f64, 0f64, 0usize, 0usize, 0usize);
+        let mut by_phase = vec![(0f64, 0f64, 0usize); fps];
+        for (pred, truth) in rows {
+            for (j, (p, t)) in pred.iter().zip(truth).enumerate() {
+                let (x, y) = ((p.dx - t.dx).abs() as f64, (p.dy - t.dy).abs() as f64);
+                ex += x;
+                ey += y;
+                count += 1;
+                let ph = &mut by_phase[j % fps];
+                *ph = (ph.0 + x, ph.1 + y, ph.2 + 1);
+            }
+            for (p, t) in pred.chunks(fps).zip(truth.chunks(fps)) {
+                let (a, b) = (clip_translations(p).block, clip_translations(t).block);
+                within += ((a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3) as usize;
+                steps += 1;
+            }
+        }
+        println!(
+            "  the training median of each code on these episodes: |dx| {:.2} / |dy| {:.2} px per transition; block at step end within 3 px on both axes {:.0}%",
+            ex / count.max(1) as f64,
+            ey / count.max(1) as f64,
+            100.0 * within as f64 / steps.max(1) as f64
+        );
+        let phase: Vec<String> = by_phase
+            .iter()
+            .map(|(x, y, n)| format!("{:.1}/{:.1}", x / (*n).max(1) as f64, y / (*n).max(1) as f64))
+            .collect();
+        println!("  the training median, |dx|/|dy| error by transition of the step: {}", phase.join(" "));
+    }
 }
 
 /// The copies placed by the teacher's motions, each pixel taken from the copy that best matches the
@@ -319,7 +423,7 @@ struct Args {
     settle: Option<bool>,
 }
 
-fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
+fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let ldm_dir = a.ldm.as_ref().context("--ldm RUN/dldm is required")?;
     let (_, ldm) = load_stage1(ldm_dir, &dev)?;
@@ -341,7 +445,7 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path) -> anyhow::Result<()> {
     };
     let fps = cfg.craft.frames_per_step;
     let clip = ClipDynamics { ldm, renderer };
-    motion_check(&clip, &ccfg.teacher, &eps, fps)?;
+    motion_check(&clip, &ccfg.teacher, &eps, fps, seen)?;
     if a.motions_only {
         return Ok(());
     }
@@ -441,7 +545,9 @@ fn train(a: &Args) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     train_clip_renderer(&cfg, &ldm, &data, out, true, &dev, true)?;
     println!("trained {} + {} steps in {:.0} s", cfg.motion_steps, a.steps, t0.elapsed().as_secs_f64());
-    evaluate(a, out)
+    // `motions` also sets the MLP beside the best reading of each code alone.
+    let seen = if a.motions_only { Some(ClipData::build(&ldm, &data, &cfg.teacher)?) } else { None };
+    evaluate(a, out, seen.as_ref())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -504,7 +610,7 @@ fn main() -> anyhow::Result<()> {
             a.steps = 0;
             train(&a)
         }
-        "eval" => evaluate(&a, a.out.as_ref().context("--out DIR (the renderer's run folder) is required")?),
+        "eval" => evaluate(&a, a.out.as_ref().context("--out DIR (the renderer's run folder) is required")?, None),
         other => anyhow::bail!("unknown command {other}"),
     }
 }
