@@ -51,6 +51,10 @@ fn reduced_demo_end_to_end() {
         assert_eq!(c.success_at.len(), 5);
     }
 
+    // The dLDM is drawn by its clip renderer, trained after stage 1 and stored beside it.
+    assert!(opts.checkpoints.join("clip-dldm").join("checkpoint.json").exists());
+    assert!(r.methods[0].description.contains("clip renderer"), "{}", r.methods[0].description);
+
     // The files, and that metrics.json says what report.md says.
     for p in [&out.paths.report, &out.paths.metrics, &out.paths.success_plot] {
         assert!(p.exists(), "{}", p.display());

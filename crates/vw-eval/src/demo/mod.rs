@@ -34,6 +34,10 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Latent dynamics models (dLDM and VW1-style) stage-1 training.
     pub ldm: ldm::LdmTrainConfig,
+    /// The dLDM's clip renderer; `None`: the dLDM renders with its stage-1 pixel decoder, frame by
+    /// frame (a config written before the clip renderer existed reads as `None`).
+    #[serde(default)]
+    pub clip: Option<ldm::ClipStageConfig>,
     /// AR policy training steps.
     pub policy_steps: u64,
     /// AR policy batch size (episodes).
@@ -75,6 +79,7 @@ impl DemoConfig {
             test_episodes: 32,
             seed: 0,
             ldm: ldm::LdmTrainConfig::cpu(),
+            clip: Some(ldm::ClipStageConfig::cpu()),
             policy_steps: 600,
             policy_batch: 16,
             policy_lr: 1e-3,
@@ -97,6 +102,7 @@ impl DemoConfig {
             train_episodes: 512,
             test_episodes: 128,
             ldm: ldm::LdmTrainConfig::gpu(),
+            clip: Some(ldm::ClipStageConfig::gpu()),
             policy_steps: 3000,
             decoder_steps: 2000,
             baseline_steps: 2000,
@@ -121,6 +127,7 @@ impl DemoConfig {
             test_episodes: 3,
             seed: 0,
             ldm: ldm::LdmTrainConfig::test(),
+            clip: Some(ldm::ClipStageConfig::test()),
             policy_steps: 6,
             policy_batch: 4,
             policy_lr: 1e-3,

@@ -2,12 +2,15 @@
 //!
 //! Checkpoint folder layout (what `checkpoints/craftworld/` commits):
 //! `demo.json` (the [`DemoConfig`]), `dldm/` and `vw1-ldm/` (vw-dldm stage-1 run folders),
+//! `clip-dldm/` (the dLDM's clip renderer, when [`DemoConfig::clip`] is on),
 //! `policy-dldm/`, `policy-vw1-ldm/`, `actions-dldm/`, `actions-vw1-ldm/` (run folders of
 //! vw-ar-policy with the optimizer state stripped), `no-codes/` (`model.safetensors`,
 //! `config.json`), and `metrics/<stage>.jsonl` (the training loss logs).
 
 use super::evaluate::{data_err, frame_of, score_method, ExpertVideo, RepeatFirstFrame};
-use super::ldm::{load_ldm, stage1_config, train_ldm, BoxedLdm, LdmKind};
+use super::ldm::{
+    clip_config, load_clip_dynamics, load_ldm, stage1_config, train_clip, train_ldm, BoxedLdm, LdmKind, CLIP_DIR,
+};
 use super::methods::{policy_err, transition_labels, CodePolicyController, ExpertCodes, NoCodes, PlanAndRender};
 use super::{episodes, DemoConfig, DemoOutcome, DEMO_CONFIG_FILE};
 use crate::baseline::{l1_loss, ClipPairs, FramePredictor};
@@ -130,9 +133,20 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
             cfg.train_seed(0),
             cfg.seed + 11 * (i as u64 + 1),
         );
-        let ldm = train_ldm(&s1, &run, device, progress)?;
+        let mut ldm = train_ldm(&s1, &run, device, progress)?;
         strip_run(&run, &root.join(name))?;
         keep_metrics(&run, root, name)?;
+        if let (LdmKind::Dldm, Some(c)) = (kind, &cfg.clip) {
+            stage(
+                progress,
+                &format!("training the dLDM's clip renderer ({} motion + {} layer steps)", c.motion_steps, c.steps),
+            );
+            let crun = runs.join(CLIP_DIR);
+            train_clip(&s1, &run, &clip_config(&s1, c, cfg.seed + 401), &train, &crun, device, progress)?;
+            strip_run(&crun, &root.join(CLIP_DIR))?;
+            keep_metrics(&crun, root, CLIP_DIR)?;
+            ldm = load_clip_dynamics(&run, &crun, device)?;
+        }
         stage(progress, &format!("encoding the codes of {} training episodes", train.len()));
         let tps = transitions_per_step(cfg, ldm.as_ref())?;
         let data = code_dataset(ldm.as_ref(), &train, tps, device).map_err(policy_err)?;
@@ -211,7 +225,11 @@ struct Loaded {
 
 fn load_kind(kind: LdmKind, root: &Path, device: &Device) -> Result<Loaded> {
     let name = kind.dir_name();
-    let ldm = load_ldm(&root.join(name), device)?;
+    let clip = root.join(CLIP_DIR);
+    let ldm = match kind {
+        LdmKind::Dldm if clip.exists() => load_clip_dynamics(&root.join(name), &clip, device)?,
+        _ => load_ldm(&root.join(name), device)?,
+    };
     let policy = load_policy(&root.join(format!("policy-{name}")), device, DType::F32).map_err(policy_err)?;
     let decoder = load_action_decoder(&root.join(format!("actions-{name}")), device, DType::F32).map_err(policy_err)?;
     Ok(Loaded { kind, ldm, policy, decoder })
@@ -254,6 +272,7 @@ pub fn evaluate_checkpoints(
         let mut p = PlanAndRender {
             name: m.kind.label().into(),
             description: match m.kind {
+                LdmKind::Dldm if root.join(CLIP_DIR).exists() => "AR policy over dLDM codes predicted from the first frame, each recipe step drawn from its first frame by the dLDM's clip renderer (the gripper's and the carried block's layers moved by the codes' motions).".into(),
                 LdmKind::Dldm => "AR policy over dLDM codes predicted from the first frame, rendered clip by clip by the dLDM's pixel decoder (stage 1).".into(),
                 LdmKind::Vw1 => "The same AR policy and rollout over the codes of the VideoWorld-1-style plain LDM.".into(),
             },
@@ -310,7 +329,7 @@ pub fn evaluate_checkpoints(
 
     let mut loss_curves = Vec::new();
     let mdir = root.join("metrics");
-    for name in ["dldm", "vw1-ldm", "policy-dldm", "policy-vw1-ldm", "no-codes"] {
+    for name in ["dldm", "vw1-ldm", CLIP_DIR, "policy-dldm", "policy-vw1-ldm", "no-codes"] {
         let p = mdir.join(format!("{name}.jsonl"));
         if p.exists() {
             loss_curves.push(Curve { name: name.into(), points: read_metrics_jsonl(&p, "loss")? });
