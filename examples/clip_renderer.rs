@@ -5,7 +5,7 @@
 //! cargo run --release --example clip_renderer -- teacher [--episodes 16] [--split train|test]
 //! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
 //!     [--split test|train] [--predicted-prob P] [--channels C] [--augment on|off] [--compositor layers|select]
-//!     [--expert N] [--motion-steps M] [--png FILE]
+//!     [--expert N] [--motion-steps M] [--step-reader on|off] [--png FILE]
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //!     [--png FILE]
@@ -60,19 +60,12 @@ fn teacher_check(n: usize, split: Split) -> anyhow::Result<()> {
     let mut moving_missed = 0usize;
     for ep in &eps {
         let size = ep.frames[0].width() as usize;
-        let cam = ep.camera();
         let (planes, bg) = planes_of(ep);
-        for j in 0..ep.frames.len() - 1 {
+        for (j, truth) in truth_motions(ep).into_iter().enumerate() {
             let r = dominant_motion(&planes[j], &planes[j + 1], &bg, (size, size), &t);
             let m = r.motion;
-            let (a, b) = (ep.truth[j].scene.hand, ep.truth[j + 1].scene.hand);
-            let (pa, pb) = (cam.project(a.0, a.1), cam.project(b.0, b.1));
-            let (gx, gy) = ((pb.0 - pa.0) * size as f32, (pb.1 - pa.1) * size as f32);
-            let moving = gx.hypot(gy) > 0.5;
-            // A block moves with the hand while held at the transition's start (it is released at the
-            // end of the lowering, so not held at its end).
-            let carried = ep.truth[j].scene.held.is_some() && moving;
-            if moving {
+            let (gx, gy, carried) = (truth.dx, truth.dy, truth.carried);
+            if gx.hypot(gy) > 0.5 {
                 let e = ((m.dx - gx) as f64).hypot((m.dy - gy) as f64);
                 if std::env::var("CLIP_DEBUG").is_ok() && (e > 2.0 || carried != m.carried) {
                     println!("ep {} t {j} phase {:?} truth ({gx:.1},{gy:.1}) carried {carried} teacher ({},{}) {} moved {} vivid {}", ep.seed, ep.truth[j].phase, m.dx, m.dy, m.carried, r.moved, r.vivid);
@@ -96,6 +89,23 @@ fn teacher_check(n: usize, split: Split) -> anyhow::Result<()> {
         conf[0][0], conf[0][1], conf[1][0], conf[1][1]
     );
     Ok(())
+}
+
+/// The true motion of every transition of an episode: the hand's, projected through the scene's
+/// camera, in pixels; carried while a block is held at the transition's start and the hand moves
+/// (it is released at the end of the lowering, so not held at its end).
+fn truth_motions(ep: &Episode) -> Vec<TransitionMotion> {
+    let size = ep.frames[0].width() as f32;
+    let cam = ep.camera();
+    ep.truth
+        .windows(2)
+        .map(|w| {
+            let (a, b) = (w[0].scene.hand, w[1].scene.hand);
+            let (pa, pb) = (cam.project(a.0, a.1), cam.project(b.0, b.1));
+            let (dx, dy) = ((pb.0 - pa.0) * size, (pb.1 - pa.1) * size);
+            TransitionMotion { dx, dy, carried: w[0].scene.held.is_some() && dx.hypot(dy) > 0.5 }
+        })
+        .collect()
 }
 
 /// The frames of an episode as `(3, H, W)` planes in [-1, 1], and their per-pixel median.
@@ -187,16 +197,23 @@ fn motion_check(
     // The block's step-end error split by axis, and how often each axis is within 1 px / 3 px.
     let (mut ax, mut ay) = ([0usize; 3], [0usize; 3]);
     let mut within_half_cell = 0usize;
+    // The same against the true motions (the teacher misreads some held-out transitions).
+    let (mut within_truth, mut within_truth_teacher) = (0usize, 0usize);
     let mut by_phase = vec![(0f64, 0f64, 0usize); fps];
+    let mut by_phase_truth = vec![(0f64, 0f64, 0usize); fps];
     for ep in eps {
         let truth = teacher_motions(ep, teacher);
         let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
         let codes = clip.encode_codes(&video)?.squeeze(0)?;
-        let pred = clip.renderer.motions(&codes)?;
+        // Read as the renderer reads them: a recipe step at a time.
+        let pred = clip.renderer.clip_motions(&codes.unsqueeze(0)?)?.concat();
         if let Some(l) = &lookup {
             lookup_rows.push((l.read(&codes, &pred)?, truth.clone()));
         }
         for (j, (p, t)) in pred.iter().zip(&truth).enumerate() {
+            if std::env::var("CLIP_PHASE").is_ok_and(|v| v.parse::<usize>().ok() == Some(j % fps)) {
+                println!("ep {} t {j}: pred ({:.1},{:.1}) teacher ({:.1},{:.1})", ep.seed, p.dx, p.dy, t.dx, t.dy);
+            }
             by_phase[j % fps].0 += (p.dx - t.dx).abs() as f64;
             by_phase[j % fps].1 += (p.dy - t.dy).abs() as f64;
             by_phase[j % fps].2 += 1;
@@ -204,7 +221,16 @@ fn motion_check(
             carried_ok += (p.carried == t.carried) as usize;
             n += 1;
         }
-        for (p, t) in pred.chunks(fps).zip(truth.chunks(fps)) {
+        let real = truth_motions(ep);
+        for (j, (p, r)) in pred.iter().zip(&real).enumerate() {
+            let ph = &mut by_phase_truth[j % fps];
+            *ph = (ph.0 + (p.dx - r.dx).abs() as f64, ph.1 + (p.dy - r.dy).abs() as f64, ph.2 + 1);
+        }
+        for ((p, t), r) in pred.chunks(fps).zip(truth.chunks(fps)).zip(real.chunks(fps)) {
+            let within = |a: (i64, i64), b: (i64, i64)| (a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3;
+            let r = clip_translations(r).block;
+            within_truth += within(clip_translations(p).block, r) as usize;
+            within_truth_teacher += within(clip_translations(t).block, r) as usize;
             let (a, b) = (clip_translations(p).block, clip_translations(t).block);
             step_err += ((a.0 - b.0) as f64).hypot((a.1 - b.1) as f64);
             block_exact += (a == b) as usize;
@@ -230,8 +256,18 @@ fn motion_check(
         .map(|(x, y, n)| format!("{:.1}/{:.1}", x / (*n).max(1) as f64, y / (*n).max(1) as f64))
         .collect();
     println!("  |dx|/|dy| error by transition of the step: {}", phase.join(" "));
+    let phase: Vec<String> = by_phase_truth
+        .iter()
+        .map(|(x, y, n)| format!("{:.1}/{:.1}", x / (*n).max(1) as f64, y / (*n).max(1) as f64))
+        .collect();
+    println!("  the same against the true motions: {}", phase.join(" "));
     let pct = |k: usize| 100.0 * k as f64 / steps.max(1) as f64;
     println!("  block at step end within 3 px on both axes: {:.0}%", pct(within_half_cell));
+    println!(
+        "  against the true motions: the codes' block within 3 px on both axes {:.0}%, the teacher's {:.0}%",
+        pct(within_truth),
+        pct(within_truth_teacher)
+    );
     for (axis, acc) in [("x", ax), ("y", ay)] {
         println!(
             "  block at step end, {axis}: mean {:.2} px off, within 1 px {:.0}%, within 3 px {:.0}%",
@@ -421,6 +457,8 @@ struct Args {
     motion_steps: Option<u64>,
     /// Draw with the layers' gravity rule on or off (default: as trained).
     settle: Option<bool>,
+    /// Train the step reader ([`vw_dldm::clip::ClipRendererConfig::step_reader`]).
+    step_reader: bool,
 }
 
 fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -> anyhow::Result<()> {
@@ -539,6 +577,7 @@ fn train(a: &Args) -> anyhow::Result<()> {
     if let Some(c) = a.compositor {
         cfg.renderer.compositor = c;
     }
+    cfg.renderer.step_reader = a.step_reader;
     if a.no_augment {
         cfg.augment = Default::default();
     }
@@ -569,6 +608,7 @@ fn main() -> anyhow::Result<()> {
         unseen: false,
         motion_steps: None,
         settle: None,
+        step_reader: false,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -590,6 +630,7 @@ fn main() -> anyhow::Result<()> {
             "--motion-steps" => a.motion_steps = Some(v.parse()?),
             "--settle" => a.settle = Some(v == "on"),
             "--unseen" => a.unseen = v == "on",
+            "--step-reader" => a.step_reader = v == "on",
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {
                     "layers" => Compositor::Layers,

@@ -62,6 +62,12 @@ pub struct ClipRendererConfig {
     /// most [`SETTLE_RANGE`] px) until it rests on what is under it ([`settle_blocks`]). Off by
     /// default: a hand-written gravity rule, not learned.
     pub settle: bool,
+    /// Read the motions of a whole clip together ([`ClipRenderer::clip_motions`]): a second MLP
+    /// sees the codes of all `clip_transitions` transitions of a clip and the motion MLP's reading
+    /// of each, and corrects each displacement. Trained on clips that start a recipe step of the
+    /// expert's videos, where one transition's codes can say what another's say imprecisely (a
+    /// lift rises as far as its descend went down). Off in configs written before it existed.
+    pub step_reader: bool,
 }
 
 /// How the clip renderer puts a frame together from the clip's first frame.
@@ -98,6 +104,7 @@ impl Default for ClipRendererConfig {
             motion_scale: 8.0,
             compositor: Compositor::default(),
             settle: false,
+            step_reader: false,
         }
     }
 }
@@ -355,6 +362,8 @@ impl ConvStack {
 pub struct ClipRenderer {
     cfg: ClipRendererConfig,
     motion: [Linear; 3],
+    /// [`ClipRendererConfig::step_reader`].
+    step_reader: Option<[Linear; 2]>,
     nets: Vec<ConvStack>,
 }
 
@@ -388,7 +397,18 @@ impl ClipRenderer {
                 ]
             }
         };
-        Ok(Self { cfg: cfg.clone(), motion, nets })
+        let step_reader = match cfg.step_reader {
+            true => {
+                let (sr, s) = (vb.pp("step_reader"), cfg.clip_transitions);
+                let hidden = 2 * hdim;
+                Some([
+                    candle_nn::linear(s * (cfg.code_dim() + 2), hidden, sr.pp("0"))?,
+                    candle_nn::linear(hidden, s * 2, sr.pp("1"))?,
+                ])
+            }
+            false => None,
+        };
+        Ok(Self { cfg: cfg.clone(), motion, step_reader, nets })
     }
 
     /// The config.
@@ -423,6 +443,40 @@ impl ClipRenderer {
         let out = self.motion_outputs(&self.code_vectors(idx)?)?.to_vec2::<f32>()?;
         let s = self.cfg.motion_scale as f32;
         Ok(out.into_iter().map(|r| TransitionMotion { dx: r[0] * s, dy: r[1] * s, carried: r[2] > 0.0 }).collect())
+    }
+
+    /// The motion MLP's outputs (as [`Self::motion_outputs`]) of sequences whose codes are `idx`
+    /// `(B, S, Q)`: `(B, S, 3)`. Where [`ClipRendererConfig::step_reader`] is on and `S` is a
+    /// multiple of `clip_transitions`, each clip of the sequence is read as a whole: the step
+    /// reader sees the codes of the clip and the MLP's displacements (detached, so its loss leaves
+    /// the MLP alone) and corrects each displacement. Elsewhere, each transition's own reading.
+    pub fn clip_motion_outputs(&self, idx: &Tensor) -> Result<Tensor> {
+        let (b, s, q) = idx.dims3()?;
+        let vecs = self.code_vectors(&idx.reshape((b * s, q))?)?;
+        let out = self.motion_outputs(&vecs)?.reshape((b, s, 3))?;
+        let ct = self.cfg.clip_transitions;
+        let Some([hidden, head]) = self.step_reader.as_ref().filter(|_| s > 0 && s.is_multiple_of(ct)) else {
+            return Ok(out);
+        };
+        let clips = b * s / ct;
+        let disp = out.narrow(2, 0, 2)?.reshape((clips, ct * 2))?;
+        let inp = Tensor::cat(&[vecs.reshape((clips, ct * self.cfg.code_dim()))?, disp.detach()], 1)?;
+        let fix = head.forward(&hidden.forward(&inp)?.gelu()?)?;
+        Ok(Tensor::cat(&[(disp + fix)?.reshape((b, s, 2))?, out.narrow(2, 2, 1)?], 2)?)
+    }
+
+    /// The motions of clips whose codes are `idx` `(B, S, Q)` ([`Self::clip_motion_outputs`]),
+    /// one row per clip.
+    pub fn clip_motions(&self, idx: &Tensor) -> Result<Vec<Vec<TransitionMotion>>> {
+        let s = self.cfg.motion_scale as f32;
+        Ok(self
+            .clip_motion_outputs(idx)?
+            .to_vec3::<f32>()?
+            .into_iter()
+            .map(|row| {
+                row.into_iter().map(|r| TransitionMotion { dx: r[0] * s, dy: r[1] * s, carried: r[2] > 0.0 }).collect()
+            })
+            .collect())
     }
 
     /// The selector on candidates `(B, 15, H, W)` (from [`clip_candidates`]): class logits
@@ -691,11 +745,9 @@ impl LatentDynamics for ClipDynamics {
     }
 
     fn render(&self, context: &Tensor, codes: &Tensor) -> Result<Tensor> {
-        let (b, s, q) = codes.dims3()?;
         let tc = context.dim(2)?;
         let first = context.narrow(2, tc - 1, 1)?.squeeze(2)?.to_dtype(DType::F32)?;
-        let m = self.renderer.motions(&codes.reshape((b * s, q))?)?;
-        let rows: Vec<Vec<TransitionMotion>> = m.chunks(s.max(1)).map(<[_]>::to_vec).collect();
+        let rows = self.renderer.clip_motions(codes)?;
         Ok(self.renderer.render_steps(&first, &rows)?.to_dtype(context.dtype())?)
     }
 

@@ -115,6 +115,19 @@ pub fn motion_mlp_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<
     motion_loss(&pred, &motion_targets(&d.motions, ids, r.config().motion_scale, dev)?)
 }
 
+/// The step reader's loss on the clips of `len` transitions starting at `starts`: the L1 of the
+/// displacements read a clip at a time ([`ClipRenderer::clip_motion_outputs`]) against the
+/// teacher's, in units of `motion_scale` pixels.
+pub fn step_reader_loss(r: &ClipRenderer, d: &ClipData, starts: &[usize], len: usize) -> Result<Tensor> {
+    let dev = d.codes.device();
+    let ids: Vec<usize> = starts.iter().flat_map(|&i| i..i + len).collect();
+    let idx = d.codes.index_select(&Tensor::from_vec(ids.iter().map(|&i| i as u32).collect(), ids.len(), dev)?, 0)?;
+    let q = idx.dim(1)?;
+    let pred = r.clip_motion_outputs(&idx.reshape((starts.len(), len, q))?)?.reshape((ids.len(), 3))?;
+    let target = motion_targets(&d.motions, &ids, r.config().motion_scale, dev)?;
+    Ok((pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?)
+}
+
 /// The fill is the target where no copy comes within this channel-summed L1 ([-1, 1] units).
 pub const FILL_L1: f64 = 0.6;
 /// The unmoved frame is the target unless a moved copy is closer by more than this.
@@ -199,14 +212,28 @@ pub fn train_clip_renderer(
     let backgrounds = data.backgrounds()?;
     let frames = &data.frames;
     let k_max = cfg.renderer.clip_transitions;
+    // The step reader's clips: recipe steps of exactly one clip.
+    let steps: Vec<usize> = data.step_clips.iter().filter(|&&(_, n)| n == k_max).map(|&(i, _)| i).collect();
+    if cfg.renderer.step_reader && steps.is_empty() {
+        return Err(Error::Invalid(format!(
+            "clip renderer: the step reader needs expert episodes with recipe steps of {k_max} transitions"
+        )));
+    }
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         // Two phases in one resumable run: the motion MLP first (the selector's training clips
         // use its motions, and its few weights fit in seconds), then the selector.
         if ctx.step < cfg.motion_steps {
             let ids: Vec<usize> =
                 (0..cfg.motion_batch).map(|_| ctx.rng.random_range(0..clip_data.motions.len())).collect();
-            let m_loss = motion_mlp_loss(&model, &clip_data, &ids)?;
+            let mut m_loss = motion_mlp_loss(&model, &clip_data, &ids)?;
             ctx.extra.insert("motion".into(), m_loss.to_scalar::<f32>()?.into());
+            if cfg.renderer.step_reader && !steps.is_empty() {
+                let picked: Vec<usize> =
+                    (0..cfg.motion_batch / k_max.max(1)).map(|_| steps[ctx.rng.random_range(0..steps.len())]).collect();
+                let s_loss = step_reader_loss(&model, &clip_data, &picked, k_max)?;
+                ctx.extra.insert("step_reader".into(), s_loss.to_scalar::<f32>()?.into());
+                m_loss = (m_loss + s_loss)?;
+            }
             return Ok(m_loss);
         }
         // Clips: a start transition, and k transitions after it inside its episode.
@@ -373,6 +400,57 @@ mod tests {
     use crate::train::stage1::{load_stage1, Stage1Config};
     use crate::train::tests::weights;
     use crate::LatentDynamics;
+
+    #[test]
+    fn the_step_reader_reads_one_transition_from_another_of_its_clip() -> Result<()> {
+        use candle_nn::Optimizer;
+        // Clips of 4 transitions: the first's codes say how far it goes down (10 or 20 px), the
+        // second goes back up as far under codes that never change, the last two stand still.
+        // Alone, the second's codes cannot say how far; read with the first's, they can.
+        let cfg = crate::clip::ClipRendererConfig { step_reader: true, ..crate::clip::ClipRendererConfig::tiny() };
+        let ct = cfg.clip_transitions;
+        let (mut codes, mut motions) = (Vec::new(), Vec::new());
+        for c in 0..64usize {
+            let down = if c % 2 == 0 { 10.0 } else { 20.0 };
+            for (j, (code, dy)) in [(3 + c % 2, down), (7, -down), (0, 0.0), (0, 0.0)].into_iter().enumerate() {
+                codes.extend([code as u32 * 37, 5]);
+                motions.push(TransitionMotion { dx: 0.0, dy, carried: j == 1 });
+            }
+        }
+        let dev = Device::Cpu;
+        let data = ClipData { codes: Tensor::from_vec(codes, (motions.len(), 2), &dev)?, motions };
+        let varmap = VarMap::new();
+        let r = ClipRenderer::new(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+        let mut opt = candle_nn::AdamW::new_lr(varmap.all_vars(), 1e-2)?;
+        let all: Vec<usize> = (0..data.motions.len()).collect();
+        let starts: Vec<usize> = (0..64).map(|c| c * ct).collect();
+        for _ in 0..400 {
+            let loss = (motion_mlp_loss(&r, &data, &all)? + step_reader_loss(&r, &data, &starts, ct)?)?;
+            opt.backward_step(&loss)?;
+        }
+        // The second transition of each clip: alone, read to within about 5 px; a clip at a time,
+        // to well within 1 px.
+        let idx = data.codes.reshape((64, ct, 2))?;
+        let whole = r.clip_motions(&idx)?;
+        let alone = r.motions(&data.codes)?;
+        let err = |dy: f32, c: usize| (dy - data.motions[c * ct + 1].dy).abs();
+        let alone_err = (0..64).map(|c| err(alone[c * ct + 1].dy, c)).sum::<f32>() / 64.0;
+        let whole_err = (0..64).map(|c| err(whole[c][1].dy, c)).sum::<f32>() / 64.0;
+        assert!(alone_err > 3.0, "alone: {alone_err}");
+        assert!(whole_err < 1.0, "a clip at a time: {whole_err} (alone {alone_err})");
+        // A sequence that is not whole clips is read a transition at a time.
+        let part = r.clip_motions(&data.codes.narrow(0, 0, ct - 1)?.unsqueeze(0)?)?;
+        for (p, a) in part[0].iter().zip(&alone) {
+            assert!((p.dx - a.dx).abs() < 1e-4 && (p.dy - a.dy).abs() < 1e-4 && p.carried == a.carried, "{p:?} {a:?}");
+        }
+        assert_eq!(part[0].len(), ct - 1);
+        // Off, the renderer has no step reader's weights (the keys of earlier runs).
+        let off = VarMap::new();
+        ClipRenderer::new(&crate::clip::ClipRendererConfig::tiny(), seeded_var_builder(&off, 3, DType::F32, &dev))?;
+        assert!(off.data().lock().unwrap().keys().all(|k| !k.starts_with("step_reader")));
+        assert!(varmap.data().lock().unwrap().keys().any(|k| k.starts_with("step_reader")));
+        Ok(())
+    }
 
     /// A tiny stage-1 run with the displacement head on, in `stage1/` of a fresh temporary folder.
     fn source() -> Result<(tempfile::TempDir, std::path::PathBuf, Stage1Config)> {

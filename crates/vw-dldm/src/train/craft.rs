@@ -67,6 +67,9 @@ pub struct Transitions {
     pub seeds: Vec<u64>,
     /// Frames of each episode.
     pub frames_per_episode: Vec<usize>,
+    /// Recipe steps of the scripted expert's episodes (play episodes have none): the transition
+    /// that starts each (from the frame before the step's first frame) and how many it spans.
+    pub step_clips: Vec<(usize, usize)>,
 }
 
 impl Transitions {
@@ -87,12 +90,19 @@ impl Transitions {
             labels: Vec::new(),
             seeds: Vec::new(),
             frames_per_episode: Vec::new(),
+            step_clips: Vec::new(),
         };
         let mut offset = 0u32;
         for (e, ep) in eps.iter().enumerate() {
             // (3, T, H, W) -> (T, 3, H, W)
             let f = ep.frames_tensor(device).map_err(|err| Error::Invalid(err.to_string()))?.transpose(0, 1)?;
             let t = f.dim(0)?;
+            let first = out.starts.len();
+            for st in &ep.steps {
+                if st.start_frame >= 1 && st.end_frame < t && st.end_frame >= st.start_frame {
+                    out.step_clips.push((first + st.start_frame - 1, st.end_frame + 1 - st.start_frame));
+                }
+            }
             for i in 0..t - 1 {
                 out.starts.push(offset + i as u32);
                 out.episode.push(e as u32);
