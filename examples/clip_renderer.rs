@@ -5,10 +5,12 @@
 //! cargo run --release --example clip_renderer -- teacher [--episodes 16] [--split train|test]
 //! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
 //!     [--split test|train] [--predicted-prob P] [--channels C] [--augment on|off] [--compositor layers|select]
-//!     [--expert N] [--motion-steps M] [--step-reader on|off] [--png FILE]
+//!     [--expert N] [--motion-steps M] [--step-reader on|off] [--layers-from RENDERER_DIR] [--grasp-jitter PX]
+//!     [--png FILE]
+//! cargo run --release --example clip_renderer -- layers --out RENDERER_DIR --to DIR   (export the layer networks)
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
-//!     [--png FILE]
+//!     [--layers-from RENDERER_DIR] [--png FILE]
 //!
 //! (`train`, `motions` and `eval` also take `--unseen on`: the training look scored on the
 //! evaluation seeds, whose layouts no training video shows; `eval` takes `--settle on|off`, the
@@ -142,6 +144,8 @@ struct TeacherEpisodes<'a> {
     teacher: MotionTeacher,
     episodes: &'a [Episode],
     next: usize,
+    /// Give the true motions instead of the teacher's (a diagnostic of the renderer alone).
+    truth: bool,
 }
 
 impl<'a> TeacherEpisodes<'a> {
@@ -151,7 +155,7 @@ impl<'a> TeacherEpisodes<'a> {
             .get(self.next)
             .ok_or_else(|| vw_eval::Error::Invalid("asked for more episodes than were given".into()))?;
         self.next += 1;
-        Ok((ep, teacher_motions(ep, &self.teacher)))
+        Ok((ep, if self.truth { truth_motions(ep) } else { teacher_motions(ep, &self.teacher) }))
     }
 }
 
@@ -199,6 +203,8 @@ fn motion_check(
     let mut within_half_cell = 0usize;
     // The same against the true motions (the teacher misreads some held-out transitions).
     let (mut within_truth, mut within_truth_teacher) = (0usize, 0usize);
+    // The codes' grasp pose and the gripper's step end against the truth: mean px off per axis.
+    let (mut grasp_off, mut end_off) = ([0f64; 2], [0f64; 2]);
     let mut by_phase = vec![(0f64, 0f64, 0usize); fps];
     let mut by_phase_truth = vec![(0f64, 0f64, 0usize); fps];
     for ep in eps {
@@ -228,7 +234,12 @@ fn motion_check(
         }
         for ((p, t), r) in pred.chunks(fps).zip(truth.chunks(fps)).zip(real.chunks(fps)) {
             let within = |a: (i64, i64), b: (i64, i64)| (a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3;
-            let r = clip_translations(r).block;
+            let (pt, rt) = (clip_translations(p), clip_translations(r));
+            for (acc, a, b) in [(&mut grasp_off, pt.grasp, rt.grasp), (&mut end_off, pt.gripper, rt.gripper)] {
+                acc[0] += (a.0 - b.0).abs() as f64;
+                acc[1] += (a.1 - b.1).abs() as f64;
+            }
+            let r = rt.block;
             within_truth += within(clip_translations(p).block, r) as usize;
             within_truth_teacher += within(clip_translations(t).block, r) as usize;
             let (a, b) = (clip_translations(p).block, clip_translations(t).block);
@@ -267,6 +278,14 @@ fn motion_check(
         "  against the true motions: the codes' block within 3 px on both axes {:.0}%, the teacher's {:.0}%",
         pct(within_truth),
         pct(within_truth_teacher)
+    );
+    let st = steps.max(1) as f64;
+    println!(
+        "  the codes' grasp pose {:.2} / {:.2} px off (x / y), the gripper at step end {:.2} / {:.2} px off",
+        grasp_off[0] / st,
+        grasp_off[1] / st,
+        end_off[0] / st,
+        end_off[1] / st
     );
     for (axis, acc) in [("x", ax), ("y", ay)] {
         println!(
@@ -437,6 +456,7 @@ fn report(name: &str, r: &vw_eval::demo::Scored) {
     println!("{name:40} steps 1..: {:32} full task {:.0}%  {q}", curve.join(" "), 100.0 * r.result.success.full_task);
 }
 
+#[derive(Clone)]
 struct Args {
     n: usize,
     split: Split,
@@ -459,6 +479,38 @@ struct Args {
     settle: Option<bool>,
     /// Train the step reader ([`vw_dldm::clip::ClipRendererConfig::step_reader`]).
     step_reader: bool,
+    /// `eval`: the layer networks of this renderer run, with the motion readers of `--out`;
+    /// `train`: the run whose layer networks start training.
+    layers_from: Option<PathBuf>,
+    /// `train`: [`ClipTrainConfig::grasp_jitter`].
+    grasp_jitter: Option<i64>,
+    /// `layers`: the folder to write.
+    to: Option<PathBuf>,
+}
+
+/// The clip renderer of `dir` with the layer networks of the renderer run `layers`: the layers see
+/// only frames and the teacher's motions, so one trained for other codes draws these as well.
+fn grafted_renderer(
+    dir: &std::path::Path,
+    layers: &std::path::Path,
+) -> anyhow::Result<(ClipTrainConfig, ClipRenderer)> {
+    use vw_dldm::train::checkpoint::{load_tensors, read_state};
+    let (mut cfg, _) = load_clip_renderer(dir, &Device::Cpu)?;
+    let (lcfg, _) = load_clip_renderer(layers, &Device::Cpu)?;
+    anyhow::ensure!(lcfg.renderer.compositor == Compositor::Layers, "--layers-from: not a layered renderer");
+    cfg.renderer.compositor = lcfg.renderer.compositor;
+    cfg.renderer.channels = lcfg.renderer.channels;
+    let mut tensors = std::collections::HashMap::new();
+    for (run, keep) in [(dir, false), (layers, true)] {
+        let state = read_state(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?;
+        for (k, t) in load_tensors(run, &state, &Device::Cpu)? {
+            if k.starts_with("layers.") == keep {
+                tensors.insert(k, t);
+            }
+        }
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+    Ok((cfg.clone(), ClipRenderer::new(&cfg.renderer, vb)?))
 }
 
 fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -> anyhow::Result<()> {
@@ -466,8 +518,12 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -
     let ldm_dir = a.ldm.as_ref().context("--ldm RUN/dldm is required")?;
     let (_, ldm) = load_stage1(ldm_dir, &dev)?;
     let (_, ldm_again) = load_stage1(ldm_dir, &dev)?;
-    let (ccfg, mut renderer) = load_clip_renderer(renderer_dir, &dev)?;
-    let (_, mut renderer2) = load_clip_renderer(renderer_dir, &dev)?;
+    let load = || match &a.layers_from {
+        Some(l) => grafted_renderer(renderer_dir, l),
+        None => Ok(load_clip_renderer(renderer_dir, &dev)?),
+    };
+    let (ccfg, mut renderer) = load()?;
+    let (_, mut renderer2) = load()?;
     if let Some(on) = a.settle {
         renderer.set_settle(on);
         renderer2.set_settle(on);
@@ -496,9 +552,11 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -
         anchor_every: None,
     };
     rows.push(("clip renderer, expert's dLDM codes", score_method(&mut p, &eps, fps, 8, &dev)?));
-    let source = || TeacherEpisodes { teacher: ccfg.teacher, episodes: &eps, next: 0 };
+    let source = || TeacherEpisodes { teacher: ccfg.teacher, episodes: &eps, next: 0, truth: false };
     let mut t = TeacherMotions { renderer: &renderer2, source: source() };
     rows.push(("clip renderer, teacher motions", score_method(&mut t, &eps, fps, 8, &dev)?));
+    let mut t = TeacherMotions { renderer: &renderer2, source: TeacherEpisodes { truth: true, ..source() } };
+    rows.push(("clip renderer, true motions", score_method(&mut t, &eps, fps, 0, &dev)?));
     let mut o = OracleSelect {
         renderer: (ccfg.renderer.compositor == Compositor::Select).then_some(&renderer2),
         confusion: [[0; 4]; 3],
@@ -525,9 +583,9 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -
         report(name, r);
     }
     if let Some(png) = &a.png {
-        // Per episode: the expert's first two steps, then each clip-renderer row.
+        // Per episode: the expert's first three steps, then each clip-renderer row.
         let (fw, fh) = (eps[0].frames[0].width(), eps[0].frames[0].height());
-        let cols = (2 * fps + 1) as u32;
+        let cols = (3 * fps + 1) as u32;
         let shown = rows[0].1.videos.len().min(rows[1].1.videos.len());
         let mut sheet = image::RgbImage::new(cols * fw, 3 * shown as u32 * fh);
         for (e, ep) in eps.iter().enumerate().take(shown) {
@@ -578,6 +636,10 @@ fn train(a: &Args) -> anyhow::Result<()> {
         cfg.renderer.compositor = c;
     }
     cfg.renderer.step_reader = a.step_reader;
+    cfg.layers_init = a.layers_from.clone();
+    if let Some(j) = a.grasp_jitter {
+        cfg.grasp_jitter = j;
+    }
     if a.no_augment {
         cfg.augment = Default::default();
     }
@@ -586,7 +648,26 @@ fn train(a: &Args) -> anyhow::Result<()> {
     println!("trained {} + {} steps in {:.0} s", cfg.motion_steps, a.steps, t0.elapsed().as_secs_f64());
     // `motions` also sets the MLP beside the best reading of each code alone.
     let seen = if a.motions_only { Some(ClipData::build(&ldm, &data, &cfg.teacher)?) } else { None };
-    evaluate(a, out, seen.as_ref())
+    // The trained renderer holds its own layers now.
+    let a = Args { layers_from: None, ..a.clone() };
+    evaluate(&a, out, seen.as_ref())
+}
+
+/// Writes the layer networks (`layers.*`) of the renderer run `run`, without the motion readers
+/// and the optimizer's state, as a run folder `to` that `--layers-from` (and the demo's
+/// `ClipStageConfig::layers_init`) can start from.
+fn export_layers(run: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use vw_dldm::train::checkpoint::{load_tensors, read_state, save_tensors_atomic, write_atomic, STATE_FILE};
+    let state = read_state(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?;
+    let mut keep: Vec<(String, Tensor)> =
+        load_tensors(run, &state, &Device::Cpu)?.into_iter().filter(|(k, _)| k.starts_with("layers.")).collect();
+    anyhow::ensure!(!keep.is_empty(), "{}: no layer networks", run.display());
+    keep.sort_by(|a, b| a.0.cmp(&b.0));
+    std::fs::create_dir_all(to)?;
+    save_tensors_atomic(&to.join(&state.tensors_file), &keep)?;
+    write_atomic(&to.join(STATE_FILE), &serde_json::to_vec_pretty(&state)?)?;
+    println!("{} layer tensors of {} -> {}", keep.len(), run.display(), to.display());
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -609,6 +690,9 @@ fn main() -> anyhow::Result<()> {
         motion_steps: None,
         settle: None,
         step_reader: false,
+        layers_from: None,
+        grasp_jitter: None,
+        to: None,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -631,6 +715,9 @@ fn main() -> anyhow::Result<()> {
             "--settle" => a.settle = Some(v == "on"),
             "--unseen" => a.unseen = v == "on",
             "--step-reader" => a.step_reader = v == "on",
+            "--layers-from" => a.layers_from = Some(v.into()),
+            "--grasp-jitter" => a.grasp_jitter = Some(v.parse()?),
+            "--to" => a.to = Some(v.into()),
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {
                     "layers" => Compositor::Layers,
@@ -651,6 +738,10 @@ fn main() -> anyhow::Result<()> {
             a.steps = 0;
             train(&a)
         }
+        "layers" => export_layers(
+            a.out.as_ref().context("--out RENDERER_DIR is required")?,
+            a.to.as_ref().context("--to DIR (the folder to write) is required")?,
+        ),
         "eval" => evaluate(&a, a.out.as_ref().context("--out DIR (the renderer's run folder) is required")?, None),
         other => anyhow::bail!("unknown command {other}"),
     }

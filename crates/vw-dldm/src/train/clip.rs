@@ -46,6 +46,15 @@ pub struct ClipTrainConfig {
     pub moved_weight: f64,
     /// Seed of the weights.
     pub init_seed: u64,
+    /// [`Compositor::Layers`]: the grasp pose the block's layer network sees is moved by up to this
+    /// many pixels on each axis (uniform), so it finds the block the fingers are about to hold
+    /// when the codes' grasp pose is a little off (about 1.5 px on each axis, docs/results.md).
+    #[serde(default)]
+    pub grasp_jitter: i64,
+    /// A renderer run whose layer networks (`layers.*`) start this run's (a fresh run only): the
+    /// layers see only frames and motions, so they carry over between dLDMs.
+    #[serde(default)]
+    pub layers_init: Option<std::path::PathBuf>,
 }
 
 impl Default for ClipTrainConfig {
@@ -76,6 +85,8 @@ impl Default for ClipTrainConfig {
             },
             moved_weight: 10.0,
             init_seed: 0,
+            grasp_jitter: 0,
+            layers_init: None,
         }
     }
 }
@@ -113,6 +124,28 @@ pub fn motion_mlp_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<
     let idx = d.codes.index_select(&Tensor::from_vec(ids.iter().map(|&i| i as u32).collect(), ids.len(), dev)?, 0)?;
     let pred = r.motion_outputs(&r.code_vectors(&idx)?)?;
     motion_loss(&pred, &motion_targets(&d.motions, ids, r.config().motion_scale, dev)?)
+}
+
+/// Sets the layer networks (`layers.*`) of `varmap` to those of the renderer run `from`, whose
+/// layers must have the same shapes.
+fn copy_layers(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
+    let state = super::checkpoint::read_state(from)?
+        .ok_or_else(|| Error::Invalid(format!("layers_init {}: no checkpoint", from.display())))?;
+    let mut n = 0;
+    let vars = varmap.data().lock().map_err(|_| Error::Invalid("layers_init: poisoned variable map".into()))?;
+    for (k, t) in super::checkpoint::load_tensors(from, &state, device)? {
+        if k.starts_with("layers.") {
+            let var = vars.get(&k).ok_or_else(|| {
+                Error::Invalid(format!("layers_init {}: {k} is not in this renderer", from.display()))
+            })?;
+            var.set(&t).map_err(|e| Error::Invalid(format!("layers_init {}: {k}: {e}", from.display())))?;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Err(Error::Invalid(format!("layers_init {}: no layer networks", from.display())));
+    }
+    Ok(())
 }
 
 /// The step reader's loss on the clips of `len` transitions starting at `starts`: the L1 of the
@@ -193,6 +226,9 @@ pub fn train_clip_renderer(
     let model = ClipRenderer::new(&cfg.renderer, seeded_var_builder(&varmap, cfg.init_seed, DType::F32, device))?;
     let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?;
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
+    if let (None, Some(from)) = (&resumed, &cfg.layers_init) {
+        copy_layers(&varmap, from, device)?;
+    }
     if let Some(saved) = &resumed {
         let same = serde_json::from_value::<ClipTrainConfig>(saved.clone())
             .is_ok_and(|s| s.renderer == cfg.renderer && s.teacher == cfg.teacher);
@@ -257,7 +293,9 @@ pub fn train_clip_renderer(
             } else {
                 clip_data.motions[i..i + len].to_vec()
             };
-            grasps.push(clip_translations(&ms).grasp);
+            let g = clip_translations(&ms).grasp;
+            let j = cfg.grasp_jitter.max(0);
+            grasps.push((g.0 + ctx.rng.random_range(-j..=j), g.1 + ctx.rng.random_range(-j..=j)));
             trans.push(clip_translations(&ms[..k]));
             ids.push(i);
             starts.push(data.starts[i]);
@@ -531,6 +569,24 @@ mod tests {
         assert_ne!(weights(&resumed)?, w1, "3 and 5 steps must differ for the check to mean anything");
         train_clip_renderer(&clip_cfg(&s1.model, 5), &ldm, &data, &resumed, true, &dev, false)?;
         assert_eq!(weights(&resumed)?, w1, "the resumed run differs from the straight one");
+        // A fresh run can start its layer networks from another run's: with no layer steps it
+        // keeps them exactly, and its motion phase is the same as without them.
+        let mut from = clip_cfg(&s1.model, 2);
+        from.layers_init = Some(straight.clone());
+        from.grasp_jitter = 2;
+        let grafted = tmp.path().join("grafted");
+        train_clip_renderer(&from, &ldm, &data, &grafted, false, &dev, false)?;
+        let wg = weights(&grafted)?;
+        assert!(w1.keys().filter(|k| k.starts_with("layers.")).all(|k| wg[k] == w1[k]), "the layers were not copied");
+        assert!(w0.keys().filter(|k| k.starts_with("motion.")).all(|k| wg[k] == w1[k]));
+        // With layer steps (and the grasp pose jittered) they train on from there.
+        let mut on = from.clone();
+        on.train.total_steps = 4;
+        train_clip_renderer(&on, &ldm, &data, &tmp.path().join("grafted-on"), false, &dev, false)?;
+        let wo = weights(&tmp.path().join("grafted-on"))?;
+        assert!(w1.keys().filter(|k| k.starts_with("layers.")).any(|k| wo[k] != w1[k]));
+        from.layers_init = Some(tmp.path().join("nowhere"));
+        assert!(train_clip_renderer(&from, &ldm, &data, &tmp.path().join("g2"), false, &dev, false).is_err());
         // A renderer for other codes, or a geometric augmentation, is refused.
         let mut wrong = clip_cfg(&s1.model, 1);
         wrong.renderer.levels = vec![5, 5];
