@@ -84,3 +84,18 @@ fn reduced_demo_end_to_end() {
         assert_eq!(a.success, b.success, "{}", a.name);
     }
 }
+
+/// The committed checkpoints are what `vw demo --retrain` trains today: a change to the CPU
+/// config must come with new checkpoints (docs/results.md records the command).
+#[test]
+fn the_committed_checkpoints_match_the_cpu_demo() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let stored = videoworld::eval::demo::read_config(&root.join("checkpoints/craftworld")).unwrap();
+    assert_eq!(stored, DemoConfig::cpu());
+    let layers =
+        stored.clip.as_ref().and_then(|c| c.layers_init.as_ref()).expect("the CPU demo starts from committed layers");
+    assert!(root.join(layers).join("checkpoint.json").exists(), "{}", layers.display());
+    for dir in ["dldm", "vw1-ldm", "clip-dldm", "policy-dldm", "policy-vw1-ldm", "actions-dldm", "actions-vw1-ldm"] {
+        assert!(root.join("checkpoints/craftworld").join(dir).join("checkpoint.json").exists(), "{dir}");
+    }
+}

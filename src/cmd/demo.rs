@@ -45,20 +45,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         if args.checkpoints.is_some() {
             anyhow::bail!("no demo checkpoints in {} (`vw demo --retrain` trains them)", checkpoints.display());
         }
-        // The committed checkpoints do not exist yet (issue #7): say what the demo does and how to get there,
-        // without pretending anything was evaluated.
-        println!("VideoWorld 2 demo on held-out-appearance CraftWorld episodes:");
-        println!("  1. load the committed checkpoints from {COMMITTED_CHECKPOINTS}");
-        println!("  2. predict latent-code sequences from each first frame with the AR policy");
-        println!("  3. render them through the dLDM (and the VW1-style LDM, and a no-codes baseline)");
-        println!(
-            "  4. judge every recipe step by pixels and write report.md, plots and GIFs to {}",
-            args.out.display()
+        anyhow::bail!(
+            "the committed demo checkpoints are not in {COMMITTED_CHECKPOINTS} (run `vw demo` from the repository root, \
+             or `vw demo --retrain` to train them)"
         );
-        println!();
-        println!("No checkpoints are committed in {COMMITTED_CHECKPOINTS} yet, so nothing was evaluated.");
-        println!("`vw demo --retrain` generates the data and trains every stage from scratch on this machine.");
-        return Ok(());
     }
     let mut cfg = if args.large { DemoConfig::gpu() } else { DemoConfig::cpu() };
     cfg.seed = args.seed;

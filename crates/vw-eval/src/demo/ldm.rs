@@ -44,13 +44,21 @@ impl LdmKind {
     }
 
     /// The vw-dldm model config of this kind: the play recipe's model
-    /// (`Stage1Config::tiny_play`), with the codes-only renderer for the VW1-style baseline.
+    /// (`Stage1Config::tiny_play`) with four codes per transition and the displacement head, whose
+    /// codes the clip renderer reads most precisely (docs/results.md, "the step reader"), and the
+    /// codes-only renderer for the VW1-style baseline.
     pub fn model(self, image_size: usize) -> TinyLdmConfig {
         let renderer = match self {
             LdmKind::Dldm => RendererKind::FrameConditioned,
             LdmKind::Vw1 => RendererKind::CodesOnly,
         };
-        TinyLdmConfig { image_size, renderer, ..Stage1Config::tiny_play().model }
+        TinyLdmConfig {
+            image_size,
+            renderer,
+            act_embedding_num: 4,
+            displacement_weight: 1.0,
+            ..Stage1Config::tiny_play().model
+        }
     }
 }
 
@@ -90,30 +98,45 @@ impl LdmTrainConfig {
 /// The dLDM's clip renderer in the demo (`vw_dldm::clip`): it draws each recipe step from the
 /// step's first frame, moving the gripper's and the carried block's layers by the motions it reads
 /// from the codes (docs/results.md: a renderer that draws each frame from the frame before fails
-/// the judge within a few steps). Trained on the dLDM's play videos and the demo's expert training
-/// videos, unlabelled alike, after stage 1.
+/// the judge within a few steps).
+///
+/// Its layer networks are its appearance model, the part the paper takes from a pretrained video
+/// diffusion model: they see only frames and motions, never codes, so the demo starts them from a
+/// committed renderer run ([`PRETRAINED_LAYERS`]) and trains what reads the codes (the motion MLP
+/// and the step reader) on the dLDM's play videos and the demo's expert training videos,
+/// unlabelled alike.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClipStageConfig {
-    /// Steps of the layer networks (after the motion MLP's).
+    /// Steps of the layer networks (after the motion readers'); 0 keeps `layers_init`'s as they are.
     pub steps: u64,
-    /// Steps of the motion MLP (codes -> motion; cheap).
+    /// Steps of the motion readers (codes -> motion; cheap).
     pub motion_steps: u64,
     /// Clips per layer step.
     pub batch: usize,
+    /// Read each recipe step's codes together (`ClipRendererConfig::step_reader`).
+    #[serde(default)]
+    pub step_reader: bool,
+    /// The renderer run whose layer networks start this one's (`None`: from scratch).
+    #[serde(default)]
+    pub layers_init: Option<std::path::PathBuf>,
 }
 
+/// The committed layer networks of the clip renderer (a stripped renderer run; docs/results.md
+/// has the command that trained them), relative to the repository root.
+pub const PRETRAINED_LAYERS: &str = "checkpoints/clip-layers";
+
 impl ClipStageConfig {
-    /// CPU demo size.
+    /// CPU demo size: the committed layers, and the motion readers trained.
     pub fn cpu() -> Self {
-        Self { steps: 300, motion_steps: 2000, batch: 16 }
+        Self { steps: 0, motion_steps: 2000, batch: 16, step_reader: true, layers_init: Some(PRETRAINED_LAYERS.into()) }
     }
-    /// GPU size.
+    /// GPU size: the committed layers, fine-tuned.
     pub fn gpu() -> Self {
-        Self { steps: 2000, motion_steps: 4000, batch: 32 }
+        Self { steps: 1000, motion_steps: 4000, batch: 32, ..Self::cpu() }
     }
-    /// Integration-test size.
+    /// Integration-test size (layers from scratch, a few steps).
     pub fn test() -> Self {
-        Self { steps: 2, motion_steps: 3, batch: 2 }
+        Self { steps: 2, motion_steps: 3, batch: 2, step_reader: true, layers_init: None }
     }
 }
 
@@ -131,6 +154,10 @@ pub fn clip_config(s1: &Stage1Config, c: &ClipStageConfig, seed: u64) -> ClipTra
     cfg.train.log_every = cfg.train.log_every.min(cfg.train.total_steps).max(1);
     cfg.train.seed = seed;
     cfg.init_seed = seed;
+    cfg.renderer.step_reader = c.step_reader;
+    cfg.layers_init = c.layers_init.clone();
+    // The block's layer finds its block when the codes' grasp pose is a little off.
+    cfg.grasp_jitter = 3;
     cfg
 }
 
@@ -145,6 +172,12 @@ pub fn train_clip(
     device: &Device,
     progress: bool,
 ) -> Result<()> {
+    if let Some(init) = clip.layers_init.as_ref().filter(|p| !p.exists()) {
+        return Err(crate::Error::Invalid(format!(
+            "the clip renderer's layer networks {} are missing (they are committed in the repository; run from its root)",
+            init.display()
+        )));
+    }
     let (_, ldm) = load_stage1(stage1_dir, device).map_err(dldm_err)?;
     let mut eps = s1.data.generate(Split::Train).map_err(dldm_err)?;
     eps.extend(expert.iter().cloned());
