@@ -14,7 +14,9 @@
 //!
 //! (`train`, `motions` and `eval` also take `--unseen on`: the training look scored on the
 //! evaluation seeds, whose layouts no training video shows; `eval` takes `--settle on|off`, the
-//! layered compositor's gravity rule.)
+//! layered compositor's gravity rule. `CLIP_PHASE=j` prints the codes' and the teacher's motion
+//! of transition j of every recipe step; `CLIP_MIX=free|free-y|carried` adds a row drawing the
+//! codes' motions with that part replaced by the true motions.)
 //! ```
 //!
 //! `eval` scores three renderings of each held-out episode, all chained one render per recipe
@@ -184,6 +186,47 @@ impl VideoPredictor for TeacherMotions<'_> {
     }
 }
 
+/// A diagnostic (`CLIP_MIX=free|free-y|carried`): the motions read from the codes with one part
+/// replaced by the true motions: the free (not carried) transitions, only their vertical moves,
+/// or the carried ones (transitions 3..=6 of a step: lift, carry, carry, lower).
+struct MixedMotions<'a> {
+    clip: &'a ClipDynamics,
+    episodes: &'a [Episode],
+    next: usize,
+    fps: usize,
+    mode: String,
+}
+
+impl VideoPredictor for MixedMotions<'_> {
+    fn name(&self) -> String {
+        format!("codes, true {} motions", self.mode)
+    }
+    fn description(&self) -> String {
+        "the codes' motions with some of them replaced by the true ones".into()
+    }
+    fn predict(&mut self, first: &Tensor, frames: usize) -> vw_eval::Result<Tensor> {
+        let err = |e: anyhow::Error| vw_eval::Error::Invalid(e.to_string());
+        let ep = &self.episodes[self.next];
+        self.next += 1;
+        let video = ep.frames_tensor(&Device::Cpu).map_err(|e| err(e.into()))?.unsqueeze(0)?;
+        let codes = self.clip.encode_codes(&video).map_err(|e| err(e.into()))?.squeeze(0)?;
+        let mut pred = self.clip.renderer.clip_motions(&codes.unsqueeze(0)?).map_err(|e| err(e.into()))?.concat();
+        let real = truth_motions(ep);
+        for (j, (p, r)) in pred.iter_mut().zip(&real).enumerate() {
+            let carried = (3..=6).contains(&(j % self.fps));
+            match self.mode.as_str() {
+                "free" if !carried => *p = *r,
+                "free-y" if !carried => p.dy = r.dy,
+                "carried" if carried => *p = *r,
+                _ => {}
+            }
+        }
+        let v =
+            self.clip.renderer.render_steps(&first.unsqueeze(0)?, &[pred]).map_err(|e| err(e.into()))?.squeeze(0)?;
+        Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
+    }
+}
+
 /// How far the motions the renderer reads from the dLDM's codes are from the teacher's motions of
 /// the same held-out transitions, per transition and summed over each recipe step.
 fn motion_check(
@@ -220,17 +263,14 @@ fn motion_check(
             if std::env::var("CLIP_PHASE").is_ok_and(|v| v.parse::<usize>().ok() == Some(j % fps)) {
                 println!("ep {} t {j}: pred ({:.1},{:.1}) teacher ({:.1},{:.1})", ep.seed, p.dx, p.dy, t.dx, t.dy);
             }
-            by_phase[j % fps].0 += (p.dx - t.dx).abs() as f64;
-            by_phase[j % fps].1 += (p.dy - t.dy).abs() as f64;
-            by_phase[j % fps].2 += 1;
+            add_phase(&mut by_phase[j % fps], (p.dx - t.dx).abs() as f64, (p.dy - t.dy).abs() as f64);
             e_sum += ((p.dx - t.dx) as f64).hypot((p.dy - t.dy) as f64);
             carried_ok += (p.carried == t.carried) as usize;
             n += 1;
         }
         let real = truth_motions(ep);
         for (j, (p, r)) in pred.iter().zip(&real).enumerate() {
-            let ph = &mut by_phase_truth[j % fps];
-            *ph = (ph.0 + (p.dx - r.dx).abs() as f64, ph.1 + (p.dy - r.dy).abs() as f64, ph.2 + 1);
+            add_phase(&mut by_phase_truth[j % fps], (p.dx - r.dx).abs() as f64, (p.dy - r.dy).abs() as f64);
         }
         for ((p, t), r) in pred.chunks(fps).zip(truth.chunks(fps)).zip(real.chunks(fps)) {
             let within = |a: (i64, i64), b: (i64, i64)| (a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3;
@@ -262,16 +302,8 @@ fn motion_check(
         step_err / steps.max(1) as f64,
         100.0 * block_exact as f64 / steps.max(1) as f64
     );
-    let phase: Vec<String> = by_phase
-        .iter()
-        .map(|(x, y, n)| format!("{:.1}/{:.1}", x / (*n).max(1) as f64, y / (*n).max(1) as f64))
-        .collect();
-    println!("  |dx|/|dy| error by transition of the step: {}", phase.join(" "));
-    let phase: Vec<String> = by_phase_truth
-        .iter()
-        .map(|(x, y, n)| format!("{:.1}/{:.1}", x / (*n).max(1) as f64, y / (*n).max(1) as f64))
-        .collect();
-    println!("  the same against the true motions: {}", phase.join(" "));
+    println!("  |dx|/|dy| error by transition of the step: {}", phase_table(&by_phase));
+    println!("  the same against the true motions: {}", phase_table(&by_phase_truth));
     let pct = |k: usize| 100.0 * k as f64 / steps.max(1) as f64;
     println!("  block at step end within 3 px on both axes: {:.0}%", pct(within_half_cell));
     println!(
@@ -299,6 +331,17 @@ fn motion_check(
         l.report(&lookup_rows, fps);
     }
     Ok(())
+}
+
+/// Summed |dx|, |dy| errors and counts per transition of a recipe step, as "x/y" means.
+fn phase_table(by_phase: &[(f64, f64, usize)]) -> String {
+    let mean = |v: f64, n: usize| v / n.max(1) as f64;
+    by_phase.iter().map(|&(x, y, n)| format!("{:.1}/{:.1}", mean(x, n), mean(y, n))).collect::<Vec<_>>().join(" ")
+}
+
+/// Adds one transition's errors `(|dx|, |dy|)` to its phase's sums.
+fn add_phase(acc: &mut (f64, f64, usize), x: f64, y: f64) {
+    *acc = (acc.0 + x, acc.1 + y, acc.2 + 1);
 }
 
 /// The best a reader of one transition's codes alone can do: the median of the teacher's motions
@@ -368,8 +411,7 @@ impl CodeLookup {
                 ex += x;
                 ey += y;
                 count += 1;
-                let ph = &mut by_phase[j % fps];
-                *ph = (ph.0 + x, ph.1 + y, ph.2 + 1);
+                add_phase(&mut by_phase[j % fps], x, y);
             }
             for (p, t) in pred.chunks(fps).zip(truth.chunks(fps)) {
                 let (a, b) = (clip_translations(p).block, clip_translations(t).block);
@@ -383,11 +425,7 @@ impl CodeLookup {
             ey / count.max(1) as f64,
             100.0 * within as f64 / steps.max(1) as f64
         );
-        let phase: Vec<String> = by_phase
-            .iter()
-            .map(|(x, y, n)| format!("{:.1}/{:.1}", x / (*n).max(1) as f64, y / (*n).max(1) as f64))
-            .collect();
-        println!("  the training median, |dx|/|dy| error by transition of the step: {}", phase.join(" "));
+        println!("  the training median, |dx|/|dy| error by transition of the step: {}", phase_table(&by_phase));
     }
 }
 
@@ -552,6 +590,10 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -
         anchor_every: None,
     };
     rows.push(("clip renderer, expert's dLDM codes", score_method(&mut p, &eps, fps, 8, &dev)?));
+    if let Ok(mode) = std::env::var("CLIP_MIX") {
+        let mut mm = MixedMotions { clip: &clip, episodes: &eps, next: 0, fps, mode };
+        rows.push(("clip renderer, codes with some true motions", score_method(&mut mm, &eps, fps, 0, &dev)?));
+    }
     let source = || TeacherEpisodes { teacher: ccfg.teacher, episodes: &eps, next: 0, truth: false };
     let mut t = TeacherMotions { renderer: &renderer2, source: source() };
     rows.push(("clip renderer, teacher motions", score_method(&mut t, &eps, fps, 8, &dev)?));
