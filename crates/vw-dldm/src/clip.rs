@@ -441,8 +441,7 @@ impl ClipRenderer {
     /// The motion of each transition whose codes are `idx` `(N, Q)`.
     pub fn motions(&self, idx: &Tensor) -> Result<Vec<TransitionMotion>> {
         let out = self.motion_outputs(&self.code_vectors(idx)?)?.to_vec2::<f32>()?;
-        let s = self.cfg.motion_scale as f32;
-        Ok(out.into_iter().map(|r| TransitionMotion { dx: r[0] * s, dy: r[1] * s, carried: r[2] > 0.0 }).collect())
+        Ok(out.iter().map(|r| self.motion_of(r)).collect())
     }
 
     /// The motion MLP's outputs (as [`Self::motion_outputs`]) of sequences whose codes are `idx`
@@ -465,18 +464,17 @@ impl ClipRenderer {
         Ok(Tensor::cat(&[(disp + fix)?.reshape((b, s, 2))?, out.narrow(2, 2, 1)?], 2)?)
     }
 
-    /// The motions of clips whose codes are `idx` `(B, S, Q)` ([`Self::clip_motion_outputs`]),
-    /// one row per clip.
+    /// The motions of sequences whose codes are `idx` `(B, S, Q)` ([`Self::clip_motion_outputs`]),
+    /// one row of `S` per sequence.
     pub fn clip_motions(&self, idx: &Tensor) -> Result<Vec<Vec<TransitionMotion>>> {
+        let out = self.clip_motion_outputs(idx)?.to_vec3::<f32>()?;
+        Ok(out.iter().map(|row| row.iter().map(|r| self.motion_of(r)).collect()).collect())
+    }
+
+    /// One row of motion outputs (displacement in `motion_scale` pixels, carried logit) as a motion.
+    fn motion_of(&self, r: &[f32]) -> TransitionMotion {
         let s = self.cfg.motion_scale as f32;
-        Ok(self
-            .clip_motion_outputs(idx)?
-            .to_vec3::<f32>()?
-            .into_iter()
-            .map(|row| {
-                row.into_iter().map(|r| TransitionMotion { dx: r[0] * s, dy: r[1] * s, carried: r[2] > 0.0 }).collect()
-            })
-            .collect())
+        TransitionMotion { dx: r[0] * s, dy: r[1] * s, carried: r[2] > 0.0 }
     }
 
     /// The selector on candidates `(B, 15, H, W)` (from [`clip_candidates`]): class logits
