@@ -28,8 +28,10 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 use vw_data::craftworld::{Episode, Split};
-use vw_dldm::clip::{dominant_motion, ClipDynamics, ClipRenderer, Compositor, MotionTeacher, TransitionMotion};
-use vw_dldm::train::clip::{load_clip_renderer, train_clip_renderer, ClipData, ClipTrainConfig};
+use vw_dldm::clip::{
+    dominant_motion, is_layer_key, ClipDynamics, ClipRenderer, Compositor, MotionTeacher, TransitionMotion,
+};
+use vw_dldm::train::clip::{layer_tensors, load_clip_renderer, train_clip_renderer, ClipData, ClipTrainConfig};
 use vw_dldm::train::craft::Transitions;
 use vw_dldm::train::stage1::load_stage1;
 use vw_dldm::LatentDynamics;
@@ -243,7 +245,7 @@ fn motion_check(
     let (mut step_err, mut steps, mut block_exact) = (0f64, 0usize, 0usize);
     // The block's step-end error split by axis, and how often each axis is within 1 px / 3 px.
     let (mut ax, mut ay) = ([0usize; 3], [0usize; 3]);
-    let mut within_half_cell = 0usize;
+    let mut within_teacher = 0usize;
     // The same against the true motions (the teacher misreads some held-out transitions).
     let (mut within_truth, mut within_truth_teacher) = (0usize, 0usize);
     // The codes' grasp pose and the gripper's step end against the truth: mean px off per axis.
@@ -251,42 +253,37 @@ fn motion_check(
     let mut by_phase = vec![(0f64, 0f64, 0usize); fps];
     let mut by_phase_truth = vec![(0f64, 0f64, 0usize); fps];
     for ep in eps {
-        let truth = teacher_motions(ep, teacher);
+        let taught = teacher_motions(ep, teacher);
+        let truth = truth_motions(ep);
         let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
         let codes = clip.encode_codes(&video)?.squeeze(0)?;
         // Read as the renderer reads them: a recipe step at a time.
         let pred = clip.renderer.clip_motions(&codes.unsqueeze(0)?)?.concat();
         if let Some(l) = &lookup {
-            lookup_rows.push((l.read(&codes, &pred)?, truth.clone()));
+            lookup_rows.push((l.read(&codes, &pred)?, taught.clone()));
         }
-        for (j, (p, t)) in pred.iter().zip(&truth).enumerate() {
+        for (j, ((p, t), r)) in pred.iter().zip(&taught).zip(&truth).enumerate() {
             if std::env::var("CLIP_PHASE").is_ok_and(|v| v.parse::<usize>().ok() == Some(j % fps)) {
                 println!("ep {} t {j}: pred ({:.1},{:.1}) teacher ({:.1},{:.1})", ep.seed, p.dx, p.dy, t.dx, t.dy);
             }
             add_phase(&mut by_phase[j % fps], (p.dx - t.dx).abs() as f64, (p.dy - t.dy).abs() as f64);
+            add_phase(&mut by_phase_truth[j % fps], (p.dx - r.dx).abs() as f64, (p.dy - r.dy).abs() as f64);
             e_sum += ((p.dx - t.dx) as f64).hypot((p.dy - t.dy) as f64);
             carried_ok += (p.carried == t.carried) as usize;
             n += 1;
         }
-        let real = truth_motions(ep);
-        for (j, (p, r)) in pred.iter().zip(&real).enumerate() {
-            add_phase(&mut by_phase_truth[j % fps], (p.dx - r.dx).abs() as f64, (p.dy - r.dy).abs() as f64);
-        }
-        for ((p, t), r) in pred.chunks(fps).zip(truth.chunks(fps)).zip(real.chunks(fps)) {
-            let within = |a: (i64, i64), b: (i64, i64)| (a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3;
-            let (pt, rt) = (clip_translations(p), clip_translations(r));
+        for ((p, t), r) in pred.chunks(fps).zip(taught.chunks(fps)).zip(truth.chunks(fps)) {
+            let (pt, tt, rt) = (clip_translations(p), clip_translations(t), clip_translations(r));
             for (acc, a, b) in [(&mut grasp_off, pt.grasp, rt.grasp), (&mut end_off, pt.gripper, rt.gripper)] {
                 acc[0] += (a.0 - b.0).abs() as f64;
                 acc[1] += (a.1 - b.1).abs() as f64;
             }
-            let r = rt.block;
-            within_truth += within(clip_translations(p).block, r) as usize;
-            within_truth_teacher += within(clip_translations(t).block, r) as usize;
-            let (a, b) = (clip_translations(p).block, clip_translations(t).block);
+            within_truth += within_half_cell(pt.block, rt.block) as usize;
+            within_truth_teacher += within_half_cell(tt.block, rt.block) as usize;
+            let (a, b) = (pt.block, tt.block);
             step_err += ((a.0 - b.0) as f64).hypot((a.1 - b.1) as f64);
             block_exact += (a == b) as usize;
-            // docs/craftworld.md: the judge still counts a block about half a cell (2.9 px) off.
-            within_half_cell += ((a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3) as usize;
+            within_teacher += within_half_cell(a, b) as usize;
             steps += 1;
             for (acc, e) in [(&mut ax, (a.0 - b.0).abs()), (&mut ay, (a.1 - b.1).abs())] {
                 acc[0] += (e <= 1) as usize;
@@ -305,7 +302,7 @@ fn motion_check(
     println!("  |dx|/|dy| error by transition of the step: {}", phase_table(&by_phase));
     println!("  the same against the true motions: {}", phase_table(&by_phase_truth));
     let pct = |k: usize| 100.0 * k as f64 / steps.max(1) as f64;
-    println!("  block at step end within 3 px on both axes: {:.0}%", pct(within_half_cell));
+    println!("  block at step end within 3 px on both axes: {:.0}%", pct(within_teacher));
     println!(
         "  against the true motions: the codes' block within 3 px on both axes {:.0}%, the teacher's {:.0}%",
         pct(within_truth),
@@ -331,6 +328,12 @@ fn motion_check(
         l.report(&lookup_rows, fps);
     }
     Ok(())
+}
+
+/// Whether two block placements are within about half a cell (3 px) on both axes: docs/craftworld.md,
+/// the judge still counts a block that far off.
+fn within_half_cell(a: (i64, i64), b: (i64, i64)) -> bool {
+    (a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3
 }
 
 /// Summed |dx|, |dy| errors and counts per transition of a recipe step, as "x/y" means.
@@ -414,8 +417,7 @@ impl CodeLookup {
                 add_phase(&mut by_phase[j % fps], x, y);
             }
             for (p, t) in pred.chunks(fps).zip(truth.chunks(fps)) {
-                let (a, b) = (clip_translations(p).block, clip_translations(t).block);
-                within += ((a.0 - b.0).abs() <= 3 && (a.1 - b.1).abs() <= 3) as usize;
+                within += within_half_cell(clip_translations(p).block, clip_translations(t).block) as usize;
                 steps += 1;
             }
         }
@@ -533,20 +535,15 @@ fn grafted_renderer(
     layers: &std::path::Path,
 ) -> anyhow::Result<(ClipTrainConfig, ClipRenderer)> {
     use vw_dldm::train::checkpoint::{load_tensors, read_state};
-    let (mut cfg, _) = load_clip_renderer(dir, &Device::Cpu)?;
-    let (lcfg, _) = load_clip_renderer(layers, &Device::Cpu)?;
+    let state = read_state(dir)?.with_context(|| format!("{}: no checkpoint", dir.display()))?;
+    let mut cfg: ClipTrainConfig = serde_json::from_value(state.config.clone())?;
+    let (lstate, layer_weights) = layer_tensors(layers, &Device::Cpu)?;
+    let lcfg: ClipTrainConfig = serde_json::from_value(lstate.config)?;
     anyhow::ensure!(lcfg.renderer.compositor == Compositor::Layers, "--layers-from: not a layered renderer");
     cfg.renderer.compositor = lcfg.renderer.compositor;
     cfg.renderer.channels = lcfg.renderer.channels;
-    let mut tensors = std::collections::HashMap::new();
-    for (run, keep) in [(dir, false), (layers, true)] {
-        let state = read_state(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?;
-        for (k, t) in load_tensors(run, &state, &Device::Cpu)? {
-            if k.starts_with("layers.") == keep {
-                tensors.insert(k, t);
-            }
-        }
-    }
+    let own = load_tensors(dir, &state, &Device::Cpu)?.into_iter().filter(|(k, _)| !is_layer_key(k));
+    let tensors: std::collections::HashMap<String, Tensor> = own.chain(layer_weights).collect();
     let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
     Ok((cfg.clone(), ClipRenderer::new(&cfg.renderer, vb)?))
 }
@@ -699,11 +696,8 @@ fn train(a: &Args) -> anyhow::Result<()> {
 /// and the optimizer's state, as a run folder `to` that `--layers-from` (and the demo's
 /// `ClipStageConfig::layers_init`) can start from.
 fn export_layers(run: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
-    use vw_dldm::train::checkpoint::{load_tensors, read_state, save_tensors_atomic, write_atomic, STATE_FILE};
-    let state = read_state(run)?.with_context(|| format!("{}: no checkpoint", run.display()))?;
-    let mut keep: Vec<(String, Tensor)> =
-        load_tensors(run, &state, &Device::Cpu)?.into_iter().filter(|(k, _)| k.starts_with("layers.")).collect();
-    anyhow::ensure!(!keep.is_empty(), "{}: no layer networks", run.display());
+    use vw_dldm::train::checkpoint::{save_tensors_atomic, write_atomic, STATE_FILE};
+    let (state, mut keep) = layer_tensors(run, &Device::Cpu)?;
     keep.sort_by(|a, b| a.0.cmp(&b.0));
     std::fs::create_dir_all(to)?;
     save_tensors_atomic(&to.join(&state.tensors_file), &keep)?;

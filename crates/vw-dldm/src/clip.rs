@@ -390,7 +390,7 @@ impl ClipRenderer {
             // The gripper's layer (and the fill) from the first frame; the block's from the first
             // frame, its grasp-pose copy and the gripper's layer at the grasp pose.
             Compositor::Layers => {
-                let l = vb.pp("layers");
+                let l = vb.pp(LAYER_SCOPE);
                 vec![
                     ConvStack::new(3, c, 1 + FILL_SHIFTS.len(), l.pp("gripper"))?,
                     ConvStack::new(3 + 3 + 1, c, 1, l.pp("block"))?,
@@ -594,8 +594,15 @@ fn mix(candidates: &Tensor, weights: &Tensor, fill: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Layers of [`Compositor::Layers`]: what moves with the gripper, what moves with the block.
-pub const LAYERS: usize = 2;
+/// The scope of [`Compositor::Layers`]'s layer networks in a renderer's weights (keys
+/// `layers.gripper.*`, `layers.block.*`): they see only frames and motions, never codes, so they
+/// carry over between renderers of different dLDMs.
+pub const LAYER_SCOPE: &str = "layers";
+
+/// Whether the weight `key` belongs to the layer networks ([`LAYER_SCOPE`]).
+pub fn is_layer_key(key: &str) -> bool {
+    key.strip_prefix(LAYER_SCOPE).is_some_and(|rest| rest.starts_with('.'))
+}
 
 /// Where the fill of [`Compositor::Layers`] comes from: the first frame moved sideways by these
 /// pixels (right). The layers are thin upright things (an arm) or small squares, so a pixel a

@@ -5,13 +5,14 @@
 //! `clip_transitions`), by L1 against the true frame and a cross-entropy against label-free
 //! per-pixel targets.
 
+use super::checkpoint::{load_tensors, read_state, TrainState};
 use super::craft::{Augment, Transitions, FOREGROUND_THRESHOLD};
 use super::{fit, seeded_var_builder, RunDir, TrainConfig, Trainer};
 use crate::baseline::TinyLdm;
 use crate::clip::{
-    bce_with_logits_each, clip_candidates, clip_translations, compose_layers, layer_fill, motion_loss, motion_targets,
-    pixel_l1, shift_images, ClipRenderer, ClipRendererConfig, ClipTranslations, Compositor, MotionTeacher,
-    TransitionMotion,
+    bce_with_logits_each, clip_candidates, clip_translations, compose_layers, is_layer_key, layer_fill, motion_loss,
+    motion_targets, pixel_l1, shift_images, ClipRenderer, ClipRendererConfig, ClipTranslations, Compositor,
+    MotionTeacher, TransitionMotion,
 };
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -126,24 +127,28 @@ pub fn motion_mlp_loss(r: &ClipRenderer, d: &ClipData, ids: &[usize]) -> Result<
     motion_loss(&pred, &motion_targets(&d.motions, ids, r.config().motion_scale, dev)?)
 }
 
-/// Sets the layer networks (`layers.*`) of `varmap` to those of the renderer run `from`, whose
-/// layers must have the same shapes.
-fn copy_layers(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
-    let state = super::checkpoint::read_state(from)?
-        .ok_or_else(|| Error::Invalid(format!("layers_init {}: no checkpoint", from.display())))?;
-    let mut n = 0;
-    let vars = varmap.data().lock().map_err(|_| Error::Invalid("layers_init: poisoned variable map".into()))?;
-    for (k, t) in super::checkpoint::load_tensors(from, &state, device)? {
-        if k.starts_with("layers.") {
-            let var = vars.get(&k).ok_or_else(|| {
-                Error::Invalid(format!("layers_init {}: {k} is not in this renderer", from.display()))
-            })?;
-            var.set(&t).map_err(|e| Error::Invalid(format!("layers_init {}: {k}: {e}", from.display())))?;
-            n += 1;
-        }
+/// The layer networks' weights ([`crate::clip::is_layer_key`]) of the committed checkpoint of the
+/// renderer run `run`, with its state; an error when it has none.
+pub fn layer_tensors(run: &Path, device: &Device) -> Result<(TrainState, Vec<(String, Tensor)>)> {
+    let state = read_state(run)?.ok_or_else(|| Error::Invalid(format!("{}: no checkpoint", run.display())))?;
+    let layers: Vec<(String, Tensor)> =
+        load_tensors(run, &state, device)?.into_iter().filter(|(k, _)| is_layer_key(k)).collect();
+    if layers.is_empty() {
+        return Err(Error::Invalid(format!("{}: no layer networks", run.display())));
     }
-    if n == 0 {
-        return Err(Error::Invalid(format!("layers_init {}: no layer networks", from.display())));
+    Ok((state, layers))
+}
+
+/// Sets the layer networks of `varmap` to those of the renderer run `from` ([`layer_tensors`]),
+/// whose layers must have the same shapes.
+fn copy_layers(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
+    let (_, layers) = layer_tensors(from, device).map_err(|e| Error::Invalid(format!("layers_init: {e}")))?;
+    let vars = varmap.data().lock().map_err(|_| Error::Invalid("layers_init: poisoned variable map".into()))?;
+    for (k, t) in layers {
+        let var = vars
+            .get(&k)
+            .ok_or_else(|| Error::Invalid(format!("layers_init {}: {k} is not in this renderer", from.display())))?;
+        var.set(&t).map_err(|e| Error::Invalid(format!("layers_init {}: {k}: {e}", from.display())))?;
     }
     Ok(())
 }
@@ -263,7 +268,7 @@ pub fn train_clip_renderer(
                 (0..cfg.motion_batch).map(|_| ctx.rng.random_range(0..clip_data.motions.len())).collect();
             let mut m_loss = motion_mlp_loss(&model, &clip_data, &ids)?;
             ctx.extra.insert("motion".into(), m_loss.to_scalar::<f32>()?.into());
-            if cfg.renderer.step_reader && !steps.is_empty() {
+            if cfg.renderer.step_reader {
                 let picked: Vec<usize> =
                     (0..cfg.motion_batch / k_max.max(1)).map(|_| steps[ctx.rng.random_range(0..steps.len())]).collect();
                 let s_loss = step_reader_loss(&model, &clip_data, &picked, k_max)?;

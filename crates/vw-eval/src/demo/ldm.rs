@@ -161,7 +161,8 @@ pub fn clip_config(s1: &Stage1Config, c: &ClipStageConfig, seed: u64) -> ClipTra
 }
 
 /// Trains the clip renderer `clip` ([`clip_config`]) of the stage-1 run `stage1_dir` (trained
-/// with `s1`) on its play videos and the expert videos `expert`, into the run folder `run_dir`.
+/// with `s1`) on its play videos and the expert videos `expert`, into the run folder `run_dir`,
+/// and returns the dLDM drawn by it.
 pub fn train_clip(
     s1: &Stage1Config,
     stage1_dir: &Path,
@@ -170,20 +171,26 @@ pub fn train_clip(
     run_dir: &Path,
     device: &Device,
     progress: bool,
-) -> Result<()> {
-    if let Some(init) = clip.layers_init.as_ref().filter(|p| !p.exists()) {
-        return Err(crate::Error::Invalid(format!(
-            "the clip renderer's layer networks {} are missing (they are committed in the repository; run from its root)",
-            init.display()
-        )));
-    }
+) -> Result<BoxedLdm> {
     let (_, ldm) = load_stage1(stage1_dir, device).map_err(dldm_err)?;
     let mut eps = s1.data.generate(Split::Train).map_err(dldm_err)?;
     eps.extend(expert.iter().cloned());
     let data = Transitions::from_episodes(&eps, device).map_err(dldm_err)?;
     let _ = std::fs::remove_dir_all(run_dir);
-    train_clip_renderer(clip, &ldm, &data, run_dir, false, device, progress).map_err(dldm_err)?;
-    Ok(())
+    let renderer = train_clip_renderer(clip, &ldm, &data, run_dir, false, device, progress).map_err(dldm_err)?;
+    Ok(Box::new(ClipDynamics { ldm, renderer }))
+}
+
+/// Checks before any training that the layer networks a clip stage starts from are there (they
+/// are committed in the repository, at a path relative to its root).
+pub fn check_clip_stage(c: &ClipStageConfig) -> Result<()> {
+    match c.layers_init.as_ref().filter(|p| !p.exists()) {
+        Some(init) => Err(crate::Error::Invalid(format!(
+            "the clip renderer's layer networks {} are missing (they are committed in the repository; run from its root)",
+            init.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Loads the dLDM of `dir` drawn by the clip renderer of `clip_dir`.

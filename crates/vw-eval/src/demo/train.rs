@@ -9,7 +9,8 @@
 
 use super::evaluate::{data_err, frame_of, score_method, ExpertVideo, RepeatFirstFrame};
 use super::ldm::{
-    clip_config, load_clip_dynamics, load_ldm, stage1_config, train_clip, train_ldm, BoxedLdm, LdmKind, CLIP_DIR,
+    check_clip_stage, clip_config, load_clip_dynamics, load_ldm, stage1_config, train_clip, train_ldm, BoxedLdm,
+    LdmKind, CLIP_DIR,
 };
 use super::methods::{policy_err, transition_labels, CodePolicyController, ExpertCodes, NoCodes, PlanAndRender};
 use super::{episodes, DemoConfig, DemoOutcome, DEMO_CONFIG_FILE};
@@ -116,6 +117,9 @@ fn keep_metrics(run: &Path, root: &Path, name: &str) -> Result<()> {
 
 /// Trains every stage on freshly generated training episodes and writes the checkpoint folder.
 pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool) -> Result<()> {
+    if let Some(c) = &cfg.clip {
+        check_clip_stage(c)?;
+    }
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
     let runs = root.join("runs");
     stage(progress, &format!("generating {} training episodes", cfg.train_episodes));
@@ -142,10 +146,9 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
                 &format!("training the dLDM's clip renderer ({} motion + {} layer steps)", c.motion_steps, c.steps),
             );
             let crun = runs.join(CLIP_DIR);
-            train_clip(&s1, &run, &clip_config(&s1, c, cfg.seed + 401), &train, &crun, device, progress)?;
+            ldm = train_clip(&s1, &run, &clip_config(&s1, c, cfg.seed + 401), &train, &crun, device, progress)?;
             strip_run(&crun, &root.join(CLIP_DIR))?;
             keep_metrics(&crun, root, CLIP_DIR)?;
-            ldm = load_clip_dynamics(&run, &crun, device)?;
         }
         stage(progress, &format!("encoding the codes of {} training episodes", train.len()));
         let tps = transitions_per_step(cfg, ldm.as_ref())?;
@@ -219,20 +222,23 @@ fn train_baseline(
 struct Loaded {
     kind: LdmKind,
     ldm: BoxedLdm,
+    /// The dLDM is drawn by its clip renderer (`clip-dldm/` is in the checkpoint folder).
+    clip: bool,
     policy: Policy,
     decoder: ActionDecoder,
 }
 
 fn load_kind(kind: LdmKind, root: &Path, device: &Device) -> Result<Loaded> {
     let name = kind.dir_name();
-    let clip = root.join(CLIP_DIR);
-    let ldm = match kind {
-        LdmKind::Dldm if clip.exists() => load_clip_dynamics(&root.join(name), &clip, device)?,
-        _ => load_ldm(&root.join(name), device)?,
+    let clip_dir = root.join(CLIP_DIR);
+    let clip = kind == LdmKind::Dldm && clip_dir.exists();
+    let ldm = match clip {
+        true => load_clip_dynamics(&root.join(name), &clip_dir, device)?,
+        false => load_ldm(&root.join(name), device)?,
     };
     let policy = load_policy(&root.join(format!("policy-{name}")), device, DType::F32).map_err(policy_err)?;
     let decoder = load_action_decoder(&root.join(format!("actions-{name}")), device, DType::F32).map_err(policy_err)?;
-    Ok(Loaded { kind, ldm, policy, decoder })
+    Ok(Loaded { kind, ldm, clip, policy, decoder })
 }
 
 /// Loads the checkpoint folder, evaluates every method on held-out-appearance episodes and writes
@@ -272,7 +278,7 @@ pub fn evaluate_checkpoints(
         let mut p = PlanAndRender {
             name: m.kind.label().into(),
             description: match m.kind {
-                LdmKind::Dldm if root.join(CLIP_DIR).exists() => "AR policy over dLDM codes predicted from the first frame, each recipe step drawn from its first frame by the dLDM's clip renderer (the gripper's and the carried block's layers moved by the codes' motions).".into(),
+                LdmKind::Dldm if m.clip => "AR policy over dLDM codes predicted from the first frame, each recipe step drawn from its first frame by the dLDM's clip renderer (the gripper's and the carried block's layers moved by the codes' motions).".into(),
                 LdmKind::Dldm => "AR policy over dLDM codes predicted from the first frame, rendered clip by clip by the dLDM's pixel decoder (stage 1).".into(),
                 LdmKind::Vw1 => "The same AR policy and rollout over the codes of the VideoWorld-1-style plain LDM.".into(),
             },
