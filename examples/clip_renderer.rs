@@ -212,7 +212,13 @@ impl VideoPredictor for MixedMotions<'_> {
         self.next += 1;
         let video = ep.frames_tensor(&Device::Cpu).map_err(|e| err(e.into()))?.unsqueeze(0)?;
         let codes = self.clip.encode_codes(&video).map_err(|e| err(e.into()))?.squeeze(0)?;
-        let mut pred = self.clip.renderer.clip_motions(&codes.unsqueeze(0)?).map_err(|e| err(e.into()))?.concat();
+        let grippers = step_grippers(&self.clip.renderer, &video, codes.dim(0)?).map_err(err)?;
+        let mut pred = self
+            .clip
+            .renderer
+            .clip_motions(&codes.unsqueeze(0)?, grippers.as_ref())
+            .map_err(|e| err(e.into()))?
+            .concat();
         let real = truth_motions(ep);
         for (j, (p, r)) in pred.iter_mut().zip(&real).enumerate() {
             let carried = (3..=6).contains(&(j % self.fps));
@@ -227,6 +233,22 @@ impl VideoPredictor for MixedMotions<'_> {
             self.clip.renderer.render_steps(&first.unsqueeze(0)?, &[pred]).map_err(|e| err(e.into()))?.squeeze(0)?;
         Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
     }
+}
+
+/// Where the gripper is in the expert's frame at the start of each clip of the `s` transitions of
+/// `video` `(1, 3, T, H, W)`, for a step reader that sees it (`None` for one that does not).
+fn step_grippers(r: &ClipRenderer, video: &Tensor, s: usize) -> anyhow::Result<Option<Tensor>> {
+    let ct = r.config().clip_transitions;
+    if !r.config().step_reader_sees_gripper || s == 0 || !s.is_multiple_of(ct) {
+        return Ok(None);
+    }
+    let at: Vec<u32> = (0..s / ct).map(|k| (k * ct) as u32).collect();
+    let firsts = video
+        .squeeze(0)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .index_select(&Tensor::from_vec(at, s / ct, video.device())?, 0)?;
+    Ok(Some(r.gripper_position(&firsts)?))
 }
 
 /// How far the motions the renderer reads from the dLDM's codes are from the teacher's motions of
@@ -257,8 +279,10 @@ fn motion_check(
         let truth = truth_motions(ep);
         let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
         let codes = clip.encode_codes(&video)?.squeeze(0)?;
-        // Read as the renderer reads them: a recipe step at a time.
-        let pred = clip.renderer.clip_motions(&codes.unsqueeze(0)?)?.concat();
+        // Read as the renderer reads them: a recipe step at a time (seeing the expert's frame where
+        // the reader sees the gripper).
+        let grippers = step_grippers(&clip.renderer, &video, codes.dim(0)?)?;
+        let pred = clip.renderer.clip_motions(&codes.unsqueeze(0)?, grippers.as_ref())?.concat();
         if let Some(l) = &lookup {
             lookup_rows.push((l.read(&codes, &pred)?, taught.clone()));
         }
@@ -519,6 +543,9 @@ struct Args {
     settle: Option<bool>,
     /// Train the step reader ([`vw_dldm::clip::ClipRendererConfig::step_reader`]).
     step_reader: bool,
+    /// ... that also sees where the gripper is (`--step-reader gripper`,
+    /// [`vw_dldm::clip::ClipRendererConfig::step_reader_sees_gripper`]).
+    sees_gripper: bool,
     /// `eval`: the layer networks of this renderer run, with the motion readers of `--out`;
     /// `train`: the run whose layer networks start training.
     layers_from: Option<PathBuf>,
@@ -526,6 +553,9 @@ struct Args {
     grasp_jitter: Option<i64>,
     /// `layers`: the folder to write.
     to: Option<PathBuf>,
+    /// `eval`: the training look with this one factor of the held-out look
+    /// (`vw_data::craftworld::LOOK_FACTORS`), on the evaluation seeds.
+    factor: Option<String>,
 }
 
 /// The clip renderer of `dir` with the layer networks of the renderer run `layers`: the layers see
@@ -564,7 +594,15 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -
         renderer2.set_settle(on);
     }
     let cfg = DemoConfig::cpu();
-    let eps = if a.unseen && a.split == Split::Train {
+    let eps = if let Some(name) = &a.factor {
+        // The training look with one factor of the held-out look, on the evaluation seeds.
+        let factor = vw_data::craftworld::LOOK_FACTORS.iter().find(|f| f.0 == name.as_str()).with_context(|| {
+            format!("--factor {name}: expected one of camera, table, wall, light, blocks+distractors")
+        })?;
+        (0..a.n)
+            .map(|i| vw_data::craftworld::generate_episode_with_factor(&cfg.craft, cfg.test_seed(i), factor))
+            .collect::<Result<Vec<_>, _>>()?
+    } else if a.unseen && a.split == Split::Train {
         // The training look on the evaluation seeds: layouts no training video showed.
         (0..a.n)
             .map(|i| vw_data::craftworld::generate_episode(&cfg.craft, Split::Train, cfg.test_seed(i)))
@@ -617,7 +655,10 @@ fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -
         anchor_every: None,
     };
     rows.push(("dLDM per-frame renderer, same codes", score_method(&mut f, &eps, fps, 0, &dev)?));
-    println!("{} {} episodes{}:", a.n, a.split, if a.unseen { " (evaluation seeds)" } else { "" });
+    match &a.factor {
+        Some(f) => println!("{} training-look episodes with the held-out {f} (evaluation seeds):", a.n),
+        None => println!("{} {} episodes{}:", a.n, a.split, if a.unseen { " (evaluation seeds)" } else { "" }),
+    }
     for (name, r) in &rows {
         report(name, r);
     }
@@ -675,6 +716,7 @@ fn train(a: &Args) -> anyhow::Result<()> {
         cfg.renderer.compositor = c;
     }
     cfg.renderer.step_reader = a.step_reader;
+    cfg.renderer.step_reader_sees_gripper = a.sees_gripper;
     cfg.layers_init = a.layers_from.clone();
     if let Some(j) = a.grasp_jitter {
         cfg.grasp_jitter = j;
@@ -726,9 +768,11 @@ fn main() -> anyhow::Result<()> {
         motion_steps: None,
         settle: None,
         step_reader: false,
+        sees_gripper: false,
         layers_from: None,
         grasp_jitter: None,
         to: None,
+        factor: None,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -750,10 +794,19 @@ fn main() -> anyhow::Result<()> {
             "--motion-steps" => a.motion_steps = Some(v.parse()?),
             "--settle" => a.settle = Some(v == "on"),
             "--unseen" => a.unseen = v == "on",
-            "--step-reader" => a.step_reader = v == "on",
+            "--step-reader" => {
+                (a.step_reader, a.sees_gripper) = match v.as_str() {
+                    "on" => (true, false),
+                    "gripper" => (true, true),
+                    "off" => (false, false),
+                    other => anyhow::bail!("--step-reader {other}: expected on, gripper or off"),
+                }
+            }
             "--layers-from" => a.layers_from = Some(v.into()),
             "--grasp-jitter" => a.grasp_jitter = Some(v.parse()?),
             "--to" => a.to = Some(v.into()),
+            "--factor" => a.factor = Some(v),
+            "--motions-only" => a.motions_only = v == "on",
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {
                     "layers" => Compositor::Layers,

@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
     for step in 1..=steps {
         let ids = data.sample_ids(&mut rng, 32);
         let (x_t, x_next) = data.pairs(&ids)?;
-        let (x_t, x_next) = augment.apply(&x_t, &x_next, None, &mut rng, 32, 0..32)?;
+        let (x_t, x_next, _) = augment.apply(&x_t, &x_next, None, &mut rng, 32, 0..32)?;
         let y = Tensor::from_vec(ids.iter().map(|&i| data.labels[i]).collect::<Vec<u32>>(), 32, &dev)?;
         let logits = head.forward(&model.latents(&x_t, &x_next)?.flatten_from(1)?)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;

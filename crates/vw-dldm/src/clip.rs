@@ -68,6 +68,13 @@ pub struct ClipRendererConfig {
     /// expert's videos, where one transition's codes can say what another's say imprecisely (a
     /// lift rises as far as its descend went down). Off in configs written before it existed.
     pub step_reader: bool,
+    /// [`Compositor::Layers`] with the step reader only: the step reader also sees where the
+    /// gripper is in the clip's first frame ([`ClipRenderer::gripper_position`], from the gripper's
+    /// layer), as the paper's renderer sees the current frame. A reach can then go *to* a height
+    /// instead of *by* a distance, so a height error of one step does not carry into the next.
+    /// Its training needs the layer networks before the motion phase (`layers_init`). Off in
+    /// configs written before it existed.
+    pub step_reader_sees_gripper: bool,
 }
 
 /// How the clip renderer puts a frame together from the clip's first frame.
@@ -105,6 +112,7 @@ impl Default for ClipRendererConfig {
             compositor: Compositor::default(),
             settle: false,
             step_reader: false,
+            step_reader_sees_gripper: false,
         }
     }
 }
@@ -397,14 +405,17 @@ impl ClipRenderer {
                 ]
             }
         };
+        if cfg.step_reader_sees_gripper && (!cfg.step_reader || cfg.compositor != Compositor::Layers) {
+            return Err(Error::Invalid(
+                "clip renderer: step_reader_sees_gripper needs the step reader and the layers compositor".into(),
+            ));
+        }
         let step_reader = match cfg.step_reader {
             true => {
                 let (sr, s) = (vb.pp("step_reader"), cfg.clip_transitions);
                 let hidden = 2 * hdim;
-                Some([
-                    candle_nn::linear(s * (cfg.code_dim() + 2), hidden, sr.pp("0"))?,
-                    candle_nn::linear(hidden, s * 2, sr.pp("1"))?,
-                ])
+                let seen = s * (cfg.code_dim() + 2) + if cfg.step_reader_sees_gripper { 2 } else { 0 };
+                Some([candle_nn::linear(seen, hidden, sr.pp("0"))?, candle_nn::linear(hidden, s * 2, sr.pp("1"))?])
             }
             false => None,
         };
@@ -449,7 +460,11 @@ impl ClipRenderer {
     /// multiple of `clip_transitions`, each clip of the sequence is read as a whole: the step
     /// reader sees the codes of the clip and the MLP's displacements (detached, so its loss leaves
     /// the MLP alone) and corrects each displacement. Elsewhere, each transition's own reading.
-    pub fn clip_motion_outputs(&self, idx: &Tensor) -> Result<Tensor> {
+    ///
+    /// `gripper`: with [`ClipRendererConfig::step_reader_sees_gripper`], where the gripper is in
+    /// the first frame of each clip (`(B * S / clip_transitions, 2)`, clips in row order, from
+    /// [`Self::gripper_position`]); ignored without it.
+    pub fn clip_motion_outputs(&self, idx: &Tensor, gripper: Option<&Tensor>) -> Result<Tensor> {
         let (b, s, q) = idx.dims3()?;
         let vecs = self.code_vectors(&idx.reshape((b * s, q))?)?;
         let out = self.motion_outputs(&vecs)?.reshape((b, s, 3))?;
@@ -459,16 +474,59 @@ impl ClipRenderer {
         };
         let clips = b * s / ct;
         let disp = out.narrow(2, 0, 2)?.reshape((clips, ct * 2))?;
-        let inp = Tensor::cat(&[vecs.reshape((clips, ct * self.cfg.code_dim()))?, disp.detach()], 1)?;
+        let mut parts = vec![vecs.reshape((clips, ct * self.cfg.code_dim()))?, disp.detach()];
+        if self.cfg.step_reader_sees_gripper {
+            let g = gripper.ok_or_else(|| {
+                Error::Invalid("clip renderer: this step reader needs the gripper's position in each clip".into())
+            })?;
+            if g.dims() != [clips, 2] {
+                return Err(Error::Invalid(format!(
+                    "clip renderer: {clips} clips need gripper positions (clips, 2), found {:?}",
+                    g.shape()
+                )));
+            }
+            parts.push(g.to_dtype(DType::F32)?.detach());
+        }
+        let inp = Tensor::cat(&parts, 1)?;
         let fix = head.forward(&hidden.forward(&inp)?.gelu()?)?;
         Ok(Tensor::cat(&[(disp + fix)?.reshape((b, s, 2))?, out.narrow(2, 2, 1)?], 2)?)
     }
 
     /// The motions of sequences whose codes are `idx` `(B, S, Q)` ([`Self::clip_motion_outputs`]),
     /// one row of `S` per sequence.
-    pub fn clip_motions(&self, idx: &Tensor) -> Result<Vec<Vec<TransitionMotion>>> {
-        let out = self.clip_motion_outputs(idx)?.to_vec3::<f32>()?;
+    pub fn clip_motions(&self, idx: &Tensor, gripper: Option<&Tensor>) -> Result<Vec<Vec<TransitionMotion>>> {
+        let out = self.clip_motion_outputs(idx, gripper)?.to_vec3::<f32>()?;
         Ok(out.iter().map(|row| row.iter().map(|r| self.motion_of(r)).collect()).collect())
+    }
+
+    /// Where the gripper is in each frame of `frames` `(B, 3, H, W)`: the centre of its layer
+    /// ([`Self::layer_masks`]' first mask), `(B, 2)` x and y in [-1, 1] ([`mask_centre`]).
+    pub fn gripper_position(&self, frames: &Tensor) -> Result<Tensor> {
+        self.expect(Compositor::Layers)?;
+        mask_centre(&self.nets[0].forward(&frames.to_dtype(DType::F32)?)?.narrow(1, 0, 1)?)
+    }
+
+    /// Renders the codes `idx` `(B, S, Q)` from `first` `(B, 3, H, W)`: the motions read from the
+    /// codes ([`Self::clip_motions`]), drawn by [`Self::render_steps`]. With
+    /// [`ClipRendererConfig::step_reader_sees_gripper`] the clips are read one at a time, each with
+    /// the gripper's position in its own first frame, the last frame rendered before it.
+    pub fn render_codes(&self, first: &Tensor, idx: &Tensor) -> Result<Tensor> {
+        let (_, s, _) = idx.dims3()?;
+        let ct = self.cfg.clip_transitions;
+        if !self.cfg.step_reader_sees_gripper || s == 0 || !s.is_multiple_of(ct) {
+            // Without the flag the reader needs no position; with it, a sequence that is not whole
+            // clips is read a transition at a time, which needs none either.
+            return self.render_steps(first, &self.clip_motions(idx, None)?);
+        }
+        let mut cur = first.clone();
+        let mut out = Vec::new();
+        for j0 in (0..s).step_by(ct) {
+            let motions = self.clip_motions(&idx.narrow(1, j0, ct)?, Some(&self.gripper_position(&cur)?))?;
+            let clip = self.render_clip(&cur, &motions)?;
+            cur = clip.narrow(2, ct - 1, 1)?.squeeze(2)?;
+            out.push(clip);
+        }
+        Ok(Tensor::cat(&out, 2)?)
     }
 
     /// One row of motion outputs (displacement in `motion_scale` pixels, carried logit) as a motion.
@@ -726,6 +784,16 @@ pub fn settle_blocks(
     Ok(())
 }
 
+/// The centre of the pixels where the mask logits `(B, 1, H, W)` are >= 0, `(B, 2)` x and y on the
+/// [-1, 1] scale of [`coordinate_planes`]; (0, 0) for an empty mask.
+pub fn mask_centre(logits: &Tensor) -> Result<Tensor> {
+    let (b, _, h, w) = logits.dims4()?;
+    let m = logits.ge(0f32)?.to_dtype(DType::F32)?;
+    let area = m.sum_keepdim((2, 3))?.squeeze(3)?.squeeze(2)?; // (B, 1)
+    let weighted = coordinate_planes(b, h, w, logits.device())?.broadcast_mul(&m)?.sum((2, 3))?; // (B, 2)
+    Ok(weighted.broadcast_div(&area.maximum(1f32)?)?)
+}
+
 /// x and y coordinate planes in [-1, 1], `(B, 2, H, W)`.
 fn coordinate_planes(b: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
     let xs = Tensor::arange(0u32, w as u32, dev)?.to_dtype(DType::F32)?.affine(2.0 / w.max(1) as f64, -1.0)?;
@@ -752,8 +820,7 @@ impl LatentDynamics for ClipDynamics {
     fn render(&self, context: &Tensor, codes: &Tensor) -> Result<Tensor> {
         let tc = context.dim(2)?;
         let first = context.narrow(2, tc - 1, 1)?.squeeze(2)?.to_dtype(DType::F32)?;
-        let rows = self.renderer.clip_motions(codes)?;
-        Ok(self.renderer.render_steps(&first, &rows)?.to_dtype(context.dtype())?)
+        Ok(self.renderer.render_codes(&first, codes)?.to_dtype(context.dtype())?)
     }
 
     fn codes_per_step(&self) -> usize {
@@ -905,6 +972,24 @@ mod tests {
         // A wrong confident logit costs its size, not NaN.
         let wrong = bce_with_logits(&Tensor::new(&[[200f32]], &dev)?, &Tensor::new(&[[0f32]], &dev)?)?;
         assert_eq!(wrong.to_scalar::<f32>()?, 200.0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_centre_of_a_mask_is_the_mean_of_its_pixels_on_the_coordinate_scale() -> Result<()> {
+        let dev = Device::Cpu;
+        // 8 x 8: a 2 x 3 block at rows 4-5, columns 1-3; and an empty mask.
+        let mut v = vec![-1f32; 2 * 64];
+        for y in 4..6 {
+            for x in 1..4 {
+                v[y * 8 + x] = 2.0;
+            }
+        }
+        let c = mask_centre(&Tensor::from_vec(v, (2, 1, 8, 8), &dev)?)?.to_vec2::<f32>()?;
+        // Pixel i sits at 2 i / 8 - 1: columns 1..3 average 2, rows 4..5 average 4.5.
+        let at = |i: f32| 2.0 * i / 8.0 - 1.0;
+        assert!((c[0][0] - at(2.0)).abs() < 1e-6 && (c[0][1] - at(4.5)).abs() < 1e-6, "{c:?}");
+        assert_eq!(c[1], vec![0.0, 0.0]);
         Ok(())
     }
 

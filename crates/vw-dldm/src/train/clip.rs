@@ -154,14 +154,21 @@ fn copy_layers(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
 }
 
 /// The step reader's loss on the clips of `len` transitions starting at `starts`: the L1 of the
-/// displacements read a clip at a time ([`ClipRenderer::clip_motion_outputs`]) against the
-/// teacher's, in units of `motion_scale` pixels.
-pub fn step_reader_loss(r: &ClipRenderer, d: &ClipData, starts: &[usize], len: usize) -> Result<Tensor> {
+/// displacements read a clip at a time ([`ClipRenderer::clip_motion_outputs`], with the gripper's
+/// position in each clip's first frame where the reader sees it) against the teacher's, in units
+/// of `motion_scale` pixels.
+pub fn step_reader_loss(
+    r: &ClipRenderer,
+    d: &ClipData,
+    starts: &[usize],
+    len: usize,
+    gripper: Option<&Tensor>,
+) -> Result<Tensor> {
     let dev = d.codes.device();
     let ids: Vec<usize> = starts.iter().flat_map(|&i| i..i + len).collect();
     let idx = d.codes.index_select(&Tensor::from_vec(ids.iter().map(|&i| i as u32).collect(), ids.len(), dev)?, 0)?;
     let q = idx.dim(1)?;
-    let pred = r.clip_motion_outputs(&idx.reshape((starts.len(), len, q))?)?.reshape((ids.len(), 3))?;
+    let pred = r.clip_motion_outputs(&idx.reshape((starts.len(), len, q))?, gripper)?.reshape((ids.len(), 3))?;
     let target = motion_targets(&d.motions, &ids, r.config().motion_scale, dev)?;
     Ok((pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?)
 }
@@ -234,6 +241,13 @@ pub fn train_clip_renderer(
     if let (None, Some(from)) = (&resumed, &cfg.layers_init) {
         copy_layers(&varmap, from, device)?;
     }
+    if cfg.renderer.step_reader_sees_gripper && resumed.is_none() && cfg.layers_init.is_none() {
+        return Err(Error::Invalid(
+            "clip renderer: a step reader that sees the gripper reads its position with the layer networks, \
+             which train after it: give layers_init"
+                .into(),
+        ));
+    }
     if let Some(saved) = &resumed {
         let same = serde_json::from_value::<ClipTrainConfig>(saved.clone())
             .is_ok_and(|s| s.renderer == cfg.renderer && s.teacher == cfg.teacher);
@@ -260,6 +274,16 @@ pub fn train_clip_renderer(
             "clip renderer: the step reader needs expert episodes with recipe steps of {k_max} transitions"
         )));
     }
+    // Where the gripper is in the first frame of each of those clips (the layers are fixed while
+    // the step reader trains).
+    let step_grippers = match cfg.renderer.step_reader_sees_gripper && !steps.is_empty() {
+        true => {
+            let at: Vec<u32> = steps.iter().map(|&i| data.starts[i]).collect();
+            let firsts = frames.index_select(&Tensor::from_vec(at, steps.len(), frames.device())?, 0)?;
+            Some(model.gripper_position(&firsts)?)
+        }
+        false => None,
+    };
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         // Two phases in one resumable run: the motion MLP first (the selector's training clips
         // use its motions, and its few weights fit in seconds), then the selector.
@@ -270,8 +294,18 @@ pub fn train_clip_renderer(
             ctx.extra.insert("motion".into(), m_loss.to_scalar::<f32>()?.into());
             if cfg.renderer.step_reader {
                 let picked: Vec<usize> =
-                    (0..cfg.motion_batch / k_max.max(1)).map(|_| steps[ctx.rng.random_range(0..steps.len())]).collect();
-                let s_loss = step_reader_loss(&model, &clip_data, &picked, k_max)?;
+                    (0..cfg.motion_batch / k_max.max(1)).map(|_| ctx.rng.random_range(0..steps.len())).collect();
+                let starts: Vec<usize> = picked.iter().map(|&k| steps[k]).collect();
+                let grippers = step_grippers
+                    .as_ref()
+                    .map(|g| {
+                        g.index_select(
+                            &Tensor::from_vec(picked.iter().map(|&k| k as u32).collect(), picked.len(), g.device())?,
+                            0,
+                        )
+                    })
+                    .transpose()?;
+                let s_loss = step_reader_loss(&model, &clip_data, &starts, k_max, grippers.as_ref())?;
                 ctx.extra.insert("step_reader".into(), s_loss.to_scalar::<f32>()?.into());
                 m_loss = (m_loss + s_loss)?;
             }
@@ -326,7 +360,7 @@ pub fn train_clip_renderer(
         // The same for the texture augmentation: what moves keeps its own look in both frames, so
         // its copies still match where it lands.
         let target_movable = fg.1.maximum(&changed)?;
-        let (x_s, target) = cfg.augment.apply(&x_s, &target, Some((&movable, &target_movable)), ctx.rng, n, 0..n)?;
+        let (x_s, target, _) = cfg.augment.apply(&x_s, &target, Some((&movable, &target_movable)), ctx.rng, n, 0..n)?;
         let cand = clip_candidates(&x_s, &trans)?;
         let class = selection_targets(&cand, &moved, &target)?;
         if layers {
@@ -468,13 +502,13 @@ mod tests {
         let all: Vec<usize> = (0..data.motions.len()).collect();
         let starts: Vec<usize> = (0..64).map(|c| c * ct).collect();
         for _ in 0..400 {
-            let loss = (motion_mlp_loss(&r, &data, &all)? + step_reader_loss(&r, &data, &starts, ct)?)?;
+            let loss = (motion_mlp_loss(&r, &data, &all)? + step_reader_loss(&r, &data, &starts, ct, None)?)?;
             opt.backward_step(&loss)?;
         }
         // The second transition of each clip: alone, read to within about 5 px; a clip at a time,
         // to well within 1 px.
         let idx = data.codes.reshape((64, ct, 2))?;
-        let whole = r.clip_motions(&idx)?;
+        let whole = r.clip_motions(&idx, None)?;
         let alone = r.motions(&data.codes)?;
         let err = |dy: f32, c: usize| (dy - data.motions[c * ct + 1].dy).abs();
         let alone_err = (0..64).map(|c| err(alone[c * ct + 1].dy, c)).sum::<f32>() / 64.0;
@@ -482,7 +516,7 @@ mod tests {
         assert!(alone_err > 3.0, "alone: {alone_err}");
         assert!(whole_err < 1.0, "a clip at a time: {whole_err} (alone {alone_err})");
         // A sequence that is not whole clips is read a transition at a time.
-        let part = r.clip_motions(&data.codes.narrow(0, 0, ct - 1)?.unsqueeze(0)?)?;
+        let part = r.clip_motions(&data.codes.narrow(0, 0, ct - 1)?.unsqueeze(0)?, None)?;
         for (p, a) in part[0].iter().zip(&alone) {
             assert!((p.dx - a.dx).abs() < 1e-4 && (p.dy - a.dy).abs() < 1e-4 && p.carried == a.carried, "{p:?} {a:?}");
         }
@@ -599,6 +633,66 @@ mod tests {
         let mut shifted = clip_cfg(&s1.model, 1);
         shifted.augment.shift = 2;
         assert!(train_clip_renderer(&shifted, &ldm, &data, &tmp.path().join("s"), false, &dev, false).is_err());
+        // A step reader that sees the gripper reads it with the layers: they must be given.
+        let mut sees = clip_cfg(&s1.model, 1);
+        (sees.renderer.step_reader, sees.renderer.step_reader_sees_gripper) = (true, true);
+        let e = train_clip_renderer(&sees, &ldm, &data, &tmp.path().join("sg"), false, &dev, false).err();
+        assert!(e.is_some_and(|e| e.to_string().contains("layers_init")));
+        Ok(())
+    }
+
+    #[test]
+    fn a_step_reader_that_sees_the_gripper_reaches_to_a_height() -> Result<()> {
+        use candle_nn::Optimizer;
+        use rand::SeedableRng;
+        // Clips of 4 transitions under the same codes: the first rises to the height 0 from
+        // wherever the gripper starts (y in [-1, 1] is 16 px either side), the others stand still.
+        // The codes cannot say how far; the gripper's position can.
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let n = 64usize;
+        let ys: Vec<f32> = (0..n).map(|_| rng.random_range(-1f32..1.0)).collect();
+        let (mut codes, mut motions) = (Vec::new(), Vec::new());
+        for &y in &ys {
+            for j in 0..4 {
+                codes.extend([11u32, 5]);
+                motions.push(TransitionMotion { dx: 0.0, dy: if j == 0 { -16.0 * y } else { 0.0 }, carried: false });
+            }
+        }
+        let data = ClipData { codes: Tensor::from_vec(codes, (motions.len(), 2), &dev)?, motions };
+        let grippers = Tensor::from_vec(ys.iter().flat_map(|&y| [0.0, y]).collect::<Vec<f32>>(), (n, 2), &dev)?;
+        let starts: Vec<usize> = (0..n).map(|c| c * 4).collect();
+        let all: Vec<usize> = (0..data.motions.len()).collect();
+        let mut errs = Vec::new();
+        for sees in [false, true] {
+            let cfg = crate::clip::ClipRendererConfig {
+                step_reader: true,
+                step_reader_sees_gripper: sees,
+                ..crate::clip::ClipRendererConfig::tiny()
+            };
+            let varmap = VarMap::new();
+            let r = ClipRenderer::new(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+            let mut opt = candle_nn::AdamW::new_lr(varmap.all_vars(), 1e-2)?;
+            let g = sees.then_some(&grippers);
+            for _ in 0..800 {
+                let loss = (motion_mlp_loss(&r, &data, &all)? + step_reader_loss(&r, &data, &starts, 4, g)?)?;
+                opt.backward_step(&loss)?;
+            }
+            let read = r.clip_motions(&data.codes.reshape((n, 4, 2))?, g)?;
+            errs.push((0..n).map(|c| (read[c][0].dy + 16.0 * ys[c]).abs()).sum::<f32>() / n as f32);
+            if sees {
+                // It cannot read a clip without the positions, nor with the wrong number of them.
+                assert!(r.clip_motions(&data.codes.reshape((n, 4, 2))?, None).is_err());
+                assert!(r.clip_motions(&data.codes.reshape((n, 4, 2))?, Some(&grippers.narrow(0, 0, 3)?)).is_err());
+            }
+        }
+        assert!(errs[0] > 4.0 && errs[1] < 1.0, "mean |dy| error blind / seeing the gripper: {errs:?}");
+        // It needs the step reader and the layers.
+        let bad = crate::clip::ClipRendererConfig {
+            step_reader_sees_gripper: true,
+            ..crate::clip::ClipRendererConfig::tiny()
+        };
+        assert!(ClipRenderer::new(&bad, seeded_var_builder(&VarMap::new(), 3, DType::F32, &dev)).is_err());
         Ok(())
     }
 

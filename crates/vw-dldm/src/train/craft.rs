@@ -291,6 +291,28 @@ impl Warp {
     }
 }
 
+/// How a pair's augmentation scales and turns what moves between its frames (the part of its warp
+/// a displacement sees; a shift moves both frames alike and leaves it as it is).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairWarp {
+    /// Zoom about the centre.
+    pub scale: f32,
+    /// Turn about the centre, in radians (the sense of [`Augment::rotate`]).
+    pub angle: f32,
+}
+
+impl PairWarp {
+    /// No zoom, no turn.
+    pub const IDENTITY: Self = Self { scale: 1.0, angle: 0.0 };
+
+    /// The displacement `(dx, dy)` (pixels, right and down) of the original frames as it shows in
+    /// the warped ones.
+    pub fn displacement(&self, dx: f32, dy: f32) -> (f32, f32) {
+        let (sin, cos) = self.angle.sin_cos();
+        (self.scale * (cos * dx - sin * dy), self.scale * (sin * dx + cos * dy))
+    }
+}
+
 impl Augment {
     /// Whether it changes anything.
     pub fn is_off(&self) -> bool {
@@ -304,6 +326,8 @@ impl Augment {
 
     /// Augments rows `rows` of a global batch of `batch` pairs: the parameters of all `batch` pairs are
     /// drawn from `rng` (so every data-parallel rank draws the same) and this shard's are applied.
+    /// Returns the pairs and how each was zoomed and turned: a target that is a displacement between
+    /// the frames must follow them ([`PairWarp::displacement`]).
     ///
     /// `foreground`: the masks of x_t and x_{t+1} ((N, 1, H, W) each), needed with `background_only`
     /// and ignored without it.
@@ -315,9 +339,10 @@ impl Augment {
         rng: &mut impl Rng,
         batch: usize,
         rows: std::ops::Range<usize>,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, Vec<PairWarp>)> {
+        let mut pair_warps = vec![PairWarp::IDENTITY; rows.len()];
         if self.is_off() {
-            return Ok((x_t.clone(), x_next.clone()));
+            return Ok((x_t.clone(), x_next.clone(), pair_warps));
         }
         let foreground = match (self.background_only, foreground) {
             (false, _) => None,
@@ -404,6 +429,9 @@ impl Augment {
                     (wp.scale, wp.angle) = (1.0 + sym(self.zoom), sym(self.rotate));
                 }
             }
+            for (pw, r) in pair_warps.iter_mut().zip(rows.clone()) {
+                *pw = PairWarp { scale: warps[r].scale, angle: warps[r].angle };
+            }
             // Frames (N, C, H, W) and masks (N, 1, H, W) alike.
             let moved = |x: &Tensor| -> Result<Tensor> {
                 let xc = x.dim(1)?;
@@ -429,7 +457,7 @@ impl Augment {
                 None => x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?,
             })
         };
-        Ok((f(&x_t, fg.as_ref().map(|m| &m.0))?, f(&x_next, fg.as_ref().map(|m| &m.1))?))
+        Ok((f(&x_t, fg.as_ref().map(|m| &m.0))?, f(&x_next, fg.as_ref().map(|m| &m.1))?, pair_warps))
     }
 }
 
@@ -445,7 +473,7 @@ mod tests {
         let x_next = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
         let aug = Augment { color_jitter: 0.3, static_noise: 0.1, grating: 0.2, ..Default::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (a, b) = aug.apply(&x_t, &x_next, None, &mut rng, 4, 0..4)?;
+        let (a, b, _) = aug.apply(&x_t, &x_next, None, &mut rng, 4, 0..4)?;
         // Same gain on both frames: the change between them is only scaled, per channel.
         let d0 = (&x_next - &x_t)?;
         let d1 = (&b - &a)?;
@@ -458,12 +486,12 @@ mod tests {
         assert!((&a - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.05);
         // Rows 2..4 of a two-rank split see exactly rows 2..4 of the whole batch.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let (a2, _) = aug.apply(&x_t.narrow(0, 2, 2)?, &x_next.narrow(0, 2, 2)?, None, &mut rng, 4, 2..4)?;
+        let (a2, _, _) = aug.apply(&x_t.narrow(0, 2, 2)?, &x_next.narrow(0, 2, 2)?, None, &mut rng, 4, 2..4)?;
         let diff = (a2 - a.narrow(0, 2, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6, "{diff}");
         assert!(aug.apply(&x_t, &x_next, None, &mut rng, 4, 0..2).is_err());
         let off = Augment::default();
-        let (a3, _) = off.apply(&x_t, &x_next, None, &mut rng, 4, 0..4)?;
+        let (a3, _, _) = off.apply(&x_t, &x_next, None, &mut rng, 4, 0..4)?;
         assert_eq!((a3 - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
@@ -481,7 +509,7 @@ mod tests {
         let aug =
             Augment { color_jitter: 0.2, grating: 0.3, static_noise: 0.1, background_only: true, ..Default::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let (a, b) = aug.apply(&x_t, &x_next, Some((&m_t, &m_next)), &mut rng, 2, 0..2)?;
+        let (a, b, _) = aug.apply(&x_t, &x_next, Some((&m_t, &m_next)), &mut rng, 2, 0..2)?;
         let d0 = (&x_next - &x_t)?;
         let d1 = (&b - &a)?;
         // Where both frames are background the change is only the gain's scaling of the old change
@@ -496,6 +524,50 @@ mod tests {
         let fg = (a.narrow(2, 0, 3)? - x_t.narrow(2, 0, 3)?.broadcast_mul(&gain)?)?;
         assert!(fg.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         assert!(aug.apply(&x_t, &x_next, None, &mut rng, 2, 0..2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_displacement_follows_the_zoom_and_turn_of_its_pair() -> Result<()> {
+        let dev = Device::Cpu;
+        // A soft blob at (12, 14) in x_t and moved by (6, -4) in x_next, on 32 x 32, 1 channel.
+        let blob = |cx: f32, cy: f32| -> Vec<f32> {
+            (0..32 * 32)
+                .map(|i| {
+                    let (x, y) = ((i % 32) as f32, (i / 32) as f32);
+                    (-((x - cx).powi(2) + (y - cy).powi(2)) / 4.0).exp()
+                })
+                .collect()
+        };
+        let centre = |t: &Tensor| -> Result<(f32, f32)> {
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            let m: f32 = v.iter().sum();
+            let mx: f32 = v.iter().enumerate().map(|(i, p)| p * (i % 32) as f32).sum();
+            let my: f32 = v.iter().enumerate().map(|(i, p)| p * (i / 32) as f32).sum();
+            Ok((mx / m, my / m))
+        };
+        let x_t = Tensor::from_vec(blob(12.0, 14.0), (1, 1, 32, 32), &dev)?;
+        let x_next = Tensor::from_vec(blob(18.0, 10.0), (1, 1, 32, 32), &dev)?;
+        let aug = Augment { zoom: 0.2, rotate: 0.3, shift: 2, ..Default::default() };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let mut turned = 0;
+        for _ in 0..6 {
+            let (a, b, w) = aug.apply(&x_t, &x_next, None, &mut rng, 1, 0..1)?;
+            let ((ax, ay), (bx, by)) = (centre(&a)?, centre(&b)?);
+            let (dx, dy) = w[0].displacement(6.0, -4.0);
+            assert!(
+                (bx - ax - dx).abs() < 0.1 && (by - ay - dy).abs() < 0.1,
+                "{w:?}: {} {} vs {dx} {dy}",
+                bx - ax,
+                by - ay
+            );
+            turned += (w[0].angle.abs() > 0.05) as usize;
+        }
+        assert!(turned > 0, "no draw turned the pair enough for the check to mean anything");
+        // Without a zoom or a turn, the displacement is as it was, bit for bit.
+        let (_, _, w) =
+            Augment { shift: 2, grating: 0.1, ..Default::default() }.apply(&x_t, &x_next, None, &mut rng, 1, 0..1)?;
+        assert_eq!(w[0].displacement(6.0, -4.0), (6.0, -4.0));
         Ok(())
     }
 
@@ -543,11 +615,11 @@ mod tests {
         let aug = Augment { zoom: 0.1, rotate: 0.05, shift: 1, ..Default::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         // The same frame twice comes out the same twice; a frame plus a constant, plus the constant.
-        let (a, b) = aug.apply(&x_t, &(&x_t + 0.5)?, None, &mut rng, 6, 0..6)?;
+        let (a, b, _) = aug.apply(&x_t, &(&x_t + 0.5)?, None, &mut rng, 6, 0..6)?;
         assert!(((&b - &a)? - 0.5)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         assert!((&a - &x_t)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.1);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let (a2, _) = aug.apply(&x_t.narrow(0, 2, 3)?, &x_t.narrow(0, 2, 3)?, None, &mut rng, 6, 2..5)?;
+        let (a2, _, _) = aug.apply(&x_t.narrow(0, 2, 3)?, &x_t.narrow(0, 2, 3)?, None, &mut rng, 6, 2..5)?;
         assert_eq!((a2 - a.narrow(0, 2, 3)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }
@@ -560,7 +632,7 @@ mod tests {
         let x_next = Tensor::randn(0f32, 1.0, (6, 3, h, w), &dev)?;
         let aug = Augment { shift: s, ..Default::default() };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let (a, b) = aug.apply(&x_t, &x_next, None, &mut rng, 6, 0..6)?;
+        let (a, b, _) = aug.apply(&x_t, &x_next, None, &mut rng, 6, 0..6)?;
         // Each row of both outputs is its input read at (y - dy, x - dx), clamped to the border, for
         // one (dx, dy) per pair; exactly one offset fits, and it is the same for x_t and x_{t+1}.
         let moved = |x: &[Vec<Vec<f32>>], dx: i64, dy: i64| -> Vec<f32> {
@@ -597,7 +669,7 @@ mod tests {
         }
         assert!(used.len() > 1, "six pairs all moved by {used:?}");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-        let (a2, _) = aug.apply(&x_t.narrow(0, 4, 2)?, &x_next.narrow(0, 4, 2)?, None, &mut rng, 6, 4..6)?;
+        let (a2, _, _) = aug.apply(&x_t.narrow(0, 4, 2)?, &x_next.narrow(0, 4, 2)?, None, &mut rng, 6, 4..6)?;
         assert_eq!((a2 - a.narrow(0, 4, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
     }

@@ -268,7 +268,7 @@ fn train_stage1_attempt(
         let fg = fg.as_ref().map(|(a, b)| (a, b));
         // The extent head's target is the move in the frames before augmentation.
         let clean = (x_t.clone(), x_next.clone());
-        let (x_t, x_next) = cfg.augment.apply(&x_t, &x_next, fg, ctx.rng, bs, rows.clone())?;
+        let (x_t, x_next, warps) = cfg.augment.apply(&x_t, &x_next, fg, ctx.rng, bs, rows.clone())?;
         *ctx.data_pos += bs as u64;
         // The quantisation noise of `quant_noise` comes from the trainer's generator, which the
         // checkpoint carries: seeded runs repeat and resume exactly. Drawn for the whole batch, so
@@ -279,8 +279,20 @@ fn train_stage1_attempt(
         } else {
             None
         };
+        // The displacement as it shows in the augmented pair: zoomed and turned with the frames.
         let displacement = match motions {
-            Some(m) => Some(crate::clip::motion_targets(m, &ids[rows.clone()], crate::baseline::MOTION_SCALE, device)?),
+            Some(m) => {
+                let seen: Vec<crate::clip::TransitionMotion> = ids[rows.clone()]
+                    .iter()
+                    .zip(&warps)
+                    .map(|(&i, w)| {
+                        let (dx, dy) = w.displacement(m[i].dx, m[i].dy);
+                        crate::clip::TransitionMotion { dx, dy, ..m[i] }
+                    })
+                    .collect();
+                let all: Vec<usize> = (0..seen.len()).collect();
+                Some(crate::clip::motion_targets(&seen, &all, crate::baseline::MOTION_SCALE, device)?)
+            }
             None => None,
         };
         let aux = AuxTargets { extent_pair: Some((&clean.0, &clean.1)), displacement: displacement.as_ref() };
