@@ -207,6 +207,57 @@ fn learns_frame_conditioned_plans_and_checkpoint_round_trips() {
 }
 
 #[test]
+fn an_augmented_policy_learns_the_same_plans_records_its_augmentation_and_resumes_exactly() {
+    use crate::train::train_policy_augmented;
+    use vw_dldm::train::craft::Augment;
+    let data = conditional_dataset();
+    let cfg = small_cfg();
+    let aug = Augment {
+        color_jitter: 0.1,
+        static_noise: 0.02,
+        grating: 0.05,
+        shift: 1,
+        zoom: 0.05,
+        rotate: 0.05,
+        ..Default::default()
+    };
+    let quiet = TrainOptions { progress: false, ..Default::default() };
+    let (a, b, plain) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = train_policy_augmented(&cfg, &quick_train(150), &aug, &data, a.path(), &quiet).unwrap();
+    let obs = data.frames.narrow(0, 0, 2).unwrap();
+    let g = p.generate(&obs, None, &GenerateOptions { sampling: SamplingConfig::greedy(), max_steps: 6 }).unwrap();
+    assert_eq!(g.steps[0], data.steps[0], "dark scene plan");
+    assert_eq!(g.steps[1], data.steps[1], "bright scene plan");
+    // The augmentation is in the checkpoint, and it changed what was learnt.
+    let state = vw_dldm::train::checkpoint::read_state(a.path()).unwrap().unwrap();
+    assert_eq!(serde_json::from_value::<Augment>(state.config["augment"].clone()).unwrap(), aug);
+    let q = train_policy(&cfg, &quick_train(6), &data, plain.path(), &quiet).unwrap();
+    let r = train_policy_augmented(&cfg, &quick_train(6), &aug, &data, b.path(), &quiet).unwrap();
+    let batch = data.batch(&[0, 1, 2], &Device::Cpu, DType::F32).unwrap();
+    let fwd = |p: &Policy| p.forward(&batch, Mode::Inference).unwrap();
+    assert!(max_diff(&fwd(&q), &fwd(&r)) > 1e-4);
+    // Its draws come from the trainer's generator, which the checkpoint carries.
+    let c = tempfile::tempdir().unwrap();
+    let half = TrainOptions { max_steps_now: Some(3), ..quiet.clone() };
+    train_policy_augmented(&cfg, &quick_train(6), &aug, &data, c.path(), &half).unwrap();
+    let resumed = train_policy_augmented(
+        &cfg,
+        &quick_train(6),
+        &aug,
+        &data,
+        c.path(),
+        &TrainOptions { resume: true, ..quiet.clone() },
+    )
+    .unwrap();
+    assert!(max_diff(&fwd(&r), &fwd(&resumed)) < 1e-6);
+    // A first frame alone has no foreground masks for a background-only texture.
+    let bg = Augment { background_only: true, ..aug };
+    assert!(
+        train_policy_augmented(&cfg, &quick_train(6), &bg, &data, tempfile::tempdir().unwrap().path(), &quiet).is_err()
+    );
+}
+
+#[test]
 fn resumed_training_equals_uninterrupted_training() {
     let data = conditional_dataset();
     let cfg = small_cfg();

@@ -14,6 +14,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
+use vw_dldm::train::craft::Augment;
 use vw_dldm::train::{checkpoint, fit, RunDir, TrainConfig, Trainer};
 use vw_tensor_kernels::dist::{Collective, Solo};
 
@@ -24,6 +25,9 @@ pub struct PolicyRunConfig {
     pub policy: PolicyConfig,
     /// The optimisation.
     pub train: TrainConfig,
+    /// Appearance and camera augmentation of the observation ([`train_policy_augmented`]).
+    #[serde(default)]
+    pub augment: Augment,
 }
 
 /// What an action-decoder run records in its checkpoint.
@@ -134,6 +138,27 @@ pub fn train_policy(
     run_dir: &Path,
     opts: &TrainOptions,
 ) -> Result<Policy> {
+    train_policy_augmented(cfg, train, &Augment::default(), data, run_dir, opts)
+}
+
+/// [`train_policy`] with each observation augmented by `augment` (its texture and colour on the
+/// whole frame, and a camera shift, zoom and turn; the codes stay the video's): the policy plans from
+/// one frame, so a new look of the scene must not change its plan. The augmentation is recorded in
+/// the checkpoint.
+pub fn train_policy_augmented(
+    cfg: &PolicyConfig,
+    train: &TrainConfig,
+    augment: &Augment,
+    data: &CodeDataset,
+    run_dir: &Path,
+    opts: &TrainOptions,
+) -> Result<Policy> {
+    if augment.background_only {
+        return Err(Error::Invalid(
+            "policy augmentation: background_only needs foreground masks, which a first frame alone does not give"
+                .into(),
+        ));
+    }
     if data.is_empty() {
         return Err(Error::Invalid("the code dataset is empty".into()));
     }
@@ -152,11 +177,16 @@ pub fn train_policy(
     seeded_init(&varmap, train.seed)?;
     let mut trainer = Trainer::from_varmap(&varmap, train.clone())?.with_collective(opts.comm.clone())?;
     let mut run = open_run(&mut trainer, run_dir, opts, train.total_steps)?;
-    let record = to_json(&PolicyRunConfig { policy: cfg.clone(), train: train.clone() })?;
+    let record = to_json(&PolicyRunConfig { policy: cfg.clone(), train: train.clone(), augment: *augment })?;
     let bs = train.batch_size.max(1);
     fit(&mut trainer, &mut run, &record, opts.max_steps_now, |ctx| {
         let idx = data.sample_indices(ctx.rng, bs);
-        let batch = data.batch(&idx[ctx.shard.range(bs)?], &opts.device, opts.dtype).map_err(to_dldm)?;
+        let rows = ctx.shard.range(bs)?;
+        let mut batch = data.batch(&idx[rows.clone()], &opts.device, opts.dtype).map_err(to_dldm)?;
+        if !augment.is_off() {
+            // A pair of the frame with itself: the same draw applies to both, one is kept.
+            batch.obs = augment.apply(&batch.obs, &batch.obs, None, ctx.rng, bs, rows)?.0;
+        }
         policy.loss(&batch, Mode::Train).map_err(to_dldm)
     })?;
     Ok(policy)
