@@ -20,6 +20,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use vw_data::craftworld::{generate_episode, CraftConfig, Episode, Split};
+use vw_dldm::train::craft::Augment;
 
 /// Every size and seed of a demo run; written beside the checkpoints so evaluation matches training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct DemoConfig {
     pub policy_batch: usize,
     /// AR policy peak learning rate.
     pub policy_lr: f64,
+    /// Augmentation of the AR policies' first frames (both LDMs' alike): the policy sees only the
+    /// training look and must plan from a held-out one (a config written before it reads as off).
+    #[serde(default)]
+    pub policy_augment: Augment,
     /// Action decoder training steps.
     pub decoder_steps: u64,
     /// Action decoder peak learning rate.
@@ -64,6 +69,22 @@ pub struct DemoConfig {
     pub probe_train_episodes: usize,
 }
 
+/// The policies' augmentation in the demo: a tinted, textured light and a camera a little moved,
+/// nearer or farther and turned, about as much as the held-out look changes them (its camera is
+/// scaled by 0.92-1.04, turned by up to 3 degrees and moved by up to 2 px; its light tinted by up
+/// to 15%).
+pub fn policy_augment() -> Augment {
+    Augment {
+        color_jitter: 0.15,
+        static_noise: 0.05,
+        grating: 0.15,
+        shift: 2,
+        zoom: 0.06,
+        rotate: 0.06,
+        background_only: false,
+    }
+}
+
 impl DemoConfig {
     /// The default CPU demo: trains from scratch in well under 20 minutes on 2 cores.
     pub fn cpu() -> Self {
@@ -80,9 +101,10 @@ impl DemoConfig {
             seed: 0,
             ldm: ldm::LdmTrainConfig::cpu(),
             clip: Some(ldm::ClipStageConfig::cpu()),
-            policy_steps: 600,
+            policy_steps: 450,
             policy_batch: 16,
             policy_lr: 1e-3,
+            policy_augment: policy_augment(),
             decoder_steps: 400,
             decoder_lr: 1e-3,
             baseline: FramePredictorConfig::tiny(),
@@ -131,6 +153,7 @@ impl DemoConfig {
             policy_steps: 6,
             policy_batch: 4,
             policy_lr: 1e-3,
+            policy_augment: policy_augment(),
             decoder_steps: 4,
             decoder_lr: 1e-3,
             baseline: FramePredictorConfig { hidden: 4, frames_out: 4 },

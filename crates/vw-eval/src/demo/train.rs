@@ -19,12 +19,14 @@ use crate::chain::{evaluate_chains, ChainConfig};
 use crate::report::{read_metrics_jsonl, write_gif_strip, write_json, Curve, EvalReport};
 use crate::{codebook_usage, probe_accuracy, Error, ProbeConfig, ProbeFeatures, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use std::path::Path;
 use std::time::Instant;
 use vw_ar_policy::action_decoder::ActionDecoder;
 use vw_ar_policy::craftworld::{action_dataset, code_dataset, episode_codes};
-use vw_ar_policy::train::{load_action_decoder, load_policy, train_action_decoder, train_policy, TrainOptions};
+use vw_ar_policy::train::{
+    load_action_decoder, load_policy, train_action_decoder, train_policy_augmented, TrainOptions,
+};
 use vw_ar_policy::{ActionDecoderConfig, GenerateOptions, Policy, PolicyConfig};
 use vw_data::craftworld::{Episode, Split};
 use vw_dldm::train::checkpoint::{self, EMA_PREFIX, OPTIM_PREFIX};
@@ -158,9 +160,10 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
         let pc = policy_config(cfg, ldm.as_ref())?;
         let prun = runs.join(&pname);
         let _ = std::fs::remove_dir_all(&prun);
-        train_policy(
+        train_policy_augmented(
             &pc,
             &train_config(cfg.policy_steps, cfg.policy_batch, cfg.policy_lr, cfg.seed + 101 + i as u64),
+            &cfg.policy_augment,
             &data,
             &prun,
             &opts,
@@ -201,7 +204,9 @@ fn train_baseline(
     progress: bool,
 ) -> Result<FramePredictor> {
     let varmap = VarMap::new();
-    let model = FramePredictor::new(&cfg.baseline, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+    // Seeded, so a retrain writes the same baseline (candle's own CPU initialiser cannot be seeded).
+    let init = vw_dldm::train::seeded_var_builder(&varmap, cfg.seed + 301, DType::F32, device);
+    let model = FramePredictor::new(&cfg.baseline, init)?;
     let videos: Vec<Tensor> =
         train.iter().map(|e| e.frames_tensor(device)).collect::<std::result::Result<_, _>>().map_err(data_err)?;
     let pairs = ClipPairs::new(videos, cfg.baseline.frames_out)?;
@@ -409,5 +414,25 @@ impl CraftConfigFor {
         c.min_steps = 5.min(c.max_steps);
         c.max_steps = c.max_steps.max(5);
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vw_data::craftworld::Split;
+
+    #[test]
+    fn the_no_codes_baseline_trains_the_same_weights_from_the_same_seed() -> Result<()> {
+        let cfg = DemoConfig::test();
+        let train = super::super::episodes(&cfg, Split::Train, 2, false)?;
+        let tmp = tempfile::tempdir().map_err(|e| Error::Invalid(format!("temporary folder: {e}")))?;
+        let weights = |name: &str| -> Result<Vec<u8>> {
+            let out = tmp.path().join(name);
+            train_baseline(&cfg, &train, &tmp.path().join(format!("run-{name}")), &out, &Device::Cpu, false)?;
+            std::fs::read(out.join("model.safetensors")).map_err(|e| Error::io(&out, e))
+        };
+        assert_eq!(weights("a")?, weights("b")?);
+        Ok(())
     }
 }
