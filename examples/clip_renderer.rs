@@ -5,12 +5,15 @@
 //! cargo run --release --example clip_renderer -- teacher [--episodes 16] [--split train|test]
 //! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
 //!     [--split test|train] [--predicted-prob P] [--channels C] [--augment on|off] [--compositor layers|select]
-//!     [--expert N] [--motion-steps M] [--step-reader on|off] [--layers-from RENDERER_DIR] [--grasp-jitter PX]
+//!     [--expert N] [--motion-steps M] [--step-reader on|gripper|off] [--layers-from RENDERER_DIR] [--grasp-jitter PX]
 //!     [--png FILE]
 //! cargo run --release --example clip_renderer -- layers --out RENDERER_DIR --to DIR   (export the layer networks)
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
-//!     [--layers-from RENDERER_DIR] [--png FILE]
+//!     [--layers-from RENDERER_DIR] [--png FILE] [--factor camera|table|wall|light|blocks+distractors]
+//!     [--motions-only on]
+//! cargo run --release --example clip_renderer -- grippers --out DIR [--episodes 32]
+//!     (where a gripper-seeing renderer's layer puts the gripper, against the true hand)
 //!
 //! (`train`, `motions` and `eval` also take `--unseen on`: the training look scored on the
 //! evaluation seeds, whose layouts no training video shows; `eval` takes `--settle on|off`, the
@@ -233,6 +236,62 @@ impl VideoPredictor for MixedMotions<'_> {
             self.clip.renderer.render_steps(&first.unsqueeze(0)?, &[pred]).map_err(|e| err(e.into()))?.squeeze(0)?;
         Ok(v.narrow(1, 0, v.dim(1)?.min(frames))?)
     }
+}
+
+/// `grippers`: where the renderer's gripper layer puts the gripper at the start of every recipe
+/// step ([`ClipRenderer::gripper_position`]) against the true hand, in pixels. The layer's centre
+/// is not the hand (the arm reaches up out of the frame), so each axis of the hand is fitted as a
+/// line in the centre on the training look (evaluation seeds), and that line's error is reported on
+/// both looks. A step reader that sees the gripper trusts this position.
+fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
+    let (_, r) = load_clip_renderer(renderer_dir, &Device::Cpu)?;
+    let cfg = DemoConfig::cpu();
+    let fps = cfg.craft.frames_per_step;
+    let train: Vec<Episode> = (0..n)
+        .map(|i| vw_data::craftworld::generate_episode(&cfg.craft, Split::Train, cfg.test_seed(i)))
+        .collect::<Result<_, _>>()?;
+    // (layer centre, hand) in pixels, per axis, of every step start.
+    let pairs = |eps: &[Episode]| -> anyhow::Result<[Vec<(f32, f32)>; 2]> {
+        let mut out = [Vec::new(), Vec::new()];
+        for ep in eps {
+            let size = ep.frames[0].width() as f32;
+            let cam = ep.camera();
+            let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
+            let steps = (ep.frames.len() - 1) / fps;
+            let Some(pos) = step_grippers(&r, &video, steps * fps)? else {
+                anyhow::bail!("{}: the renderer's step reader does not see the gripper", renderer_dir.display());
+            };
+            for (k, p) in pos.to_vec2::<f32>()?.iter().enumerate() {
+                let hand = ep.truth[k * fps].scene.hand;
+                let h = cam.project(hand.0, hand.1);
+                out[0].push(((p[0] + 1.0) / 2.0 * size, h.0 * size));
+                out[1].push(((p[1] + 1.0) / 2.0 * size, h.1 * size));
+            }
+        }
+        Ok(out)
+    };
+    let seen = pairs(&train)?;
+    let unseen = pairs(&episodes(&cfg, Split::TestAppearance, n, false)?)?;
+    for (axis, (fit, test)) in ["x", "y"].iter().zip(seen.iter().zip(&unseen)) {
+        // Least squares hand = a * centre + b on the training look.
+        let m = fit.len() as f32;
+        let (mc, mh) = (fit.iter().map(|p| p.0).sum::<f32>() / m, fit.iter().map(|p| p.1).sum::<f32>() / m);
+        let cov: f32 = fit.iter().map(|p| (p.0 - mc) * (p.1 - mh)).sum();
+        let var: f32 = fit.iter().map(|p| (p.0 - mc).powi(2)).sum::<f32>().max(1e-6);
+        let (a, b) = (cov / var, mh - cov / var * mc);
+        let err = |ps: &[(f32, f32)]| {
+            let e: Vec<f32> = ps.iter().map(|p| (a * p.0 + b - p.1).abs()).collect();
+            let within = e.iter().filter(|&&v| v <= 1.5).count() as f32 / e.len().max(1) as f32;
+            (e.iter().sum::<f32>() / e.len().max(1) as f32, 100.0 * within)
+        };
+        let ((e0, w0), (e1, w1)) = (err(fit), err(test));
+        println!(
+            "{axis}: hand = {a:.2} x centre + {b:.1} px; off by {e0:.2} px on average on the training look ({w0:.0}% within 1.5 px), {e1:.2} px on the held-out look ({w1:.0}%), {} / {} step starts",
+            fit.len(),
+            test.len()
+        );
+    }
+    Ok(())
 }
 
 /// Where the gripper is in the expert's frame at the start of each clip of the `s` transitions of
@@ -831,6 +890,9 @@ fn main() -> anyhow::Result<()> {
             a.out.as_ref().context("--out RENDERER_DIR is required")?,
             a.to.as_ref().context("--to DIR (the folder to write) is required")?,
         ),
+        "grippers" => {
+            gripper_check(a.out.as_ref().context("--out DIR (a renderer run that sees the gripper) is required")?, a.n)
+        }
         "eval" => evaluate(&a, a.out.as_ref().context("--out DIR (the renderer's run folder) is required")?, None),
         other => anyhow::bail!("unknown command {other}"),
     }
