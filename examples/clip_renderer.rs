@@ -239,10 +239,10 @@ impl VideoPredictor for MixedMotions<'_> {
 }
 
 /// `grippers`: where the renderer's gripper layer puts the gripper at the start of every recipe
-/// step ([`ClipRenderer::gripper_position`]) against the true hand, in pixels. The layer's centre
-/// is not the hand (the arm reaches up out of the frame), so each axis of the hand is fitted as a
-/// line in the centre on the training look (evaluation seeds), and that line's error is reported on
-/// both looks. A step reader that sees the gripper trusts this position.
+/// step ([`ClipRenderer::gripper_position`], the layer's centre; and the layer's lowest row)
+/// against the true hand, in pixels. The layer's position is not the hand's, so each axis of the
+/// hand is fitted as a line in the position on the training look (evaluation seeds), and that
+/// line's error is reported on both looks. A step reader that sees the gripper trusts this position.
 fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
     let (_, r) = load_clip_renderer(renderer_dir, &Device::Cpu)?;
     let cfg = DemoConfig::cpu();
@@ -250,9 +250,10 @@ fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()>
     let train: Vec<Episode> = (0..n)
         .map(|i| vw_data::craftworld::generate_episode(&cfg.craft, Split::Train, cfg.test_seed(i)))
         .collect::<Result<_, _>>()?;
-    // (layer centre, hand) in pixels, per axis, of every step start.
-    let pairs = |eps: &[Episode]| -> anyhow::Result<[Vec<(f32, f32)>; 2]> {
-        let mut out = [Vec::new(), Vec::new()];
+    // (layer position, hand) in pixels of every step start: x and y of the layer's centre, and y
+    // of its lowest row.
+    let pairs = |eps: &[Episode]| -> anyhow::Result<[Vec<(f32, f32)>; 3]> {
+        let mut out = [Vec::new(), Vec::new(), Vec::new()];
         for ep in eps {
             let size = ep.frames[0].width() as f32;
             let cam = ep.camera();
@@ -261,18 +262,25 @@ fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()>
             let Some(pos) = step_grippers(&r, &video, steps * fps)? else {
                 anyhow::bail!("{}: the renderer's step reader does not see the gripper", renderer_dir.display());
             };
+            // The layer's lowest row of at least 2 pixels (the fingertips), beside its centre.
+            let firsts = video.squeeze(0)?.transpose(0, 1)?.contiguous()?;
+            let at = Tensor::from_vec((0..steps).map(|k| (k * fps) as u32).collect(), steps, firsts.device())?;
+            let masks = r.gripper_layer(&firsts.index_select(&at, 0)?)?.ge(0f32)?;
+            let masks = masks.to_dtype(candle_core::DType::F32)?.squeeze(1)?.to_vec3::<f32>()?;
             for (k, p) in pos.to_vec2::<f32>()?.iter().enumerate() {
                 let hand = ep.truth[k * fps].scene.hand;
                 let h = cam.project(hand.0, hand.1);
+                let low = masks[k].iter().rposition(|row| row.iter().sum::<f32>() >= 2.0).unwrap_or(0) as f32;
                 out[0].push(((p[0] + 1.0) / 2.0 * size, h.0 * size));
                 out[1].push(((p[1] + 1.0) / 2.0 * size, h.1 * size));
+                out[2].push((low, h.1 * size));
             }
         }
         Ok(out)
     };
     let seen = pairs(&train)?;
     let unseen = pairs(&episodes(&cfg, Split::TestAppearance, n, false)?)?;
-    for (axis, (fit, test)) in ["x", "y"].iter().zip(seen.iter().zip(&unseen)) {
+    for (axis, (fit, test)) in ["x (centre)", "y (centre)", "y (lowest row)"].iter().zip(seen.iter().zip(&unseen)) {
         // Least squares hand = a * centre + b on the training look.
         let m = fit.len() as f32;
         let (mc, mh) = (fit.iter().map(|p| p.0).sum::<f32>() / m, fit.iter().map(|p| p.1).sum::<f32>() / m);
@@ -286,7 +294,7 @@ fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()>
         };
         let ((e0, w0), (e1, w1)) = (err(fit), err(test));
         println!(
-            "{axis}: hand = {a:.2} x centre + {b:.1} px; off by {e0:.2} px on average on the training look ({w0:.0}% within 1.5 px), {e1:.2} px on the held-out look ({w1:.0}%), {} / {} step starts",
+            "{axis}: hand = {a:.2} x layer position + {b:.1} px; off by {e0:.2} px on average on the training look ({w0:.0}% within 1.5 px), {e1:.2} px on the held-out look ({w1:.0}%), {} / {} step starts",
             fit.len(),
             test.len()
         );

@@ -502,8 +502,13 @@ impl ClipRenderer {
     /// Where the gripper is in each frame of `frames` `(B, 3, H, W)`: the centre of its layer
     /// ([`Self::layer_masks`]' first mask), `(B, 2)` x and y in [-1, 1] ([`mask_centre`]).
     pub fn gripper_position(&self, frames: &Tensor) -> Result<Tensor> {
+        mask_centre(&self.gripper_layer(frames)?)
+    }
+
+    /// The gripper's layer logits of each frame of `frames` `(B, 3, H, W)`: `(B, 1, H, W)`.
+    pub fn gripper_layer(&self, frames: &Tensor) -> Result<Tensor> {
         self.expect(Compositor::Layers)?;
-        mask_centre(&self.nets[0].forward(&frames.to_dtype(DType::F32)?)?.narrow(1, 0, 1)?)
+        Ok(self.nets[0].forward(&frames.to_dtype(DType::F32)?)?.narrow(1, 0, 1)?)
     }
 
     /// Renders the codes `idx` `(B, S, Q)` from `first` `(B, 3, H, W)`: the motions read from the
