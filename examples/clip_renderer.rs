@@ -6,6 +6,7 @@
 //! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
 //!     [--split test|train] [--predicted-prob P] [--channels C] [--augment on|off] [--compositor layers|select]
 //!     [--expert N] [--motion-steps M] [--step-reader on|gripper|off] [--layers-from RENDERER_DIR] [--grasp-jitter PX]
+//!     [--seed S]
 //!     [--png FILE]
 //! cargo run --release --example clip_renderer -- layers --out RENDERER_DIR --to DIR   (export the layer networks)
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
@@ -623,6 +624,8 @@ struct Args {
     /// `eval`: the training look with this one factor of the held-out look
     /// (`vw_data::craftworld::LOOK_FACTORS`), on the evaluation seeds.
     factor: Option<String>,
+    /// `train`: seed of the weights and the batches (default: the config's).
+    seed: Option<u64>,
 }
 
 /// The clip renderer of `dir` with the layer networks of the renderer run `layers`: the layers see
@@ -785,6 +788,9 @@ fn train(a: &Args) -> anyhow::Result<()> {
     cfg.renderer.step_reader = a.step_reader;
     cfg.renderer.step_reader_sees_gripper = a.sees_gripper;
     cfg.layers_init = a.layers_from.clone();
+    if let Some(s) = a.seed {
+        (cfg.init_seed, cfg.train.seed) = (s, s);
+    }
     if let Some(j) = a.grasp_jitter {
         cfg.grasp_jitter = j;
     }
@@ -840,6 +846,7 @@ fn main() -> anyhow::Result<()> {
         grasp_jitter: None,
         to: None,
         factor: None,
+        seed: None,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -873,6 +880,7 @@ fn main() -> anyhow::Result<()> {
             "--grasp-jitter" => a.grasp_jitter = Some(v.parse()?),
             "--to" => a.to = Some(v.into()),
             "--factor" => a.factor = Some(v),
+            "--seed" => a.seed = Some(v.parse()?),
             "--motions-only" => a.motions_only = v == "on",
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {
