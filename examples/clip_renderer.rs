@@ -246,6 +246,11 @@ impl VideoPredictor for MixedMotions<'_> {
 /// line's error is reported on both looks. A step reader that sees the gripper trusts this position.
 fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
     let (_, r) = load_clip_renderer(renderer_dir, &Device::Cpu)?;
+    anyhow::ensure!(
+        r.config().step_reader_sees_gripper,
+        "{}: the renderer's step reader does not see the gripper",
+        renderer_dir.display()
+    );
     let cfg = DemoConfig::cpu();
     let fps = cfg.craft.frames_per_step;
     let train: Vec<Episode> = (0..n)
@@ -259,15 +264,11 @@ fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()>
             let size = ep.frames[0].width() as f32;
             let cam = ep.camera();
             let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
-            let steps = (ep.frames.len() - 1) / fps;
-            let Some(pos) = step_grippers(&r, &video, steps * fps)? else {
-                anyhow::bail!("{}: the renderer's step reader does not see the gripper", renderer_dir.display());
-            };
-            // The layer's lowest row of at least 2 pixels (the fingertips), beside its centre.
-            let firsts = video.squeeze(0)?.transpose(0, 1)?.contiguous()?;
-            let at = Tensor::from_vec((0..steps).map(|k| (k * fps) as u32).collect(), steps, firsts.device())?;
-            let masks = r.gripper_layer(&firsts.index_select(&at, 0)?)?.ge(0f32)?;
-            let masks = masks.to_dtype(candle_core::DType::F32)?.squeeze(1)?.to_vec3::<f32>()?;
+            // The layer of each step's first frame: its centre (the reader's position) and its
+            // lowest row of at least 2 pixels (the fingertips).
+            let layer = r.gripper_layer(&step_firsts(&video, (ep.frames.len() - 1) / fps, fps)?)?;
+            let pos = vw_dldm::clip::mask_centre(&layer)?;
+            let masks = layer.ge(0f32)?.to_dtype(candle_core::DType::F32)?.squeeze(1)?.to_vec3::<f32>()?;
             for (k, p) in pos.to_vec2::<f32>()?.iter().enumerate() {
                 let hand = ep.truth[k * fps].scene.hand;
                 let h = cam.project(hand.0, hand.1);
@@ -310,13 +311,13 @@ fn step_grippers(r: &ClipRenderer, video: &Tensor, s: usize) -> anyhow::Result<O
     if !r.config().step_reader_sees_gripper || s == 0 || !s.is_multiple_of(ct) {
         return Ok(None);
     }
-    let at: Vec<u32> = (0..s / ct).map(|k| (k * ct) as u32).collect();
-    let firsts = video
-        .squeeze(0)?
-        .transpose(0, 1)?
-        .contiguous()?
-        .index_select(&Tensor::from_vec(at, s / ct, video.device())?, 0)?;
-    Ok(Some(r.gripper_position(&firsts)?))
+    Ok(Some(r.gripper_position(&step_firsts(video, s / ct, ct)?)?))
+}
+
+/// Frames `0, every, 2 every, ...` (`count` of them) of `video` `(1, 3, T, H, W)`: `(count, 3, H, W)`.
+fn step_firsts(video: &Tensor, count: usize, every: usize) -> anyhow::Result<Tensor> {
+    let at = Tensor::from_vec((0..count).map(|k| (k * every) as u32).collect(), count, video.device())?;
+    Ok(video.squeeze(0)?.transpose(0, 1)?.contiguous()?.index_select(&at, 0)?)
 }
 
 /// How far the motions the renderer reads from the dLDM's codes are from the teacher's motions of

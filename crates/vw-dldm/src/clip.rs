@@ -523,15 +523,9 @@ impl ClipRenderer {
             // clips is read a transition at a time, which needs none either.
             return self.render_steps(first, &self.clip_motions(idx, None)?);
         }
-        let mut cur = first.clone();
-        let mut out = Vec::new();
-        for j0 in (0..s).step_by(ct) {
-            let motions = self.clip_motions(&idx.narrow(1, j0, ct)?, Some(&self.gripper_position(&cur)?))?;
-            let clip = self.render_clip(&cur, &motions)?;
-            cur = clip.narrow(2, ct - 1, 1)?.squeeze(2)?;
-            out.push(clip);
-        }
-        Ok(Tensor::cat(&out, 2)?)
+        self.chain_clips(first, s, |cur, j0, n| {
+            self.clip_motions(&idx.narrow(1, j0, n)?, Some(&self.gripper_position(cur)?))
+        })
     }
 
     /// One row of motion outputs (displacement in `motion_scale` pixels, carried logit) as a motion.
@@ -632,16 +626,28 @@ impl ClipRenderer {
     /// frame of the one before. `(B, 3, S, H, W)`.
     pub fn render_steps(&self, first: &Tensor, motions: &[Vec<TransitionMotion>]) -> Result<Tensor> {
         let s = motions.first().map_or(0, Vec::len);
+        self.chain_clips(first, s, |_, j0, n| {
+            Ok(motions.iter().map(|r| r.get(j0..j0 + n).map(<[_]>::to_vec).unwrap_or_default()).collect())
+        })
+    }
+
+    /// `s` transitions after `first`, [`Self::render_clip`] on each run of `clip_transitions` from
+    /// the last frame of the one before, with the motions `clip(current first frame, start, len)`
+    /// gives for that run. `(B, 3, s, H, W)`.
+    fn chain_clips(
+        &self,
+        first: &Tensor,
+        s: usize,
+        mut clip: impl FnMut(&Tensor, usize, usize) -> Result<Vec<Vec<TransitionMotion>>>,
+    ) -> Result<Tensor> {
         let k = self.cfg.clip_transitions;
         let mut cur = first.clone();
         let mut out = Vec::new();
         for j0 in (0..s).step_by(k) {
             let n = k.min(s - j0);
-            let part: Vec<Vec<TransitionMotion>> =
-                motions.iter().map(|r| r.get(j0..j0 + n).map(<[_]>::to_vec).unwrap_or_default()).collect();
-            let clip = self.render_clip(&cur, &part)?;
-            cur = clip.narrow(2, n - 1, 1)?.squeeze(2)?;
-            out.push(clip);
+            let drawn = self.render_clip(&cur, &clip(&cur, j0, n)?)?;
+            cur = drawn.narrow(2, n - 1, 1)?.squeeze(2)?;
+            out.push(drawn);
         }
         Ok(Tensor::cat(&out, 2)?)
     }
