@@ -7,7 +7,7 @@ use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokens::{Allowed, Vocab};
 use crate::transformer::{last_position, KvCache, Mode, Transformer};
 use crate::{Error, Result};
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
 
 /// The autoregressive policy over dLDM codes.
@@ -201,14 +201,13 @@ impl Policy {
 /// Mean cross-entropy of `logits` `(B, N, V)` against `targets` `(B, N)` u32, skipping `pad`.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, pad: u32) -> Result<Tensor> {
     let (b, n, v) = logits.dims3()?;
-    let logp = candle_nn::ops::log_softmax(&logits.reshape((b * n, v))?, D::Minus1)?;
     let flat = targets.flatten_all()?;
     let mask = flat.ne(pad)?.to_dtype(DType::F32)?;
-    // Pad is a real vocabulary entry, so the gather is in range; the mask removes it.
-    let picked = logp.gather(&flat.contiguous()?.unsqueeze(1)?, 1)?.squeeze(1)?;
+    // Pad is a real vocabulary entry, so every target is in range; the mask removes it.
+    let nll = vw_tensor_kernels::nll::token_nll(&logits.reshape((b * n, v))?, &flat)?;
     let count = mask.sum_all()?.to_scalar::<f32>()?;
     if count == 0.0 {
         return Err(Error::Invalid("batch has no target tokens (all padding)".into()));
     }
-    Ok(((picked * mask)?.sum_all()?.neg()? / count as f64)?)
+    Ok(((nll * mask)?.sum_all()? / count as f64)?)
 }

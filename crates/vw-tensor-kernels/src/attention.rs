@@ -3,8 +3,10 @@
 //! On a CUDA tensor the forward is a tiled online-softmax kernel: `kernels/flash_attn_sm90.cu`
 //! (wgmma + TMA) on sm_90 for bf16/f16, head_dim 128 without an additive mask, otherwise
 //! `kernels/flash_attn.cu` (mma.sync; bf16/f16, head_dim 64/128, masks), with a backward that recomputes through composed candle ops one
-//! query chunk at a time. On the CPU the forward is composed candle ops chunked over the queries,
-//! so autograd works natively and memory stays bounded for long sequences.
+//! query chunk at a time. On the CPU without a mask it is a fused forward and backward in plain
+//! Rust, parallel over (batch, head) (`attention_cpu.rs`); anything else (a CPU call with a mask,
+//! other CUDA shapes) takes composed candle ops chunked over the queries, so autograd works
+//! natively and memory stays bounded for long sequences.
 
 use crate::util::{dims_n, shape_err, storage_f32, unsqueeze_to};
 use crate::Result;
@@ -30,6 +32,10 @@ pub fn flash_attn(
     if kernel_supports(q, dims[4]) {
         let op = FlashAttnOp::new(q, k, v, softmax_scale, causal, mask)?;
         return Ok(aligned(q)?.apply_op3(&aligned(k)?, &aligned(v)?, op)?);
+    }
+    if crate::attention_cpu::supports(q, mask) {
+        let op = crate::attention_cpu::CpuAttnOp { scale: softmax_scale, causal, dims };
+        return Ok(q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
     }
     composed(q, k, v, softmax_scale, causal, mask)
 }

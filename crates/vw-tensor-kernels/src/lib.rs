@@ -6,6 +6,7 @@
 //! tensor (with the `cuda` feature) and the CPU reference otherwise.
 
 pub mod attention;
+mod attention_cpu;
 pub mod conv2d;
 pub mod conv3d;
 #[cfg(feature = "cudnn")]
@@ -16,6 +17,7 @@ pub mod device;
 pub mod dist;
 pub mod error;
 pub mod fsq;
+pub mod nll;
 pub mod norm;
 pub mod rope;
 pub mod util;

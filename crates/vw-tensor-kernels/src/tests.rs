@@ -92,6 +92,56 @@ fn attention_op_backward_matches_autograd() -> R {
     Ok(())
 }
 
+/// Gradients of `sum(f(inputs) * w)`.
+fn grads_weighted(inputs: &[Tensor], w: &Tensor, f: impl Fn(&[Tensor]) -> crate::Result<Tensor>) -> Vec<Tensor> {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).expect("var")).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let g = (f(&ts).expect("forward") * w).expect("mul").sum_all().expect("sum").backward().expect("backward");
+    ts.iter().map(|t| g.get(t).cloned().expect("a gradient")).collect()
+}
+
+/// The fused CPU path (no mask) against the composed path: outputs and all three gradients, on
+/// sizes that are not multiples of the 8-wide dot product, with Lq < Lk, Lq > Lk and one query.
+/// With Lq > Lk causal, the first Lq - Lk queries see no key: their output is a constant zero row
+/// and their dq is 0 (autograd through the composed path gives NaN there, so the other rows are
+/// compared with the composed path on the queries that see a key).
+#[test]
+fn cpu_fused_attention_matches_composed_with_gradients() -> R {
+    for (i, &(b, h, lq, lk, d, causal)) in [
+        (2, 3, 37, 53, 16, false),
+        (2, 3, 37, 53, 16, true),
+        (1, 2, 29, 11, 13, true),
+        (3, 1, 1, 70, 5, true),
+        (1, 4, 45, 45, 24, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 200 + 10 * i as u64;
+        let ins = [rt(seed, &[b, h, lq, d]), rt(seed + 1, &[b, h, lk, d]), rt(seed + 2, &[b, h, lk, d])];
+        let what = format!("b={b} h={h} lq={lq} lk={lk} d={d} causal={causal}");
+        let fused = attention::flash_attn(&ins[0], &ins[1], &ins[2], 0.3, causal, None)?;
+        let comp = attention::composed(&ins[0], &ins[1], &ins[2], 0.3, causal, None)?;
+        assert_close(&fused, &comp, 1e-5, &what);
+        let w = rt(seed + 3, &[b, h, lq, d]);
+        let got = grads_weighted(&ins, &w, |t| attention::flash_attn(&t[0], &t[1], &t[2], 0.3, causal, None));
+        let blind = if causal { lq.saturating_sub(lk) } else { 0 };
+        let seen = lq - blind;
+        let sub = [ins[0].narrow(2, blind, seen)?, ins[1].clone(), ins[2].clone()];
+        let want = grads_weighted(&sub, &w.narrow(2, blind, seen)?, |t| {
+            attention::composed(&t[0], &t[1], &t[2], 0.3, causal, None)
+        });
+        assert_close(&got[0].narrow(2, blind, seen)?, &want[0], 1e-4, &format!("dq {what}"));
+        assert_close(&got[1], &want[1], 1e-4, &format!("dk {what}"));
+        assert_close(&got[2], &want[2], 1e-4, &format!("dv {what}"));
+        if blind > 0 {
+            let dq_blind = got[0].narrow(2, 0, blind)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert_eq!(dq_blind, 0.0, "dq of queries without keys, {what}");
+        }
+    }
+    Ok(())
+}
+
 /// The op's gradients carry no backprop graph of their own: one that did kept every chunk's f32
 /// score block alive until the gradients were dropped (tens of GiB at video length on the GPU).
 #[test]

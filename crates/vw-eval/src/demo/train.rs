@@ -53,7 +53,7 @@ fn transitions_per_step(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<us
 }
 
 /// The policy config for one latent dynamics model and the demo's frames.
-fn policy_config(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<PolicyConfig> {
+pub fn policy_config(cfg: &DemoConfig, ldm: &dyn LatentDynamics) -> Result<PolicyConfig> {
     let mut p = PolicyConfig::tiny();
     p.code_vocab_size = ldm.vocab_size();
     p.codes_per_transition = ldm.codes_per_step();
@@ -154,21 +154,10 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
         }
         stage(progress, &format!("encoding the codes of {} training episodes", train.len()));
         let tps = transitions_per_step(cfg, ldm.as_ref())?;
-        let data = code_dataset(ldm.as_ref(), &train, tps, device).map_err(policy_err)?;
         let pname = format!("policy-{name}");
         stage(progress, &format!("training the AR policy on the {} ({} steps)", kind.label(), cfg.policy_steps));
-        let pc = policy_config(cfg, ldm.as_ref())?;
         let prun = runs.join(&pname);
-        let _ = std::fs::remove_dir_all(&prun);
-        train_policy_augmented(
-            &pc,
-            &train_config(cfg.policy_steps, cfg.policy_batch, cfg.policy_lr, cfg.seed + 101 + i as u64),
-            &cfg.policy_augment,
-            &data,
-            &prun,
-            &opts,
-        )
-        .map_err(policy_err)?;
+        train_demo_policy(cfg, &policy_config(cfg, ldm.as_ref())?, i, ldm.as_ref(), &train, &prun, &opts)?;
         strip_run(&prun, &root.join(&pname))?;
         keep_metrics(&prun, root, &pname)?;
         let aname = format!("actions-{name}");
@@ -193,6 +182,33 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
     keep_metrics(&runs.join("no-codes"), root, "no-codes")?;
     let _ = std::fs::remove_dir_all(&runs);
     write_json(&root.join(DEMO_CONFIG_FILE), cfg)
+}
+
+/// Trains the AR policy `pc` (the demo's is [`policy_config`]) of the demo's `index`-th latent
+/// dynamics model (0: the dLDM, 1: the VW1-style LDM; it picks the seed) on the codes `ldm`
+/// extracts from `train`, with the demo's policy recipe, into a fresh `run_dir` (anything there is
+/// replaced).
+pub fn train_demo_policy(
+    cfg: &DemoConfig,
+    pc: &PolicyConfig,
+    index: usize,
+    ldm: &dyn LatentDynamics,
+    train: &[Episode],
+    run_dir: &Path,
+    opts: &TrainOptions,
+) -> Result<Policy> {
+    let tps = transitions_per_step(cfg, ldm)?;
+    let data = code_dataset(ldm, train, tps, &opts.device).map_err(policy_err)?;
+    let _ = std::fs::remove_dir_all(run_dir);
+    train_policy_augmented(
+        pc,
+        &train_config(cfg.policy_steps, cfg.policy_batch, cfg.policy_lr, cfg.seed + 101 + index as u64),
+        &cfg.policy_augment,
+        &data,
+        run_dir,
+        opts,
+    )
+    .map_err(policy_err)
 }
 
 fn train_baseline(
