@@ -1,0 +1,199 @@
+//! How the demo's AR policy scales with its training data: trains the dLDM's policy with the demo's
+//! recipe on `--episodes N` training videos (the demo's training seeds, so the first 96 are the
+//! demo's own) over the committed dLDM and clip renderer, and scores its predicted codes, drawn by
+//! the clip renderer and judged step by step, on the held-out look and on new layouts of the
+//! training look (which separates "does not plan new layouts" from "does not see through the
+//! held-out look").
+//!
+//! ```text
+//! cargo run --release --example policy_data -- --episodes 384 --out runs/pd-384 [--steps 450]
+//!     [--checkpoints checkpoints/craftworld] [--eval 32] [--policy DIR (score this policy, no training)]
+//!     [--factors on (score the held-out layouts with one held-out look factor at a time)] [--lr LR] [--augment demo|photometric|off] [--grid G (G x G observation tokens; the demo's is 4)] [--hidden H] [--layers L]
+//! ```
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use std::path::PathBuf;
+use vw_ar_policy::config::ObsEncoderConfig;
+use vw_ar_policy::craftworld::episode_codes;
+use vw_ar_policy::train::{load_policy, TrainOptions};
+use vw_ar_policy::GenerateOptions;
+use vw_data::craftworld::{generate_episode, Episode, Split};
+use vw_eval::demo::ldm::{load_clip_dynamics, CLIP_DIR};
+use vw_eval::demo::methods::{ExpertCodes, PlanAndRender};
+use vw_eval::demo::{episodes, read_config, score_method, Scored};
+
+/// Seeds of the training look's new layouts: far from the demo's training seeds (0..N).
+const UNSEEN_OFFSET: usize = 100_000;
+
+fn report(name: &str, r: &Scored) {
+    let curve: Vec<String> = r.result.success.rate.iter().map(|x| format!("{:.0}%", 100.0 * x)).collect();
+    println!("{name:44} steps 1..: {:32} whole task {:.1}%", curve.join(" "), 100.0 * r.result.success.full_task);
+}
+
+/// How far the policy's greedy plan of the first step agrees with the codes the dLDM extracts from
+/// the expert's video: the share of episodes whose plan matches every code up to and including
+/// transition `j`, for each transition of the step.
+fn agreement(
+    look: &str,
+    policy: &vw_ar_policy::Policy,
+    ldm: &dyn vw_dldm::LatentDynamics,
+    eps: &[Episode],
+    opts: &GenerateOptions,
+    dev: &Device,
+) -> anyhow::Result<()> {
+    let expert = episode_codes(ldm, eps, dev)?;
+    let tps = policy.config().transitions_per_step;
+    let cpt = policy.config().codes_per_transition;
+    let mut prefix = vec![0usize; tps];
+    let mut tokens = vec![0usize; tps];
+    for (ep, codes) in eps.iter().zip(&expert) {
+        let x = vw_data::image_tensor::image_to_tensor(&ep.frames[0], dev)?.unsqueeze(0)?;
+        let g = policy.generate(&x, None, opts)?;
+        let plan = g.steps.first().and_then(|s| s.first()).cloned().unwrap_or_default();
+        let mut ok = true;
+        for j in 0..tps {
+            let want = &codes[j];
+            let got = plan.get(j * cpt..(j + 1) * cpt).unwrap_or(&[]);
+            tokens[j] += want.iter().zip(got).filter(|(a, b)| a == b).count();
+            ok &= got == &want[..];
+            prefix[j] += usize::from(ok);
+        }
+    }
+    let n = eps.len() as f64;
+    let pct = |v: &[usize], d: f64| v.iter().map(|&c| format!("{:.0}", 100.0 * c as f64 / d)).collect::<Vec<_>>();
+    println!(
+        "{look}: step 1's plan equals the expert's codes through transition 1..{tps}: {}%; codes right per transition: {}%",
+        pct(&prefix, n).join(" "),
+        pct(&tokens, n * cpt as f64).join(" ")
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut grid, mut hidden, mut layers, mut lr, mut augment) = (None, None, None, None, None);
+    let mut factors = false;
+    let (mut n, mut steps, mut eval, mut out, mut ckpt, mut policy_dir) =
+        (96usize, None, 32usize, None, PathBuf::from("checkpoints/craftworld"), None::<PathBuf>);
+    while let Some(k) = args.next() {
+        let v = args.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--episodes" => n = v.parse()?,
+            "--steps" => steps = Some(v.parse::<u64>()?),
+            "--eval" => eval = v.parse()?,
+            "--out" => out = Some(PathBuf::from(v)),
+            "--checkpoints" => ckpt = v.into(),
+            "--policy" => policy_dir = Some(v.into()),
+            "--augment" => {
+                augment = Some(match v.as_str() {
+                    "demo" => vw_eval::demo::policy_augment(),
+                    "photometric" => vw_dldm::train::craft::Augment {
+                        zoom: 0.0,
+                        rotate: 0.0,
+                        shift: 0,
+                        ..vw_eval::demo::policy_augment()
+                    },
+                    "off" => Default::default(),
+                    other => anyhow::bail!("--augment {other}: expected demo, photometric or off"),
+                })
+            }
+            "--factors" => factors = v == "on",
+            "--lr" => lr = Some(v.parse::<f64>()?),
+            "--grid" => grid = Some(v.parse::<usize>()?),
+            "--hidden" => hidden = Some(v.parse::<usize>()?),
+            "--layers" => layers = Some(v.parse::<usize>()?),
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    anyhow::ensure!(n >= 1 && eval >= 1, "--episodes and --eval must be >= 1");
+    let dev = Device::Cpu;
+    let mut cfg = read_config(&ckpt)?;
+    cfg.train_episodes = n;
+    if let Some(s) = steps {
+        cfg.policy_steps = s;
+    }
+    if let Some(lr) = lr {
+        cfg.policy_lr = lr;
+    }
+    if let Some(a) = augment {
+        cfg.policy_augment = a;
+    }
+    let ldm = load_clip_dynamics(&ckpt.join("dldm"), &ckpt.join(CLIP_DIR), &dev)?;
+    let policy = match &policy_dir {
+        Some(d) => load_policy(d, &dev, DType::F32)?,
+        None => {
+            let out = out.context("--out DIR is required to train a policy")?;
+            let t = std::time::Instant::now();
+            let train = episodes(&cfg, Split::Train, n, true)?;
+            eprintln!("{n} training episodes in {:.0} s", t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            let opts = TrainOptions { device: dev.clone(), dtype: DType::F32, progress: true, ..Default::default() };
+            let mut pc = vw_eval::demo::train::policy_config(&cfg, ldm.as_ref())?;
+            if let Some(g) = grid {
+                // Fewer stride-2 convs: a finer grid of observation tokens.
+                let convs = (cfg.craft.image_size / g).max(2).ilog2() as usize;
+                let channels = [16, 32, 64, 64, 64, 64].into_iter().take(convs).collect();
+                pc.obs_encoder = ObsEncoderConfig::Conv { in_channels: 3, channels, image_size: cfg.craft.image_size };
+            }
+            if let Some(h) = hidden {
+                pc.hidden_size = h;
+                pc.intermediate_size = h * 11 / 4;
+            }
+            if let Some(l) = layers {
+                pc.num_hidden_layers = l;
+            }
+            eprintln!("policy config: {}", serde_json::to_string(&pc)?);
+            let p = vw_eval::demo::train::train_demo_policy(&cfg, &pc, 0, ldm.as_ref(), &train, &out, &opts)?;
+            eprintln!("policy: {} steps on {n} episodes in {:.0} s", cfg.policy_steps, t.elapsed().as_secs_f64());
+            p
+        }
+    };
+    let held_out = episodes(&cfg, Split::TestAppearance, eval, false)?;
+    let unseen: Vec<Episode> = (0..eval)
+        .map(|i| generate_episode(&cfg.craft, Split::Train, cfg.train_seed(UNSEEN_OFFSET + i)))
+        .collect::<Result<_, _>>()?;
+    let opts = GenerateOptions { max_steps: cfg.craft.max_steps + 2, ..Default::default() };
+    let fps = cfg.craft.frames_per_step;
+    // The policy's plans drawn by the clip renderer and judged step by step.
+    let score_plans = |eps: &[Episode]| -> anyhow::Result<Scored> {
+        let mut p = PlanAndRender {
+            name: String::new(),
+            description: String::new(),
+            policy: &policy,
+            dynamics: ldm.as_ref(),
+            opts,
+            codes_seen: Vec::new(),
+        };
+        Ok(score_method(&mut p, eps, fps, 0, &dev)?)
+    };
+    if factors {
+        // The held-out episodes' layouts in the training look, then with one factor of the
+        // held-out look swapped in at a time: which part of the look the policy's plans miss.
+        let looks = std::iter::once(("training look", None))
+            .chain(vw_data::craftworld::LOOK_FACTORS.iter().map(|f| (f.0, Some(f))))
+            .chain(std::iter::once(("held-out look", None)));
+        for (i, (name, factor)) in looks.enumerate() {
+            let eps: Vec<Episode> = (0..eval)
+                .map(|e| match (factor, i) {
+                    (Some(f), _) => vw_data::craftworld::generate_episode_with_factor(&cfg.craft, cfg.test_seed(e), f),
+                    (None, 0) => generate_episode(&cfg.craft, Split::Train, cfg.test_seed(e)),
+                    (None, _) => generate_episode(&cfg.craft, Split::TestAppearance, cfg.test_seed(e)),
+                })
+                .collect::<Result<_, _>>()?;
+            report(&format!("policy's codes, held-out layouts, {name}"), &score_plans(&eps)?);
+        }
+        return Ok(());
+    }
+    let seen = episodes(&cfg, Split::Train, eval.min(n), false)?;
+    for (look, eps) in
+        [("held-out look", &held_out), ("training look, new layouts", &unseen), ("its own training episodes", &seen)]
+    {
+        agreement(look, &policy, ldm.as_ref(), eps, &opts, &dev)?;
+        report(&format!("policy's codes, {look}"), &score_plans(eps)?);
+        let mut e =
+            ExpertCodes { name: String::new(), dynamics: ldm.as_ref(), episodes: eps, next: 0, anchor_every: None };
+        report(&format!("expert's codes, {look}"), &score_method(&mut e, eps, fps, 0, &dev)?);
+    }
+    Ok(())
+}
