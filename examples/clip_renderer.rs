@@ -307,10 +307,10 @@ fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()>
 /// Where the gripper is in the expert's frame at the start of each clip of the `s` transitions of
 /// `video` `(1, 3, T, H, W)`, for a step reader that sees it (`None` for one that does not).
 fn step_grippers(r: &ClipRenderer, video: &Tensor, s: usize) -> anyhow::Result<Option<Tensor>> {
-    let ct = r.config().clip_transitions;
-    if !r.config().step_reader_sees_gripper || s == 0 || !s.is_multiple_of(ct) {
+    if !r.reads_gripper(s) {
         return Ok(None);
     }
+    let ct = r.config().clip_transitions;
     Ok(Some(r.gripper_position(&step_firsts(video, s / ct, ct)?)?))
 }
 

@@ -184,8 +184,7 @@ pub fn train_policy_augmented(
         let rows = ctx.shard.range(bs)?;
         let mut batch = data.batch(&idx[rows.clone()], &opts.device, opts.dtype).map_err(to_dldm)?;
         if !augment.is_off() {
-            // A pair of the frame with itself: the same draw applies to both, one is kept.
-            batch.obs = augment.apply(&batch.obs, &batch.obs, None, ctx.rng, bs, rows)?.0;
+            batch.obs = augment.apply_frames(&batch.obs, ctx.rng, bs, rows)?.0;
         }
         policy.loss(&batch, Mode::Train).map_err(to_dldm)
     })?;

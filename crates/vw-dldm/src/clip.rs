@@ -469,7 +469,7 @@ impl ClipRenderer {
         let vecs = self.code_vectors(&idx.reshape((b * s, q))?)?;
         let out = self.motion_outputs(&vecs)?.reshape((b, s, 3))?;
         let ct = self.cfg.clip_transitions;
-        let Some([hidden, head]) = self.step_reader.as_ref().filter(|_| s > 0 && s.is_multiple_of(ct)) else {
+        let Some([hidden, head]) = self.step_reader.as_ref().filter(|_| self.whole_clips(s)) else {
             return Ok(out);
         };
         let clips = b * s / ct;
@@ -499,6 +499,18 @@ impl ClipRenderer {
         Ok(out.iter().map(|row| row.iter().map(|r| self.motion_of(r)).collect()).collect())
     }
 
+    /// Whether reading a sequence of `transitions` codes ([`Self::clip_motions`]) needs the
+    /// gripper's position in each clip: only with [`ClipRendererConfig::step_reader_sees_gripper`],
+    /// and only for whole clips (a sequence that is not is read a transition at a time).
+    pub fn reads_gripper(&self, transitions: usize) -> bool {
+        self.cfg.step_reader_sees_gripper && self.whole_clips(transitions)
+    }
+
+    /// Whether `transitions` codes are whole clips, which the step reader reads a clip at a time.
+    fn whole_clips(&self, transitions: usize) -> bool {
+        transitions > 0 && transitions.is_multiple_of(self.cfg.clip_transitions)
+    }
+
     /// Where the gripper is in each frame of `frames` `(B, 3, H, W)`: the centre of its layer
     /// ([`Self::layer_masks`]' first mask), `(B, 2)` x and y in [-1, 1] ([`mask_centre`]).
     pub fn gripper_position(&self, frames: &Tensor) -> Result<Tensor> {
@@ -517,10 +529,7 @@ impl ClipRenderer {
     /// the gripper's position in its own first frame, the last frame rendered before it.
     pub fn render_codes(&self, first: &Tensor, idx: &Tensor) -> Result<Tensor> {
         let (_, s, _) = idx.dims3()?;
-        let ct = self.cfg.clip_transitions;
-        if !self.cfg.step_reader_sees_gripper || s == 0 || !s.is_multiple_of(ct) {
-            // Without the flag the reader needs no position; with it, a sequence that is not whole
-            // clips is read a transition at a time, which needs none either.
+        if !self.reads_gripper(s) {
             return self.render_steps(first, &self.clip_motions(idx, None)?);
         }
         self.chain_clips(first, s, |cur, j0, n| {

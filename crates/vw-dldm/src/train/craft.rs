@@ -340,9 +340,37 @@ impl Augment {
         batch: usize,
         rows: std::ops::Range<usize>,
     ) -> Result<(Tensor, Tensor, Vec<PairWarp>)> {
+        let (a, b, warps) = self.augment(x_t, Some(x_next), foreground, rng, batch, rows)?;
+        let b = b.ok_or_else(|| Error::Invalid("augment: the second frame of a pair went missing".into()))?;
+        Ok((a, b, warps))
+    }
+
+    /// [`Self::apply`] on single frames `x` (a policy's first frames): the same draws from `rng`,
+    /// so the result is the first frame of a pair of `x` with itself, without augmenting a second.
+    pub fn apply_frames(
+        &self,
+        x: &Tensor,
+        rng: &mut impl Rng,
+        batch: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(Tensor, Vec<PairWarp>)> {
+        let (a, _, warps) = self.augment(x, None, None, rng, batch, rows)?;
+        Ok((a, warps))
+    }
+
+    /// [`Self::apply`], with the second frame optional.
+    fn augment(
+        &self,
+        x_t: &Tensor,
+        x_next: Option<&Tensor>,
+        foreground: Option<(&Tensor, &Tensor)>,
+        rng: &mut impl Rng,
+        batch: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(Tensor, Option<Tensor>, Vec<PairWarp>)> {
         let mut pair_warps = vec![PairWarp::IDENTITY; rows.len()];
         if self.is_off() {
-            return Ok((x_t.clone(), x_next.clone(), pair_warps));
+            return Ok((x_t.clone(), x_next.cloned(), pair_warps));
         }
         let foreground = match (self.background_only, foreground) {
             (false, _) => None,
@@ -350,11 +378,11 @@ impl Augment {
             (true, None) => return Err(Error::Invalid("augment: background_only needs the foreground masks".into())),
         };
         let (n, c, h, w) = x_t.dims4()?;
-        if n != rows.len() || rows.end > batch || x_next.dims4()? != (n, c, h, w) {
+        if n != rows.len() || rows.end > batch || x_next.is_some_and(|x| x.dims() != [n, c, h, w]) {
             return Err(Error::Invalid(format!(
                 "augment: pairs {:?} / {:?} do not match rows {rows:?} of a batch of {batch}",
                 x_t.shape(),
-                x_next.shape()
+                x_next.map(|x| x.shape())
             )));
         }
         let j = self.color_jitter;
@@ -444,9 +472,9 @@ impl Augment {
                 Ok(Tensor::from_vec(warped, (n, xc, h, w), dev)?.to_dtype(x.dtype())?)
             };
             let foreground = foreground.map(|(a, b)| Ok::<_, Error>((moved(a)?, moved(b)?))).transpose()?;
-            (moved(x_t)?, moved(x_next)?, foreground)
+            (moved(x_t)?, x_next.map(moved).transpose()?, foreground)
         } else {
-            (x_t.clone(), x_next.clone(), foreground.map(|(a, b)| (a.clone(), b.clone())))
+            (x_t.clone(), x_next.cloned(), foreground.map(|(a, b)| (a.clone(), b.clone())))
         };
         let f = |x: &Tensor, fg: Option<&Tensor>| -> Result<Tensor> {
             Ok(match fg {
@@ -457,7 +485,8 @@ impl Augment {
                 None => x.broadcast_mul(&gain)?.broadcast_add(&offset)?.add(&texture)?,
             })
         };
-        Ok((f(&x_t, fg.as_ref().map(|m| &m.0))?, f(&x_next, fg.as_ref().map(|m| &m.1))?, pair_warps))
+        let x_next = x_next.map(|x| f(&x, fg.as_ref().map(|m| &m.1))).transpose()?;
+        Ok((f(&x_t, fg.as_ref().map(|m| &m.0))?, x_next, pair_warps))
     }
 }
 
@@ -524,6 +553,29 @@ mod tests {
         let fg = (a.narrow(2, 0, 3)? - x_t.narrow(2, 0, 3)?.broadcast_mul(&gain)?)?;
         assert!(fg.abs()?.max_all()?.to_scalar::<f32>()? < 1e-5);
         assert!(aug.apply(&x_t, &x_next, None, &mut rng, 2, 0..2).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn single_frames_are_augmented_as_the_first_frame_of_a_pair() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 0.5, (4, 3, 9, 7), &dev)?;
+        let aug = Augment {
+            color_jitter: 0.2,
+            static_noise: 0.1,
+            grating: 0.2,
+            shift: 2,
+            zoom: 0.1,
+            rotate: 0.1,
+            background_only: false,
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (pair, _, pair_warps) = aug.apply(&x.narrow(0, 1, 2)?, &x.narrow(0, 1, 2)?, None, &mut rng, 4, 1..3)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let (single, warps) = aug.apply_frames(&x.narrow(0, 1, 2)?, &mut rng, 4, 1..3)?;
+        assert_eq!((pair - &single)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        assert_eq!(pair_warps, warps);
+        assert!((single - x.narrow(0, 1, 2)?)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.05);
         Ok(())
     }
 
