@@ -8,6 +8,10 @@
 //! ```text
 //! cargo run --release --example policy_data -- --episodes 384 --out runs/pd-384 [--steps 450]
 //!     [--checkpoints checkpoints/craftworld] [--eval 32] [--policy DIR (score this policy, no training)]
+//!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
+//!     [--clip-snap N (first retrain the demo's clip renderer into OUT/clip-dldm with N snap passes)]
+//!     [--layers-from RENDERER_DIR (with --clip-snap: its layer networks instead of the committed ones)]
+//!     [--motion-steps M (with --clip-snap: the clip stage's motion phase, where the snap networks train)]
 //!     [--factors on (score the held-out layouts with one held-out look factor at a time)] [--lr LR] [--augment demo|photometric|off] [--grid G (G x G observation tokens; the demo's is 4)] [--hidden H] [--layers L]
 //! ```
 
@@ -73,7 +77,8 @@ fn agreement(
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut grid, mut hidden, mut layers, mut lr, mut augment) = (None, None, None, None, None);
-    let mut factors = false;
+    let (mut factors, mut twins) = (false, false);
+    let (mut clip_snap, mut layers_from, mut motion_steps) = (None::<usize>, None::<PathBuf>, None::<u64>);
     let (mut n, mut steps, mut eval, mut out, mut ckpt, mut policy_dir) =
         (96usize, None, 32usize, None, PathBuf::from("checkpoints/craftworld"), None::<PathBuf>);
     while let Some(k) = args.next() {
@@ -99,6 +104,10 @@ fn main() -> anyhow::Result<()> {
                 })
             }
             "--factors" => factors = v == "on",
+            "--twins" => twins = v == "on",
+            "--clip-snap" => clip_snap = Some(v.parse()?),
+            "--layers-from" => layers_from = Some(v.into()),
+            "--motion-steps" => motion_steps = Some(v.parse()?),
             "--lr" => lr = Some(v.parse::<f64>()?),
             "--grid" => grid = Some(v.parse::<usize>()?),
             "--hidden" => hidden = Some(v.parse::<usize>()?),
@@ -119,11 +128,46 @@ fn main() -> anyhow::Result<()> {
     if let Some(a) = augment {
         cfg.policy_augment = a;
     }
-    let ldm = load_clip_dynamics(&ckpt.join("dldm"), &ckpt.join(CLIP_DIR), &dev)?;
+    let ldm = match clip_snap {
+        None => load_clip_dynamics(&ckpt.join("dldm"), &ckpt.join(CLIP_DIR), &dev)?,
+        Some(passes) => {
+            // The demo's clip stage over the committed dLDM, with snap passes.
+            use vw_eval::demo::ldm::{clip_config, stage1_config, train_clip, LdmKind};
+            let out = out.as_ref().context("--clip-snap needs --out DIR")?;
+            let s1 = stage1_config(
+                LdmKind::Dldm,
+                &cfg.ldm,
+                &cfg.craft,
+                cfg.train_episodes,
+                cfg.train_seed(0),
+                cfg.seed + 11,
+            );
+            let mut cc = clip_config(&s1, cfg.clip.as_ref().context("the demo has no clip stage")?, cfg.seed + 401);
+            cc.renderer.snap = passes;
+            if let Some(m) = motion_steps {
+                cc.motion_steps = m;
+                cc.train.total_steps = m;
+                cc.train.checkpoint_every = m;
+            }
+            if let Some(l) = &layers_from {
+                cc.layers_init = Some(l.clone());
+            }
+            if out.join(CLIP_DIR).join("checkpoint.json").exists() {
+                eprintln!("{}: trained already", out.join(CLIP_DIR).display());
+                load_clip_dynamics(&ckpt.join("dldm"), &out.join(CLIP_DIR), &dev)?
+            } else {
+                let train = episodes(&cfg, Split::Train, n, false)?;
+                let t = std::time::Instant::now();
+                let ldm = train_clip(&s1, &ckpt.join("dldm"), &cc, &train, &out.join(CLIP_DIR), &dev, true)?;
+                eprintln!("clip renderer ({passes} snap passes) in {:.0} s", t.elapsed().as_secs_f64());
+                ldm
+            }
+        }
+    };
     let policy = match &policy_dir {
         Some(d) => load_policy(d, &dev, DType::F32)?,
         None => {
-            let out = out.context("--out DIR is required to train a policy")?;
+            let out = out.clone().context("--out DIR is required to train a policy")?;
             let t = std::time::Instant::now();
             let train = episodes(&cfg, Split::Train, n, true)?;
             eprintln!("{n} training episodes in {:.0} s", t.elapsed().as_secs_f64());
@@ -182,6 +226,38 @@ fn main() -> anyhow::Result<()> {
                 })
                 .collect::<Result<_, _>>()?;
             report(&format!("policy's codes, held-out layouts, {name}"), &score_plans(&eps)?);
+        }
+        return Ok(());
+    }
+    if twins {
+        // The same seeds in the training look have the same task, layout and motions: their
+        // codes are what a perfect policy trained on the training look would predict, so drawn
+        // from the held-out first frame they are the policy rows' ceiling on that look.
+        let twin: Vec<Episode> = (0..eval)
+            .map(|e| generate_episode(&cfg.craft, Split::Train, cfg.test_seed(e)))
+            .collect::<Result<_, _>>()?;
+        let score_twins = |ldm: &dyn vw_dldm::LatentDynamics, label: &str| -> anyhow::Result<()> {
+            for (look, eps) in [("held-out look", &held_out), ("training look", &twin)] {
+                let mut e =
+                    ExpertCodes { name: String::new(), dynamics: ldm, episodes: &twin, next: 0, anchor_every: None };
+                report(&format!("twin's codes, {look}{label}"), &score_method(&mut e, eps, fps, 0, &dev)?);
+            }
+            Ok(())
+        };
+        match (clip_snap, &out) {
+            (Some(trained), Some(out)) => {
+                for passes in 0..=trained.max(2) {
+                    let (_, s1) = vw_dldm::train::stage1::load_stage1(&ckpt.join("dldm"), &dev)?;
+                    let (_, mut r) = vw_dldm::train::clip::load_clip_renderer(&out.join(CLIP_DIR), &dev)?;
+                    if trained == 0 && passes > 0 {
+                        break;
+                    }
+                    r.set_snap(passes)?;
+                    let d = vw_dldm::clip::ClipDynamics { ldm: s1, renderer: r };
+                    score_twins(&d, &format!(", {passes} snap passes"))?;
+                }
+            }
+            _ => score_twins(ldm.as_ref(), "")?,
         }
         return Ok(());
     }

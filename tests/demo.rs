@@ -95,6 +95,17 @@ fn the_committed_checkpoints_match_the_cpu_demo() {
     let layers =
         stored.clip.as_ref().and_then(|c| c.layers_init.as_ref()).expect("the CPU demo starts from committed layers");
     assert!(root.join(layers).join("checkpoint.json").exists(), "{}", layers.display());
+    // The snap networks come with the committed layers (they see only frames): the demo's clip
+    // stage then trains only what reads the codes.
+    if stored.clip.as_ref().is_some_and(|c| c.snap > 0) {
+        let (_, tensors) =
+            videoworld::dldm::train::clip::layer_tensors(&root.join(layers), &candle_core::Device::Cpu).unwrap();
+        assert!(
+            tensors.iter().any(|(k, _)| videoworld::dldm::clip::is_snap_key(k)),
+            "no snap networks in {}",
+            layers.display()
+        );
+    }
     for dir in ["dldm", "vw1-ldm", "clip-dldm", "policy-dldm", "policy-vw1-ldm", "actions-dldm", "actions-vw1-ldm"] {
         assert!(root.join("checkpoints/craftworld").join(dir).join("checkpoint.json").exists(), "{dir}");
     }

@@ -24,6 +24,11 @@
 //! Either way every pixel of a render is a pixel of the clip's first frame (or, for the selector,
 //! a fill colour), so a rollout chains one render per clip, not one per frame.
 //!
+//! The codes say how far things move to a pixel or two, and over a task those errors add up. With
+//! [`ClipRendererConfig::snap`], two small networks place the clip's grasp and release from its
+//! first frame near where the codes put them ([`ClipRenderer::snap_clip`]): the gripper closes
+//! where the frame shows its block, and lets go where blocks came to rest in the expert's videos.
+//!
 //! Training needs no labels: the motion of each transition comes from the frames themselves
 //! ([`dominant_motion`]: the displacement that explains most changed pixels, and whether vivid
 //! (block-coloured) pixels move with it). The training loop is in [`crate::train::clip`].
@@ -75,6 +80,13 @@ pub struct ClipRendererConfig {
     /// Its training needs the layer networks before the motion phase (`layers_init`). Off in
     /// configs written before it existed.
     pub step_reader_sees_gripper: bool,
+    /// [`Compositor::Layers`] only: the learned placement prior, 0 = off (configs written before
+    /// it existed). Each of `snap` passes ([`ClipRenderer::snap_clip`]) moves the grasp onto the
+    /// block the frame shows near where the codes put it, and the release to a place near the
+    /// codes' one where, in the expert's videos, blocks come to rest. The codes say where to go to
+    /// a pixel or two, and those errors add up over a task; the frame says it exactly, as the
+    /// paper's video model draws a plausible outcome of coarse codes from the frame it sees.
+    pub snap: usize,
 }
 
 /// How the clip renderer puts a frame together from the clip's first frame.
@@ -113,6 +125,7 @@ impl Default for ClipRendererConfig {
             settle: false,
             step_reader: false,
             step_reader_sees_gripper: false,
+            snap: 0,
         }
     }
 }
@@ -365,6 +378,96 @@ impl ConvStack {
     }
 }
 
+/// Side of the crops the snap networks see ([`ClipRenderer::snap_offsets`]) in frames of side
+/// `image_size`: 24 px at 64 (four cells of CraftWorld), a multiple of 4.
+pub fn snap_crop(image_size: usize) -> usize {
+    (image_size * 3 / 8 / 4).max(2) * 4
+}
+
+/// How far (px, on each axis, uniform) the snap networks' training moves a point off the true one.
+pub const SNAP_RANGE: f32 = 6.0;
+
+/// Which point of a recipe step a snap network places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapPoint {
+    /// The gripper's fingertips where it closes on its block.
+    Grasp,
+    /// The gripper's fingertips where it lets its block go.
+    Release,
+}
+
+/// A snap network: three 3x3 convolutions (the last two of stride 2) on a crop centred on a point,
+/// and two linear layers to the offset from the crop's centre to the true point, in units of
+/// `motion_scale` pixels.
+struct SnapNet {
+    convs: [Conv2d; 3],
+    fc: [Linear; 2],
+}
+
+impl SnapNet {
+    fn new(channels: usize, crop: usize, vb: VarBuilder) -> Result<Self> {
+        let (c, c2) = (channels, 2 * channels);
+        let cc = |stride| Conv2dConfig { padding: 1, stride, ..Default::default() };
+        let convs = [
+            candle_nn::conv2d(3, c, 3, cc(1), vb.pp("0"))?,
+            candle_nn::conv2d(c, c2, 3, cc(2), vb.pp("1"))?,
+            candle_nn::conv2d(c2, c2, 3, cc(2), vb.pp("2"))?,
+        ];
+        let side = crop / 4;
+        let fc = [candle_nn::linear(c2 * side * side, 64, vb.pp("fc0"))?, candle_nn::linear(64, 2, vb.pp("fc1"))?];
+        Ok(Self { convs, fc })
+    }
+
+    fn forward(&self, crops: &Tensor) -> Result<Tensor> {
+        let mut x = crops.clone();
+        for c in &self.convs {
+            x = c.forward(&x)?.gelu()?;
+        }
+        let x = x.flatten_from(1)?;
+        Ok(self.fc[1].forward(&self.fc[0].forward(&x)?.gelu()?)?)
+    }
+}
+
+/// Crops of side `side` of `x` `(B, C, H, W)`, crop `b` centred on the pixel `centres[b]` (its
+/// centre is pixel `side / 2` of the crop); pixels outside the frame repeat the nearest edge.
+pub fn crop_at(x: &Tensor, centres: &[(i64, i64)], side: usize) -> Result<Tensor> {
+    let half = (side / 2) as i64;
+    let shifts: Vec<(i64, i64)> = centres.iter().map(|&(cx, cy)| (half - cx, half - cy)).collect();
+    Ok(shift_images(x, &shifts)?.narrow(2, 0, side)?.narrow(3, 0, side)?)
+}
+
+/// The grasp point of a clip whose gripper's fingertips start at `tip` (px) under `motions`: the
+/// fingertips after the transitions before its first carried stretch; with the stretch. `None`
+/// when nothing is carried, or the clip starts carried (no grasp inside it).
+pub fn grasp_point(tip: (f32, f32), motions: &[TransitionMotion]) -> Option<((f32, f32), std::ops::Range<usize>)> {
+    let s = carried_stretch(motions).filter(|s| s.start > 0)?;
+    let g = motions[..s.start].iter().fold(tip, |a, m| (a.0 + m.dx, a.1 + m.dy));
+    Some((g, s))
+}
+
+/// The bottom of each mask whose logits are `logits` `(B, 1, H, W)`, px: the lowest row with at
+/// least two pixels of the mask, and the mean column of the mask's pixels in that row and the two
+/// above it: of the gripper's layer, the fingertips (the arm reaches up out of the frame, so the
+/// layer's centre is not the hand). `None` for a mask without such a row.
+pub fn mask_bottoms(logits: &Tensor) -> Result<Vec<Option<(f32, f32)>>> {
+    let m = logits.ge(0f32)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+    Ok(m.iter()
+        .map(|img| {
+            let row = (0..img.len()).rev().find(|&y| img[y].iter().filter(|&&v| v > 0.5).count() >= 2)?;
+            let (mut sx, mut n) = (0f32, 0f32);
+            for line in &img[row.saturating_sub(2)..=row] {
+                for (x, &v) in line.iter().enumerate() {
+                    if v > 0.5 {
+                        sx += x as f32;
+                        n += 1.0;
+                    }
+                }
+            }
+            Some((sx / n, row as f32))
+        })
+        .collect())
+}
+
 /// The clip renderer: a motion MLP (codes of a transition -> its motion) and the convolutions of
 /// its compositor (one selector, or a gripper-layer and a block-layer finder).
 pub struct ClipRenderer {
@@ -373,6 +476,8 @@ pub struct ClipRenderer {
     /// [`ClipRendererConfig::step_reader`].
     step_reader: Option<[Linear; 2]>,
     nets: Vec<ConvStack>,
+    /// [`ClipRendererConfig::snap`]: the grasp's and the release's networks.
+    snap: Option<[SnapNet; 2]>,
 }
 
 impl ClipRenderer {
@@ -419,7 +524,19 @@ impl ClipRenderer {
             }
             false => None,
         };
-        Ok(Self { cfg: cfg.clone(), motion, step_reader, nets })
+        if cfg.snap > 0 && cfg.compositor != Compositor::Layers {
+            return Err(Error::Invalid("clip renderer: snap needs the layers compositor".into()));
+        }
+        let snap = match cfg.snap > 0 {
+            true => {
+                // Under the layers' scope: they see only frames, never codes, so they carry over
+                // between renderers of different dLDMs with the layer networks.
+                let (sn, crop) = (vb.pp(LAYER_SCOPE).pp(SNAP_SCOPE), snap_crop(cfg.image_size));
+                Some([SnapNet::new(c, crop, sn.pp("grasp"))?, SnapNet::new(c, crop, sn.pp("release"))?])
+            }
+            false => None,
+        };
+        Ok(Self { cfg: cfg.clone(), motion, step_reader, nets, snap })
     }
 
     /// The config.
@@ -431,6 +548,16 @@ impl ClipRenderer {
     /// be drawn either way).
     pub fn set_settle(&mut self, on: bool) {
         self.cfg.settle = on;
+    }
+
+    /// Sets the passes of [`ClipRendererConfig::snap`] (a renderer trained with snap can be drawn
+    /// with any number, 0 included); an error for passes on a renderer built without snap.
+    pub fn set_snap(&mut self, passes: usize) -> Result<()> {
+        if passes > 0 && self.snap.is_none() {
+            return Err(Error::Invalid("clip renderer: built without snap".into()));
+        }
+        self.cfg.snap = passes;
+        Ok(())
     }
 
     /// The FSQ vectors of code indices `(N, Q)` flattened to `(N, Q * levels)`.
@@ -527,14 +654,101 @@ impl ClipRenderer {
     /// codes ([`Self::clip_motions`]), drawn by [`Self::render_steps`]. With
     /// [`ClipRendererConfig::step_reader_sees_gripper`] the clips are read one at a time, each with
     /// the gripper's position in its own first frame, the last frame rendered before it.
+    ///
+    /// With [`ClipRendererConfig::snap`] each clip's grasp and release are then placed from its
+    /// first frame ([`Self::snap_clip`]).
     pub fn render_codes(&self, first: &Tensor, idx: &Tensor) -> Result<Tensor> {
         let (_, s, _) = idx.dims3()?;
-        if !self.reads_gripper(s) {
+        if !self.reads_gripper(s) && self.cfg.snap == 0 {
             return self.render_steps(first, &self.clip_motions(idx, None)?);
         }
         self.chain_clips(first, s, |cur, j0, n| {
-            self.clip_motions(&idx.narrow(1, j0, n)?, Some(&self.gripper_position(cur)?))
+            let codes = idx.narrow(1, j0, n)?;
+            let mut motions = match self.reads_gripper(s) {
+                true => self.clip_motions(&codes, Some(&self.gripper_position(cur)?))?,
+                false => self.clip_motions(&codes, None)?,
+            };
+            for _ in 0..self.cfg.snap {
+                self.snap_clip(cur, &mut motions)?;
+            }
+            Ok(motions)
         })
+    }
+
+    /// The snap network `which`'s offsets `(B, 2)` (px) from the pixels `centres` of `frames`
+    /// `(B, 3, H, W)` to where it places that point ([`SnapPoint`]). An error without
+    /// [`ClipRendererConfig::snap`].
+    pub fn snap_offsets(&self, which: SnapPoint, frames: &Tensor, centres: &[(i64, i64)]) -> Result<Tensor> {
+        let nets = self.snap.as_ref().ok_or_else(|| Error::Invalid("clip renderer: built without snap".into()))?;
+        let net = &nets[(which == SnapPoint::Release) as usize];
+        let crops = crop_at(&frames.to_dtype(DType::F32)?, centres, snap_crop(self.cfg.image_size))?;
+        Ok((net.forward(&crops)? * self.cfg.motion_scale)?)
+    }
+
+    /// The learned placement prior, one pass, on the motions of clips whose first frames are
+    /// `first` `(B, 3, H, W)`: where the gripper's fingertips are ([`mask_bottoms`] of its layer)
+    /// and where the motions grasp ([`grasp_point`]); the grasp network's offset from there goes
+    /// to the last transition before the carried stretch, so the gripper closes where the frame
+    /// shows its block (and the block's layer finds it). Then the release, the fingertips at the
+    /// end of the carried stretch from the corrected grasp: the release network's offset from
+    /// there goes to the stretch's last transition, so the block is let go where, in the expert's
+    /// videos, blocks come to rest. Clips without a grasp, or whose gripper's layer is empty, are
+    /// left as they are.
+    pub fn snap_clip(&self, first: &Tensor, motions: &mut [Vec<TransitionMotion>]) -> Result<()> {
+        self.snap_from(first, &mask_bottoms(&self.gripper_layer(first)?)?, motions)
+    }
+
+    /// [`Self::snap_clip`] with the fingertips `tips` of each first frame given.
+    pub fn snap_from(
+        &self,
+        first: &Tensor,
+        tips: &[Option<(f32, f32)>],
+        motions: &mut [Vec<TransitionMotion>],
+    ) -> Result<()> {
+        if tips.len() != motions.len() || first.dim(0)? != motions.len() {
+            return Err(Error::Invalid(format!(
+                "snap: {} frames, {} fingertips, {} motion rows",
+                first.dim(0)?,
+                tips.len(),
+                motions.len()
+            )));
+        }
+        let rows: Vec<(usize, (f32, f32), std::ops::Range<usize>)> = tips
+            .iter()
+            .zip(motions.iter())
+            .enumerate()
+            .filter_map(|(b, (tip, m))| tip.and_then(|t| grasp_point(t, m)).map(|(g, s)| (b, g, s)))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let grasps = self.snap_points(SnapPoint::Grasp, first, &rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>())?;
+        // The carried stretch moves the release with the grasp.
+        let releases: Vec<(usize, (f32, f32))> = rows
+            .iter()
+            .zip(&grasps)
+            .map(|((b, _, s), &g)| (*b, motions[*b][s.clone()].iter().fold(g, |a, m| (a.0 + m.dx, a.1 + m.dy))))
+            .collect();
+        let placed = self.snap_points(SnapPoint::Release, first, &releases)?;
+        for (((b, g, s), g2), (r, r2)) in rows.iter().zip(grasps).zip(releases.iter().zip(placed)) {
+            let before = &mut motions[*b][s.start - 1];
+            before.dx += g2.0 - g.0;
+            before.dy += g2.1 - g.1;
+            let last = &mut motions[*b][s.end - 1];
+            last.dx += r2.0 - r.1 .0;
+            last.dy += r2.1 - r.1 .1;
+        }
+        Ok(())
+    }
+
+    /// Where the snap network `which` places the points `at[i] = (b, p)` of the frames `frames[b]`:
+    /// the rounded point plus its offset.
+    fn snap_points(&self, which: SnapPoint, frames: &Tensor, at: &[(usize, (f32, f32))]) -> Result<Vec<(f32, f32)>> {
+        let idx = Tensor::from_vec(at.iter().map(|a| a.0 as u32).collect(), at.len(), frames.device())?;
+        let frames = frames.contiguous()?.index_select(&idx, 0)?;
+        let centres: Vec<(i64, i64)> = at.iter().map(|a| (a.1 .0.round() as i64, a.1 .1.round() as i64)).collect();
+        let off = self.snap_offsets(which, &frames, &centres)?.to_vec2::<f32>()?;
+        Ok(centres.iter().zip(off).map(|(c, o)| (c.0 as f32 + o[0], c.1 as f32 + o[1])).collect())
     }
 
     /// One row of motion outputs (displacement in `motion_scale` pixels, carried logit) as a motion.
@@ -677,7 +891,17 @@ fn mix(candidates: &Tensor, weights: &Tensor, fill: &Tensor) -> Result<Tensor> {
 /// carry over between renderers of different dLDMs.
 pub const LAYER_SCOPE: &str = "layers";
 
-/// Whether the weight `key` belongs to the layer networks ([`LAYER_SCOPE`]).
+/// The scope of the snap networks ([`ClipRendererConfig::snap`]) inside [`LAYER_SCOPE`]: keys
+/// `layers.snap.grasp.*`, `layers.snap.release.*`.
+pub const SNAP_SCOPE: &str = "snap";
+
+/// Whether the weight `key` belongs to the snap networks.
+pub fn is_snap_key(key: &str) -> bool {
+    key.starts_with(&format!("{LAYER_SCOPE}.{SNAP_SCOPE}."))
+}
+
+/// Whether the weight `key` belongs to the layer networks ([`LAYER_SCOPE`]; the snap networks
+/// included).
 pub fn is_layer_key(key: &str) -> bool {
     key.strip_prefix(LAYER_SCOPE).is_some_and(|rest| rest.starts_with('.'))
 }

@@ -10,9 +10,9 @@ use super::craft::{Augment, Transitions, FOREGROUND_THRESHOLD};
 use super::{fit, seeded_var_builder, RunDir, TrainConfig, Trainer};
 use crate::baseline::TinyLdm;
 use crate::clip::{
-    bce_with_logits_each, clip_candidates, clip_translations, compose_layers, is_layer_key, layer_fill, motion_loss,
-    motion_targets, pixel_l1, shift_images, ClipRenderer, ClipRendererConfig, ClipTranslations, Compositor,
-    MotionTeacher, TransitionMotion,
+    bce_with_logits_each, clip_candidates, clip_translations, compose_layers, grasp_point, is_layer_key, is_snap_key,
+    layer_fill, mask_bottoms, motion_loss, motion_targets, pixel_l1, shift_images, ClipRenderer, ClipRendererConfig,
+    ClipTranslations, Compositor, MotionTeacher, SnapPoint, TransitionMotion, SNAP_RANGE,
 };
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -140,14 +140,18 @@ pub fn layer_tensors(run: &Path, device: &Device) -> Result<(TrainState, Vec<(St
 }
 
 /// Sets the layer networks of `varmap` to those of the renderer run `from` ([`layer_tensors`]),
-/// whose layers must have the same shapes.
+/// whose layers must have the same shapes. Its snap networks ([`is_snap_key`]) are copied where
+/// this renderer has them and left out where it does not.
 fn copy_layers(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
     let (_, layers) = layer_tensors(from, device).map_err(|e| Error::Invalid(format!("layers_init: {e}")))?;
     let vars = varmap.data().lock().map_err(|_| Error::Invalid("layers_init: poisoned variable map".into()))?;
     for (k, t) in layers {
-        let var = vars
-            .get(&k)
-            .ok_or_else(|| Error::Invalid(format!("layers_init {}: {k} is not in this renderer", from.display())))?;
+        let Some(var) = vars.get(&k) else {
+            if is_snap_key(&k) {
+                continue;
+            }
+            return Err(Error::Invalid(format!("layers_init {}: {k} is not in this renderer", from.display())));
+        };
         var.set(&t).map_err(|e| Error::Invalid(format!("layers_init {}: {k}: {e}", from.display())))?;
     }
     Ok(())
@@ -171,6 +175,68 @@ pub fn step_reader_loss(
     let pred = r.clip_motion_outputs(&idx.reshape((starts.len(), len, q))?, gripper)?.reshape((ids.len(), 3))?;
     let target = motion_targets(&d.motions, &ids, r.config().motion_scale, dev)?;
     Ok((pred.narrow(1, 0, 2)? - target.narrow(1, 0, 2)?)?.abs()?.mean_all()?)
+}
+
+/// One example of the snap networks: a recipe step's first frame (its index in the training
+/// frames), and where the teacher's motions grasp and release from the gripper's fingertips there.
+pub struct SnapExample {
+    /// Index of the step's first frame.
+    pub frame: u32,
+    /// The fingertips where the gripper closes (px).
+    pub grasp: (f32, f32),
+    /// The fingertips where it lets go (px).
+    pub release: (f32, f32),
+}
+
+/// The snap examples of the clips of `len` transitions starting at the transitions `starts` of
+/// `data`: the fingertips of their first frames ([`mask_bottoms`] of the renderer's gripper layer)
+/// moved by the teacher's motions to the grasp ([`grasp_point`]) and on through the carried
+/// stretch. Clips without a grasp, or whose gripper's layer is empty, are left out.
+pub fn snap_examples(
+    r: &ClipRenderer,
+    data: &Transitions,
+    d: &ClipData,
+    starts: &[usize],
+    len: usize,
+) -> Result<Vec<SnapExample>> {
+    let mut out = Vec::new();
+    for chunk in starts.chunks(64) {
+        let at: Vec<u32> = chunk.iter().map(|&i| data.starts[i]).collect();
+        let firsts = data.frames.index_select(&Tensor::from_vec(at.clone(), at.len(), data.frames.device())?, 0)?;
+        let tips = mask_bottoms(&r.gripper_layer(&firsts.to_dtype(DType::F32)?)?)?;
+        for ((&i, frame), tip) in chunk.iter().zip(at).zip(tips) {
+            let ms = &d.motions[i..i + len];
+            let Some((grasp, stretch)) = tip.and_then(|t| grasp_point(t, ms)) else { continue };
+            let release = ms[stretch].iter().fold(grasp, |a, m| (a.0 + m.dx, a.1 + m.dy));
+            out.push(SnapExample { frame, grasp, release });
+        }
+    }
+    Ok(out)
+}
+
+/// The snap network `which`'s loss: each true point of `points` on `frames` `(B, 3, H, W)` is
+/// moved off by up to [`SNAP_RANGE`] px on each axis (uniform), and the network must find the way
+/// back from the crop centred there; L1 in units of `motion_scale` pixels.
+pub fn snap_loss(
+    r: &ClipRenderer,
+    which: SnapPoint,
+    frames: &Tensor,
+    points: &[(f32, f32)],
+    rng: &mut impl Rng,
+) -> Result<Tensor> {
+    let mut centres = Vec::with_capacity(points.len());
+    let mut want = Vec::with_capacity(2 * points.len());
+    for &(x, y) in points {
+        let c = (
+            (x + rng.random_range(-SNAP_RANGE..=SNAP_RANGE)).round() as i64,
+            (y + rng.random_range(-SNAP_RANGE..=SNAP_RANGE)).round() as i64,
+        );
+        centres.push(c);
+        want.extend([x - c.0 as f32, y - c.1 as f32]);
+    }
+    let want = Tensor::from_vec(want, (points.len(), 2), frames.device())?;
+    let pred = r.snap_offsets(which, frames, &centres)?;
+    Ok(((pred - want)?.abs()?.mean_all()? / r.config().motion_scale)?)
 }
 
 /// The fill is the target where no copy comes within this channel-summed L1 ([-1, 1] units).
@@ -238,13 +304,26 @@ pub fn train_clip_renderer(
     let model = ClipRenderer::new(&cfg.renderer, seeded_var_builder(&varmap, cfg.init_seed, DType::F32, device))?;
     let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?;
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
+    // The snap networks train in the motion phase unless they come with the layers (frozen then,
+    // like the layers).
+    let snap_given = match &cfg.layers_init {
+        Some(from) if cfg.renderer.snap > 0 => layer_tensors(from, device)
+            .map_err(|e| Error::Invalid(format!("layers_init: {e}")))?
+            .1
+            .iter()
+            .any(|(k, _)| is_snap_key(k)),
+        _ => false,
+    };
     if let (None, Some(from)) = (&resumed, &cfg.layers_init) {
         copy_layers(&varmap, from, device)?;
     }
-    if cfg.renderer.step_reader_sees_gripper && resumed.is_none() && cfg.layers_init.is_none() {
+    if (cfg.renderer.step_reader_sees_gripper || cfg.renderer.snap > 0)
+        && resumed.is_none()
+        && cfg.layers_init.is_none()
+    {
         return Err(Error::Invalid(
-            "clip renderer: a step reader that sees the gripper reads its position with the layer networks, \
-             which train after it: give layers_init"
+            "clip renderer: a step reader that sees the gripper, and snap, read the gripper's position with the \
+             layer networks, which train after them: give layers_init"
                 .into(),
         ));
     }
@@ -284,6 +363,15 @@ pub fn train_clip_renderer(
         }
         false => None,
     };
+    // The snap networks' examples: the first frame of each of those clips, and where the teacher's
+    // motions grasp and release from the fingertips there.
+    let snap_points = match cfg.renderer.snap > 0 && !snap_given {
+        true => snap_examples(&model, data, &clip_data, &steps, k_max)?,
+        false => Vec::new(),
+    };
+    if cfg.renderer.snap > 0 && !snap_given && snap_points.is_empty() {
+        return Err(Error::Invalid("clip renderer: snap needs expert recipe steps that carry a block".into()));
+    }
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {
         // Two phases in one resumable run: the motion MLP first (the selector's training clips
         // use its motions, and its few weights fit in seconds), then the selector.
@@ -308,6 +396,23 @@ pub fn train_clip_renderer(
                 let s_loss = step_reader_loss(&model, &clip_data, &starts, k_max, grippers.as_ref())?;
                 ctx.extra.insert("step_reader".into(), s_loss.to_scalar::<f32>()?.into());
                 m_loss = (m_loss + s_loss)?;
+            }
+            if !snap_points.is_empty() {
+                let n = (cfg.motion_batch / k_max.max(1)).max(1);
+                let picked: Vec<&SnapExample> =
+                    (0..n).map(|_| &snap_points[ctx.rng.random_range(0..snap_points.len())]).collect();
+                let at = Tensor::from_vec(picked.iter().map(|e| e.frame).collect(), n, frames.device())?;
+                let firsts = frames.index_select(&at, 0)?.to_dtype(DType::F32)?;
+                // The appearance augmentation without its grating, which needs foreground masks.
+                let look = Augment { background_only: false, grating: 0.0, ..cfg.augment };
+                let (firsts, _) = look.apply_frames(&firsts, ctx.rng, n, 0..n)?;
+                for (which, name) in [(SnapPoint::Grasp, "snap_grasp"), (SnapPoint::Release, "snap_release")] {
+                    let points: Vec<(f32, f32)> =
+                        picked.iter().map(|e| if which == SnapPoint::Grasp { e.grasp } else { e.release }).collect();
+                    let l = snap_loss(&model, which, &firsts, &points, ctx.rng)?;
+                    ctx.extra.insert(name.into(), l.to_scalar::<f32>()?.into());
+                    m_loss = (m_loss + l)?;
+                }
             }
             return Ok(m_loss);
         }
@@ -526,6 +631,125 @@ mod tests {
         ClipRenderer::new(&crate::clip::ClipRendererConfig::tiny(), seeded_var_builder(&off, 3, DType::F32, &dev))?;
         assert!(off.data().lock().unwrap().keys().all(|k| !k.starts_with("step_reader")));
         assert!(varmap.data().lock().unwrap().keys().any(|k| k.starts_with("step_reader")));
+        Ok(())
+    }
+
+    #[test]
+    fn crops_mask_bottoms_and_the_grasp_point() -> Result<()> {
+        let dev = Device::Cpu;
+        // A 16 x 16 frame, zero but for pixel (x 5, y 9): a crop of 8 centred there has it at (4, 4).
+        let mut v = vec![0f32; 3 * 256];
+        v[9 * 16 + 5] = 1.0;
+        let x = Tensor::from_vec(v, (1, 3, 16, 16), &dev)?;
+        let c = crate::clip::crop_at(&x, &[(5, 9)], 8)?;
+        assert_eq!(c.dims(), [1, 3, 8, 8]);
+        let c = c.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(c.iter().position(|&p| p == 1.0), Some(4 * 8 + 4));
+        assert_eq!(c.iter().filter(|&&p| p != 0.0).count(), 1);
+        // A gripper layer: an arm down column 7 to row 6, a palm on row 7 (columns 5-9), fingers at
+        // columns 5 and 9 down to row 10, one stray pixel on row 12 (not a row of two).
+        let mut l = vec![-1f32; 256];
+        for y in 0..7 {
+            l[y * 16 + 7] = 1.0;
+        }
+        for xx in 5..10 {
+            l[7 * 16 + xx] = 1.0;
+        }
+        for y in 8..11 {
+            l[y * 16 + 5] = 1.0;
+            l[y * 16 + 9] = 1.0;
+        }
+        l[12 * 16 + 3] = 1.0;
+        let empty = vec![-1f32; 256];
+        let tips = mask_bottoms(&Tensor::from_vec([l, empty].concat(), (2, 1, 16, 16), &dev)?)?;
+        assert_eq!(tips, vec![Some((7.0, 10.0)), None]);
+        // Reach, descend, lift and carry (carried), lower (carried), retreat.
+        let m = |dx: f32, dy: f32, carried: bool| TransitionMotion { dx, dy, carried };
+        let ms = [m(3.0, 0.5, false), m(0.0, 2.0, false), m(0.0, -4.0, true), m(6.5, 0.0, true), m(0.0, 1.0, false)];
+        assert_eq!(grasp_point((7.0, 10.0), &ms), Some(((10.0, 12.5), 2..4)));
+        // No grasp inside the clip: nothing carried, or carried from its first transition.
+        assert!(grasp_point((7.0, 10.0), &ms[..2]).is_none());
+        assert!(grasp_point((7.0, 10.0), &ms[2..]).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_snap_network_learns_to_find_its_block_and_snapping_moves_the_grasp_and_release_there() -> Result<()> {
+        use candle_nn::Optimizer;
+        use rand::SeedableRng;
+        // 32 x 32 frames on a grey wall, each with one 4-px block of a random colour at a random
+        // place; the grasp point is the middle of its top edge.
+        let cfg = ClipRendererConfig { snap: 1, ..ClipRendererConfig::tiny() };
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut scenes = |n: usize| -> Result<(Tensor, Vec<(f32, f32)>)> {
+            let (mut v, mut points) = (Vec::new(), Vec::new());
+            for _ in 0..n {
+                let (x, y) = (rng.random_range(6..22usize), rng.random_range(8..24usize));
+                let rgb: [f32; 3] = std::array::from_fn(|_| rng.random_range(-1f32..1.0));
+                let mut f = vec![0.1f32; 3 * 1024];
+                for (c, &value) in rgb.iter().enumerate() {
+                    for yy in y..y + 4 {
+                        for xx in x..x + 4 {
+                            f[c * 1024 + yy * 32 + xx] = value;
+                        }
+                    }
+                }
+                v.extend(f);
+                points.push((x as f32 + 1.5, y as f32));
+            }
+            Ok((Tensor::from_vec(v, (n, 3, 32, 32), &dev)?, points))
+        };
+        let varmap = VarMap::new();
+        let r = ClipRenderer::new(&cfg, seeded_var_builder(&varmap, 3, DType::F32, &dev))?;
+        let mut opt = candle_nn::AdamW::new_lr(varmap.all_vars(), 3e-3)?;
+        let mut train_rng = rand::rngs::StdRng::seed_from_u64(6);
+        let (test, test_points) = scenes(64)?;
+        let error = |r: &ClipRenderer, rng: &mut rand::rngs::StdRng| -> Result<f32> {
+            Ok(snap_loss(r, SnapPoint::Grasp, &test, &test_points, rng)?.to_scalar::<f32>()? * 8.0)
+        };
+        let before = error(&r, &mut rand::rngs::StdRng::seed_from_u64(7))?;
+        for _ in 0..300 {
+            let (x, points) = scenes(32)?;
+            let loss = snap_loss(&r, SnapPoint::Grasp, &x, &points, &mut train_rng)?;
+            opt.backward_step(&loss)?;
+        }
+        // Mean error per axis in px (the loss is the mean over both axes in units of motion_scale = 8 px).
+        let after = error(&r, &mut rand::rngs::StdRng::seed_from_u64(7))?;
+        assert!(before > 2.0, "untrained: {before} px");
+        assert!(after < 1.0, "trained: {after} px (untrained {before})");
+        // snap_from puts the grasp where the grasp network says from the rounded grasp point, by
+        // the last transition before the carried stretch; and the release, from the corrected
+        // grasp, where the release network says, by the stretch's last transition.
+        let first = test.narrow(0, 0, 3)?;
+        let tips = [Some((12.0, 9.0)), None, Some((20.5, 14.0))];
+        let m = |dx: f32, dy: f32, carried: bool| TransitionMotion { dx, dy, carried };
+        let ms =
+            vec![m(1.0, 2.0, false), m(0.4, 1.0, false), m(0.0, -3.0, true), m(3.0, 0.0, true), m(0.0, 1.0, false)];
+        let mut rows = vec![ms.clone(), ms.clone(), ms.clone()];
+        r.snap_from(&first, &tips, &mut rows)?;
+        assert!(r.snap_from(&first, &tips[..2], &mut rows.clone()).is_err());
+        let placed = |which, b: usize, p: (f32, f32)| -> Result<(f32, f32)> {
+            let c = (p.0.round() as i64, p.1.round() as i64);
+            let o = r.snap_offsets(which, &first.narrow(0, b, 1)?, &[c])?.to_vec2::<f32>()?[0].clone();
+            Ok((c.0 as f32 + o[0], c.1 as f32 + o[1]))
+        };
+        let close = |a: (f32, f32), b: (f32, f32)| (a.0 - b.0).abs() < 1e-4 && (a.1 - b.1).abs() < 1e-4;
+        let release =
+            |g: (f32, f32), row: &[TransitionMotion]| (g.0 + row[2].dx + row[3].dx, g.1 + row[2].dy + row[3].dy);
+        for (b, tip) in tips.iter().enumerate() {
+            let Some(tip) = *tip else {
+                assert_eq!(rows[b], ms, "no fingertips: left alone");
+                continue;
+            };
+            let (g, _) = grasp_point(tip, &ms).unwrap();
+            let (g2, _) = grasp_point(tip, &rows[b]).unwrap();
+            assert!(close(g2, placed(SnapPoint::Grasp, b, g)?), "grasp {g2:?}");
+            let want = placed(SnapPoint::Release, b, release(g2, &ms))?;
+            assert!(close(release(g2, &rows[b]), want), "release {:?} {want:?}", release(g2, &rows[b]));
+            let same = |k: usize| rows[b][k] == ms[k];
+            assert!(same(0) && !same(1) && same(2) && !same(3) && same(4), "descend and lower move: {:?}", rows[b]);
+        }
         Ok(())
     }
 

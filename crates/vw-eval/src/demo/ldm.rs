@@ -122,6 +122,11 @@ pub struct ClipStageConfig {
     /// The renderer run whose layer networks start this one's (`None`: from scratch).
     #[serde(default)]
     pub layers_init: Option<std::path::PathBuf>,
+    /// Passes of the learned placement prior (`ClipRendererConfig::snap`, 0 = off; needs
+    /// `layers_init`). Its networks see only frames, so they come with the committed layers
+    /// when those have them, and train in the motion phase when not.
+    #[serde(default)]
+    pub snap: usize,
 }
 
 /// The committed layer networks of the clip renderer (a stripped renderer run; docs/results.md
@@ -140,6 +145,9 @@ impl ClipStageConfig {
             // look's first steps with this dLDM (docs/results.md, "The step reader sees the gripper").
             sees_gripper: false,
             layers_init: Some(PRETRAINED_LAYERS.into()),
+            // The grasp and the release placed from the frame (docs/results.md, "A learned
+            // placement prior").
+            snap: 1,
         }
     }
     /// GPU size: the committed layers, fine-tuned.
@@ -149,7 +157,7 @@ impl ClipStageConfig {
     /// Integration-test size (layers from scratch, a few steps; so the step reader cannot see the
     /// gripper, whose position the layers read).
     pub fn test() -> Self {
-        Self { steps: 2, motion_steps: 3, batch: 2, step_reader: true, sees_gripper: false, layers_init: None }
+        Self { steps: 2, motion_steps: 3, batch: 2, step_reader: true, sees_gripper: false, layers_init: None, snap: 0 }
     }
 }
 
@@ -170,6 +178,7 @@ pub fn clip_config(s1: &Stage1Config, c: &ClipStageConfig, seed: u64) -> ClipTra
     cfg.renderer.step_reader = c.step_reader;
     cfg.renderer.step_reader_sees_gripper = c.sees_gripper;
     cfg.layers_init = c.layers_init.clone();
+    cfg.renderer.snap = c.snap;
     // The block's layer finds its block when the codes' grasp pose is a little off.
     cfg.grasp_jitter = 3;
     cfg
@@ -199,9 +208,11 @@ pub fn train_clip(
 /// Checks before any training that the layer networks a clip stage starts from are there (they
 /// are committed in the repository, at a path relative to its root).
 pub fn check_clip_stage(c: &ClipStageConfig) -> Result<()> {
-    if c.sees_gripper && c.layers_init.is_none() {
+    if (c.sees_gripper || c.snap > 0) && c.layers_init.is_none() {
         return Err(crate::Error::Invalid(
-            "clip stage: a step reader that sees the gripper needs layers_init (the layers read its position)".into(),
+            "clip stage: a step reader that sees the gripper, and snap, need layers_init (the layers read the \
+             gripper's position)"
+                .into(),
         ));
     }
     match c.layers_init.as_ref().filter(|p| !p.exists()) {
