@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release --example policy_data -- --episodes 384 --out runs/pd-384 [--steps 450]
 //!     [--checkpoints checkpoints/craftworld] [--eval 32] [--policy DIR (score this policy, no training)]
+//!     [--replan on (train on every step's start frame; score re-planning at every step)]
 //!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
 //!     [--clip-snap N (first retrain the demo's clip renderer into OUT/clip-dldm with N snap passes)]
 //!     [--layers-from RENDERER_DIR (with --clip-snap: its layer networks instead of the committed ones)]
@@ -33,6 +34,30 @@ const UNSEEN_OFFSET: usize = 100_000;
 fn report(name: &str, r: &Scored) {
     let curve: Vec<String> = r.result.success.rate.iter().map(|x| format!("{:.0}%", 100.0 * x)).collect();
     println!("{name:44} steps 1..: {:32} whole task {:.1}%", curve.join(" "), 100.0 * r.result.success.full_task);
+}
+
+/// The policy re-planning at every recipe step from the frame the step starts from
+/// (`vw_ar_policy::rollout::rollout_replanned`).
+struct Replanned<'a> {
+    policy: &'a vw_ar_policy::Policy,
+    dynamics: &'a dyn vw_dldm::LatentDynamics,
+    opts: GenerateOptions,
+}
+
+impl vw_eval::demo::VideoPredictor for Replanned<'_> {
+    fn name(&self) -> String {
+        "re-planned".into()
+    }
+    fn description(&self) -> String {
+        "the policy re-plans at every step from the frame the step starts from".into()
+    }
+    fn predict(&mut self, first: &candle_core::Tensor, frames: usize) -> vw_eval::Result<candle_core::Tensor> {
+        let r = vw_ar_policy::rollout::rollout_replanned(self.policy, self.dynamics, &first.unsqueeze(0)?, &self.opts)
+            .map_err(|e| vw_eval::Error::Invalid(e.to_string()))?;
+        let v = r.video.squeeze(0)?.to_dtype(DType::F32)?;
+        let t = v.dim(1)? - 1;
+        Ok(v.narrow(1, 1, t.min(frames))?)
+    }
 }
 
 /// How far the policy's greedy plan of the first step agrees with the codes the dLDM extracts from
@@ -71,13 +96,44 @@ fn agreement(
         pct(&prefix, n).join(" "),
         pct(&tokens, n * cpt as f64).join(" ")
     );
+    // Every recipe step: how often the plan's step k is the expert's step k exactly, given that
+    // steps 1..k-1 were too, and the codes right in step k.
+    let (mut whole, mut right, mut total, mut reached) = ([0usize; 8], [0usize; 8], [0usize; 8], [0usize; 8]);
+    for (ep, codes) in eps.iter().zip(&expert) {
+        let x = vw_data::image_tensor::image_to_tensor(&ep.frames[0], dev)?.unsqueeze(0)?;
+        let plan = policy.generate(&x, None, opts)?.steps.into_iter().next().unwrap_or_default();
+        let mut all_before = true;
+        for k in 0..ep.num_steps().min(8) {
+            let want: Vec<u32> = codes[k * tps..(k + 1) * tps].concat();
+            let got = plan.get(k).cloned().unwrap_or_default();
+            right[k] += want.iter().zip(&got).filter(|(a, b)| a == b).count();
+            total[k] += want.len();
+            if all_before {
+                reached[k] += 1;
+                all_before = got == want;
+                whole[k] += usize::from(all_before);
+            }
+        }
+    }
+    let per = |num: &[usize], den: &[usize]| -> Vec<String> {
+        num.iter()
+            .zip(den)
+            .take_while(|(_, &d)| d > 0)
+            .map(|(&a, &d)| format!("{:.0}", 100.0 * a as f64 / d as f64))
+            .collect()
+    };
+    println!(
+        "{look}: plan's step k equals the expert's (after steps 1..k-1 did), k = 1..: {}%; codes right in step k: {}%",
+        per(&whole, &reached).join(" "),
+        per(&right, &total).join(" ")
+    );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut grid, mut hidden, mut layers, mut lr, mut augment) = (None, None, None, None, None);
-    let (mut factors, mut twins) = (false, false);
+    let (mut factors, mut twins, mut replan) = (false, false, false);
     let (mut clip_snap, mut layers_from, mut motion_steps) = (None::<usize>, None::<PathBuf>, None::<u64>);
     let (mut n, mut steps, mut eval, mut out, mut ckpt, mut policy_dir) =
         (96usize, None, 32usize, None, PathBuf::from("checkpoints/craftworld"), None::<PathBuf>);
@@ -105,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--factors" => factors = v == "on",
             "--twins" => twins = v == "on",
+            "--replan" => replan = v == "on",
             "--clip-snap" => clip_snap = Some(v.parse()?),
             "--layers-from" => layers_from = Some(v.into()),
             "--motion-steps" => motion_steps = Some(v.parse()?),
@@ -188,7 +245,14 @@ fn main() -> anyhow::Result<()> {
                 pc.num_hidden_layers = l;
             }
             eprintln!("policy config: {}", serde_json::to_string(&pc)?);
-            let p = vw_eval::demo::train::train_demo_policy(&cfg, &pc, 0, ldm.as_ref(), &train, &out, &opts)?;
+            let p = if replan {
+                let tps = pc.transitions_per_step;
+                let data = vw_ar_policy::craftworld::step_code_dataset(ldm.as_ref(), &train, tps, &dev)?;
+                eprintln!("{} step-start examples", data.len());
+                vw_eval::demo::train::train_demo_policy_on(&cfg, &pc, 0, &data, &out, &opts)?
+            } else {
+                vw_eval::demo::train::train_demo_policy(&cfg, &pc, 0, ldm.as_ref(), &train, &out, &opts)?
+            };
             eprintln!("policy: {} steps on {n} episodes in {:.0} s", cfg.policy_steps, t.elapsed().as_secs_f64());
             p
         }
@@ -201,6 +265,10 @@ fn main() -> anyhow::Result<()> {
     let fps = cfg.craft.frames_per_step;
     // The policy's plans drawn by the clip renderer and judged step by step.
     let score_plans = |eps: &[Episode]| -> anyhow::Result<Scored> {
+        if replan {
+            let mut p = Replanned { policy: &policy, dynamics: ldm.as_ref(), opts };
+            return Ok(score_method(&mut p, eps, fps, 0, &dev)?);
+        }
         let mut p = PlanAndRender {
             name: String::new(),
             description: String::new(),

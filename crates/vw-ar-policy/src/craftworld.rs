@@ -44,6 +44,44 @@ pub fn code_dataset(
     transitions_per_step: usize,
     device: &Device,
 ) -> Result<CodeDataset> {
+    let codes = checked_codes(dynamics, episodes, transitions_per_step, device)?;
+    CodeDataset::from_transition_codes(first_frames(episodes)?, &codes, transitions_per_step, dynamics.vocab_size())
+}
+
+/// The policy's training set for re-planning at every recipe step ([`crate::rollout::rollout_replanned`]):
+/// for every step `k` of every episode, the frame the step starts from (frame 0, or the previous
+/// step's last frame) and the codes of steps `k..` to the end of the task. A policy trained on it
+/// plans from whatever state a frame shows, not only from the untouched scene.
+pub fn step_code_dataset(
+    dynamics: &dyn LatentDynamics,
+    episodes: &[Episode],
+    transitions_per_step: usize,
+    device: &Device,
+) -> Result<CodeDataset> {
+    let codes = checked_codes(dynamics, episodes, transitions_per_step, device)?;
+    let (mut frames, mut rest) = (Vec::new(), Vec::new());
+    for (ep, c) in episodes.iter().zip(&codes) {
+        for k in 0..ep.num_steps() {
+            let start = if k == 0 { 0 } else { ep.steps[k - 1].end_frame };
+            let f =
+                ep.frames.get(start).ok_or_else(|| Error::Invalid(format!("episode {}: no frame {start}", ep.seed)))?;
+            frames.push(vw_data::image_tensor::image_to_tensor(f, &Device::Cpu)?);
+            rest.push(c[k * transitions_per_step..].to_vec());
+        }
+    }
+    if frames.is_empty() {
+        return Err(Error::Invalid("step_code_dataset: no recipe steps".into()));
+    }
+    CodeDataset::from_transition_codes(Tensor::stack(&frames, 0)?, &rest, transitions_per_step, dynamics.vocab_size())
+}
+
+/// [`episode_codes`], checked to hold `transitions_per_step` transitions for every recipe step.
+fn checked_codes(
+    dynamics: &dyn LatentDynamics,
+    episodes: &[Episode],
+    transitions_per_step: usize,
+    device: &Device,
+) -> Result<Vec<Vec<Vec<u32>>>> {
     let codes = episode_codes(dynamics, episodes, device)?;
     for (ep, c) in episodes.iter().zip(&codes) {
         if c.len() != ep.num_steps() * transitions_per_step {
@@ -55,7 +93,7 @@ pub fn code_dataset(
             )));
         }
     }
-    CodeDataset::from_transition_codes(first_frames(episodes)?, &codes, transitions_per_step, dynamics.vocab_size())
+    Ok(codes)
 }
 
 /// The action decoder's training set: for every step of every episode, the frame the step starts

@@ -36,6 +36,57 @@ pub fn rollout(
     render_plan(policy, dynamics, first_frame, &plan.steps)
 }
 
+/// Plans and renders one recipe step at a time: from the current frame, `policy` plans the rest
+/// of the task, the first step of the plan is rendered by `dynamics`, and its last frame is the
+/// next current frame, until a plan is empty (end of task) or `opts.max_steps` steps. As the paper
+/// rolls out clip by clip, each step is planned from the frame it starts from; a policy trained on
+/// every step's start frame ([`crate::craftworld::step_code_dataset`]) sees the state the earlier
+/// steps left, drawn or real. `first_frame` `(B, C, H, W)`; rows stop independently as in [`rollout`].
+pub fn rollout_replanned(
+    policy: &Policy,
+    dynamics: &dyn LatentDynamics,
+    first_frame: &Tensor,
+    opts: &GenerateOptions,
+) -> Result<Rollout> {
+    let b = first_frame.dim(0)?;
+    let mut steps: Vec<Vec<Vec<u32>>> = vec![Vec::new(); b];
+    let mut clips = vec![first_frame.unsqueeze(2)?];
+    let mut ends: Vec<Vec<usize>> = vec![Vec::new(); b];
+    let (mut current, mut frames) = (first_frame.clone(), 1usize);
+    let mut done = vec![false; b];
+    for _ in 0..opts.max_steps {
+        let plan = policy.generate(&current, None, &GenerateOptions { max_steps: 1, ..*opts })?;
+        let next: Vec<Vec<Vec<u32>>> = plan
+            .steps
+            .iter()
+            .zip(&mut done)
+            .map(|(p, d)| {
+                *d |= p.is_empty();
+                if *d {
+                    Vec::new()
+                } else {
+                    p[..1].to_vec()
+                }
+            })
+            .collect();
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        let r = render_plan(policy, dynamics, &current, &next)?;
+        let t = r.video.dim(2)? - 1;
+        for (row, e) in r.step_end_frames.iter().enumerate() {
+            if let Some(&end) = e.first() {
+                ends[row].push(frames - 1 + end);
+                steps[row].push(next[row][0].clone());
+            }
+        }
+        clips.push(r.video.narrow(2, 1, t)?);
+        current = r.video.narrow(2, t, 1)?.squeeze(2)?;
+        frames += t;
+    }
+    Ok(Rollout { video: Tensor::cat(&clips, 2)?, steps, step_end_frames: ends })
+}
+
 /// Renders given step codes (`steps[b][k]`, e.g. from [`Policy::generate`] or ground truth) clip by
 /// clip from `first_frame` `(B, C, H, W)`.
 pub fn render_plan(

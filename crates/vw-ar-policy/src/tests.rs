@@ -432,3 +432,82 @@ fn data_parallel_ranks_end_with_identical_weights() {
     let q = load_policy(dir.path(), &Device::Cpu, DType::F32).unwrap();
     assert_eq!(max_diff(&a, &q.forward(&batch, Mode::Inference).unwrap()), 0.0);
 }
+
+/// Encodes transition `t` of a video as the codes `[t % 50, 7]` (and renders like [`MockDynamics`]).
+struct IndexDynamics;
+
+impl vw_dldm::LatentDynamics for IndexDynamics {
+    fn encode_codes(&self, frames: &Tensor) -> vw_dldm::Result<Tensor> {
+        let t = frames.dim(2)? - 1;
+        let v: Vec<u32> = (0..t as u32).flat_map(|i| [i % 50, 7]).collect();
+        Ok(Tensor::from_vec(v, (1, t, 2), frames.device())?)
+    }
+    fn render(&self, context: &Tensor, codes: &Tensor) -> vw_dldm::Result<Tensor> {
+        MockDynamics.render(context, codes)
+    }
+    fn codes_per_step(&self) -> usize {
+        2
+    }
+    fn vocab_size(&self) -> usize {
+        50
+    }
+    fn frames_per_code_step(&self) -> usize {
+        1
+    }
+}
+
+#[test]
+fn the_step_dataset_starts_every_step_from_its_first_frame_with_the_rest_of_the_task() {
+    use vw_data::craftworld::{generate_episode, CraftConfig, Split};
+    let cfg = CraftConfig::tiny();
+    let eps: Vec<_> = (0..3).map(|s| generate_episode(&cfg, Split::Train, 40 + s).unwrap()).collect();
+    let tps = cfg.frames_per_step;
+    let d = crate::craftworld::step_code_dataset(&IndexDynamics, &eps, tps, &Device::Cpu).unwrap();
+    assert_eq!(d.len(), eps.iter().map(|e| e.num_steps()).sum::<usize>());
+    let mut i = 0;
+    for ep in &eps {
+        for k in 0..ep.num_steps() {
+            let start = if k == 0 { 0 } else { ep.steps[k - 1].end_frame };
+            assert_eq!(start, k * tps, "episode {} step {k}", ep.seed);
+            let want = vw_data::image_tensor::image_to_tensor(&ep.frames[start], &Device::Cpu).unwrap();
+            assert_eq!(max_diff(&d.frames.i(i).unwrap(), &want), 0.0);
+            // Steps k.. of the task: transition t of the video is code t.
+            assert_eq!(d.steps[i].len(), ep.num_steps() - k);
+            for (j, s) in d.steps[i].iter().enumerate() {
+                let t0 = ((k + j) * tps) as u32;
+                let want: Vec<u32> = (t0..t0 + tps as u32).flat_map(|t| [t % 50, 7]).collect();
+                assert_eq!(s, &want);
+            }
+            i += 1;
+        }
+    }
+    // The first-frame dataset has one example per episode, the same as step 0's.
+    let first = crate::craftworld::code_dataset(&IndexDynamics, &eps, tps, &Device::Cpu).unwrap();
+    assert_eq!(first.len(), eps.len());
+    assert_eq!(first.steps[1], d.steps[eps[0].num_steps()]);
+}
+
+#[test]
+fn a_replanned_rollout_plans_each_step_from_the_frame_it_starts_from() {
+    let data = conditional_dataset();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TrainOptions { progress: false, ..Default::default() };
+    let p = train_policy(&small_cfg(), &quick_train(150), &data, dir.path(), &opts).unwrap();
+    let first = data.frames.narrow(0, 0, 2).unwrap();
+    let gen = GenerateOptions { sampling: SamplingConfig::greedy(), max_steps: 3 };
+    let r = crate::rollout::rollout_replanned(&p, &MockDynamics, &first, &gen).unwrap();
+    assert!(r.steps.iter().all(|s| !s.is_empty() && s.len() <= 3), "{:?}", r.steps);
+    for b in 0..2 {
+        for (k, s) in r.steps[b].iter().enumerate() {
+            // Two transitions per step: step k ends at frame 2 (k + 1) and starts where k - 1 ended.
+            assert_eq!(r.step_end_frames[b][k], 2 * (k + 1));
+            let start = r.video.i((b..b + 1, .., 2 * k)).unwrap();
+            let plan = p.generate(&start, None, &GenerateOptions { max_steps: 1, ..gen }).unwrap();
+            assert_eq!(&plan.steps[0][0], s, "row {b} step {k}");
+        }
+    }
+    // The first step is the open-loop plan's first step.
+    let open = rollout(&p, &MockDynamics, &first, None, &gen).unwrap();
+    assert_eq!(open.steps[0][0], r.steps[0][0]);
+    assert_eq!(open.steps[1][0], r.steps[1][0]);
+}

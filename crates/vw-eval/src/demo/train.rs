@@ -199,12 +199,25 @@ pub fn train_demo_policy(
 ) -> Result<Policy> {
     let tps = transitions_per_step(cfg, ldm)?;
     let data = code_dataset(ldm, train, tps, &opts.device).map_err(policy_err)?;
+    train_demo_policy_on(cfg, pc, index, &data, run_dir, opts)
+}
+
+/// [`train_demo_policy`] on a code dataset already built (for example
+/// `vw_ar_policy::craftworld::step_code_dataset`, every step's start frame).
+pub fn train_demo_policy_on(
+    cfg: &DemoConfig,
+    pc: &PolicyConfig,
+    index: usize,
+    data: &vw_ar_policy::dataset::CodeDataset,
+    run_dir: &Path,
+    opts: &TrainOptions,
+) -> Result<Policy> {
     let _ = std::fs::remove_dir_all(run_dir);
     train_policy_augmented(
         pc,
         &train_config(cfg.policy_steps, cfg.policy_batch, cfg.policy_lr, cfg.seed + 101 + index as u64),
         &cfg.policy_augment,
-        &data,
+        data,
         run_dir,
         opts,
     )
