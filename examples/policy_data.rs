@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release --example policy_data -- --episodes 384 --out runs/pd-384 [--steps 450]
 //!     [--checkpoints checkpoints/craftworld] [--eval 32] [--policy DIR (score this policy, no training)]
+//!     [--device cpu|cuda:N]
 //!     [--replan on (train on every step's start frame; score re-planning at every step)]
 //!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
 //!     [--clip-snap N (first retrain the demo's clip renderer into OUT/clip-dldm with N snap passes)]
@@ -134,6 +135,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut grid, mut hidden, mut layers, mut lr, mut augment) = (None, None, None, None, None);
     let (mut factors, mut twins, mut replan) = (false, false, false);
+    let mut dev = Device::Cpu;
     let (mut clip_snap, mut layers_from, mut motion_steps) = (None::<usize>, None::<PathBuf>, None::<u64>);
     let (mut n, mut steps, mut eval, mut out, mut ckpt, mut policy_dir) =
         (96usize, None, 32usize, None, PathBuf::from("checkpoints/craftworld"), None::<PathBuf>);
@@ -162,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             "--factors" => factors = v == "on",
             "--twins" => twins = v == "on",
             "--replan" => replan = v == "on",
+            "--device" => dev = vw_tensor_kernels::device::parse_device(&v)?,
             "--clip-snap" => clip_snap = Some(v.parse()?),
             "--layers-from" => layers_from = Some(v.into()),
             "--motion-steps" => motion_steps = Some(v.parse()?),
@@ -173,7 +176,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     anyhow::ensure!(n >= 1 && eval >= 1, "--episodes and --eval must be >= 1");
-    let dev = Device::Cpu;
     let mut cfg = read_config(&ckpt)?;
     cfg.train_episodes = n;
     if let Some(s) = steps {

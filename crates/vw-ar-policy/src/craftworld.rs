@@ -62,7 +62,7 @@ pub fn step_code_dataset(
     let (mut frames, mut rest) = (Vec::new(), Vec::new());
     for (ep, c) in episodes.iter().zip(&codes) {
         for k in 0..ep.num_steps() {
-            let start = if k == 0 { 0 } else { ep.steps[k - 1].end_frame };
+            let start = step_start_frame(ep, k);
             let f =
                 ep.frames.get(start).ok_or_else(|| Error::Invalid(format!("episode {}: no frame {start}", ep.seed)))?;
             frames.push(vw_data::image_tensor::image_to_tensor(f, &Device::Cpu)?);
@@ -73,6 +73,15 @@ pub fn step_code_dataset(
         return Err(Error::Invalid("step_code_dataset: no recipe steps".into()));
     }
     CodeDataset::from_transition_codes(Tensor::stack(&frames, 0)?, &rest, transitions_per_step, dynamics.vocab_size())
+}
+
+/// The frame recipe step `k` of `ep` starts from: frame 0, or the previous step's last frame.
+pub fn step_start_frame(ep: &Episode, k: usize) -> usize {
+    if k == 0 {
+        0
+    } else {
+        ep.steps[k - 1].end_frame
+    }
 }
 
 /// [`episode_codes`], checked to hold `transitions_per_step` transitions for every recipe step.
@@ -110,7 +119,7 @@ pub fn action_dataset(
     let mut chunk_len = None;
     for (ep, c) in episodes.iter().zip(&codes) {
         for (k, span) in ep.steps.iter().enumerate() {
-            let start = if k == 0 { 0 } else { ep.steps[k - 1].end_frame };
+            let start = step_start_frame(ep, k);
             let len = span.end_frame - start;
             if *chunk_len.get_or_insert(len) != len {
                 return Err(Error::Invalid("episodes must share one frames-per-step".into()));
