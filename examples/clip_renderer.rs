@@ -268,11 +268,11 @@ fn gripper_check(renderer_dir: &std::path::Path, n: usize) -> anyhow::Result<()>
             // lowest row of at least 2 pixels (the fingertips).
             let layer = r.gripper_layer(&step_firsts(&video, (ep.frames.len() - 1) / fps, fps)?)?;
             let pos = vw_dldm::clip::mask_centre(&layer)?;
-            let masks = layer.ge(0f32)?.to_dtype(candle_core::DType::F32)?.squeeze(1)?.to_vec3::<f32>()?;
+            let tips = vw_dldm::clip::mask_bottoms(&layer)?;
             for (k, p) in pos.to_vec2::<f32>()?.iter().enumerate() {
                 let hand = ep.truth[k * fps].scene.hand;
                 let h = cam.project(hand.0, hand.1);
-                let low = masks[k].iter().rposition(|row| row.iter().sum::<f32>() >= 2.0).unwrap_or(0) as f32;
+                let low = tips[k].map_or(0.0, |t| t.1);
                 out[0].push(((p[0] + 1.0) / 2.0 * size, h.0 * size));
                 out[1].push(((p[1] + 1.0) / 2.0 * size, h.1 * size));
                 out[2].push((low, h.1 * size));

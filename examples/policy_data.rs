@@ -77,32 +77,21 @@ fn agreement(
     let cpt = policy.config().codes_per_transition;
     let mut prefix = vec![0usize; tps];
     let mut tokens = vec![0usize; tps];
-    for (ep, codes) in eps.iter().zip(&expert) {
-        let x = vw_data::image_tensor::image_to_tensor(&ep.frames[0], dev)?.unsqueeze(0)?;
-        let g = policy.generate(&x, None, opts)?;
-        let plan = g.steps.first().and_then(|s| s.first()).cloned().unwrap_or_default();
-        let mut ok = true;
-        for j in 0..tps {
-            let want = &codes[j];
-            let got = plan.get(j * cpt..(j + 1) * cpt).unwrap_or(&[]);
-            tokens[j] += want.iter().zip(got).filter(|(a, b)| a == b).count();
-            ok &= got == &want[..];
-            prefix[j] += usize::from(ok);
-        }
-    }
-    let n = eps.len() as f64;
-    let pct = |v: &[usize], d: f64| v.iter().map(|&c| format!("{:.0}", 100.0 * c as f64 / d)).collect::<Vec<_>>();
-    println!(
-        "{look}: step 1's plan equals the expert's codes through transition 1..{tps}: {}%; codes right per transition: {}%",
-        pct(&prefix, n).join(" "),
-        pct(&tokens, n * cpt as f64).join(" ")
-    );
     // Every recipe step: how often the plan's step k is the expert's step k exactly, given that
     // steps 1..k-1 were too, and the codes right in step k.
     let (mut whole, mut right, mut total, mut reached) = ([0usize; 8], [0usize; 8], [0usize; 8], [0usize; 8]);
     for (ep, codes) in eps.iter().zip(&expert) {
         let x = vw_data::image_tensor::image_to_tensor(&ep.frames[0], dev)?.unsqueeze(0)?;
         let plan = policy.generate(&x, None, opts)?.steps.into_iter().next().unwrap_or_default();
+        let first = plan.first().cloned().unwrap_or_default();
+        let mut ok = true;
+        for j in 0..tps {
+            let want = &codes[j];
+            let got = first.get(j * cpt..(j + 1) * cpt).unwrap_or(&[]);
+            tokens[j] += want.iter().zip(got).filter(|(a, b)| a == b).count();
+            ok &= got == &want[..];
+            prefix[j] += usize::from(ok);
+        }
         let mut all_before = true;
         for k in 0..ep.num_steps().min(8) {
             let want: Vec<u32> = codes[k * tps..(k + 1) * tps].concat();
@@ -116,6 +105,13 @@ fn agreement(
             }
         }
     }
+    let n = eps.len() as f64;
+    let pct = |v: &[usize], d: f64| v.iter().map(|&c| format!("{:.0}", 100.0 * c as f64 / d)).collect::<Vec<_>>();
+    println!(
+        "{look}: step 1's plan equals the expert's codes through transition 1..{tps}: {}%; codes right per transition: {}%",
+        pct(&prefix, n).join(" "),
+        pct(&tokens, n * cpt as f64).join(" ")
+    );
     let per = |num: &[usize], den: &[usize]| -> Vec<String> {
         num.iter()
             .zip(den)
@@ -316,12 +312,11 @@ fn main() -> anyhow::Result<()> {
         };
         match (clip_snap, &out) {
             (Some(trained), Some(out)) => {
-                for passes in 0..=trained.max(2) {
+                // A renderer trained with snap networks is drawn with 0, 1 and 2 passes (or more).
+                let most = if trained == 0 { 0 } else { trained.max(2) };
+                for passes in 0..=most {
                     let (_, s1) = vw_dldm::train::stage1::load_stage1(&ckpt.join("dldm"), &dev)?;
                     let (_, mut r) = vw_dldm::train::clip::load_clip_renderer(&out.join(CLIP_DIR), &dev)?;
-                    if trained == 0 && passes > 0 {
-                        break;
-                    }
                     r.set_snap(passes)?;
                     let d = vw_dldm::clip::ClipDynamics { ldm: s1, renderer: r };
                     score_twins(&d, &format!(", {passes} snap passes"))?;

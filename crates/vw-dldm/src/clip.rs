@@ -436,13 +436,32 @@ pub fn crop_at(x: &Tensor, centres: &[(i64, i64)], side: usize) -> Result<Tensor
     Ok(shift_images(x, &shifts)?.narrow(2, 0, side)?.narrow(3, 0, side)?)
 }
 
-/// The grasp point of a clip whose gripper's fingertips start at `tip` (px) under `motions`: the
-/// fingertips after the transitions before its first carried stretch; with the stretch. `None`
-/// when nothing is carried, or the clip starts carried (no grasp inside it).
-pub fn grasp_point(tip: (f32, f32), motions: &[TransitionMotion]) -> Option<((f32, f32), std::ops::Range<usize>)> {
-    let s = carried_stretch(motions).filter(|s| s.start > 0)?;
-    let g = motions[..s.start].iter().fold(tip, |a, m| (a.0 + m.dx, a.1 + m.dy));
-    Some((g, s))
+/// Where a clip whose gripper's fingertips start at `tip` (px) grasps and lets go under `motions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraspPoint {
+    /// The fingertips after the transitions before the first carried stretch (px).
+    pub grasp: (f32, f32),
+    /// The carried stretch's displacement: the release is the grasp moved by it.
+    pub carry: (f32, f32),
+    /// The first carried stretch's transitions.
+    pub stretch: std::ops::Range<usize>,
+}
+
+impl GraspPoint {
+    /// The fingertips where the block is let go, from a grasp at `grasp`.
+    pub fn release_from(&self, grasp: (f32, f32)) -> (f32, f32) {
+        (grasp.0 + self.carry.0, grasp.1 + self.carry.1)
+    }
+}
+
+/// The [`GraspPoint`] of a clip whose gripper's fingertips start at `tip` (px) under `motions`.
+/// `None` when nothing is carried, or the clip starts carried (no grasp inside it).
+pub fn grasp_point(tip: (f32, f32), motions: &[TransitionMotion]) -> Option<GraspPoint> {
+    let stretch = carried_stretch(motions).filter(|s| s.start > 0)?;
+    let sum = |from: (f32, f32), ms: &[TransitionMotion]| ms.iter().fold(from, |a, m| (a.0 + m.dx, a.1 + m.dy));
+    let grasp = sum(tip, &motions[..stretch.start]);
+    let carry = sum((0.0, 0.0), &motions[stretch.clone()]);
+    Some(GraspPoint { grasp, carry, stretch })
 }
 
 /// The bottom of each mask whose logits are `logits` `(B, 1, H, W)`, px: the lowest row with at
@@ -713,28 +732,26 @@ impl ClipRenderer {
                 motions.len()
             )));
         }
-        let rows: Vec<(usize, (f32, f32), std::ops::Range<usize>)> = tips
+        let rows: Vec<(usize, GraspPoint)> = tips
             .iter()
             .zip(motions.iter())
             .enumerate()
-            .filter_map(|(b, (tip, m))| tip.and_then(|t| grasp_point(t, m)).map(|(g, s)| (b, g, s)))
+            .filter_map(|(b, (tip, m))| tip.and_then(|t| grasp_point(t, m)).map(|g| (b, g)))
             .collect();
         if rows.is_empty() {
             return Ok(());
         }
-        let grasps = self.snap_points(SnapPoint::Grasp, first, &rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>())?;
+        let grasps =
+            self.snap_points(SnapPoint::Grasp, first, &rows.iter().map(|r| (r.0, r.1.grasp)).collect::<Vec<_>>())?;
         // The carried stretch moves the release with the grasp.
-        let releases: Vec<(usize, (f32, f32))> = rows
-            .iter()
-            .zip(&grasps)
-            .map(|((b, _, s), &g)| (*b, motions[*b][s.clone()].iter().fold(g, |a, m| (a.0 + m.dx, a.1 + m.dy))))
-            .collect();
+        let releases: Vec<(usize, (f32, f32))> =
+            rows.iter().zip(&grasps).map(|((b, g), &g2)| (*b, g.release_from(g2))).collect();
         let placed = self.snap_points(SnapPoint::Release, first, &releases)?;
-        for (((b, g, s), g2), (r, r2)) in rows.iter().zip(grasps).zip(releases.iter().zip(placed)) {
-            let before = &mut motions[*b][s.start - 1];
-            before.dx += g2.0 - g.0;
-            before.dy += g2.1 - g.1;
-            let last = &mut motions[*b][s.end - 1];
+        for (((b, g), g2), (r, r2)) in rows.iter().zip(grasps).zip(releases.iter().zip(placed)) {
+            let before = &mut motions[*b][g.stretch.start - 1];
+            before.dx += g2.0 - g.grasp.0;
+            before.dy += g2.1 - g.grasp.1;
+            let last = &mut motions[*b][g.stretch.end - 1];
             last.dx += r2.0 - r.1 .0;
             last.dy += r2.1 - r.1 .1;
         }

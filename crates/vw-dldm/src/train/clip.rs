@@ -139,11 +139,10 @@ pub fn layer_tensors(run: &Path, device: &Device) -> Result<(TrainState, Vec<(St
     Ok((state, layers))
 }
 
-/// Sets the layer networks of `varmap` to those of the renderer run `from` ([`layer_tensors`]),
-/// whose layers must have the same shapes. Its snap networks ([`is_snap_key`]) are copied where
-/// this renderer has them and left out where it does not.
-fn copy_layers(varmap: &VarMap, from: &Path, device: &Device) -> Result<()> {
-    let (_, layers) = layer_tensors(from, device).map_err(|e| Error::Invalid(format!("layers_init: {e}")))?;
+/// Sets the layer networks of `varmap` to `layers`, those of the renderer run `from`
+/// ([`layer_tensors`]), whose layers must have the same shapes. Its snap networks
+/// ([`is_snap_key`]) are copied where this renderer has them and left out where it does not.
+fn copy_layers(varmap: &VarMap, from: &Path, layers: Vec<(String, Tensor)>) -> Result<()> {
     let vars = varmap.data().lock().map_err(|_| Error::Invalid("layers_init: poisoned variable map".into()))?;
     for (k, t) in layers {
         let Some(var) = vars.get(&k) else {
@@ -205,10 +204,8 @@ pub fn snap_examples(
         let firsts = data.frames.index_select(&Tensor::from_vec(at.clone(), at.len(), data.frames.device())?, 0)?;
         let tips = mask_bottoms(&r.gripper_layer(&firsts.to_dtype(DType::F32)?)?)?;
         for ((&i, frame), tip) in chunk.iter().zip(at).zip(tips) {
-            let ms = &d.motions[i..i + len];
-            let Some((grasp, stretch)) = tip.and_then(|t| grasp_point(t, ms)) else { continue };
-            let release = ms[stretch].iter().fold(grasp, |a, m| (a.0 + m.dx, a.1 + m.dy));
-            out.push(SnapExample { frame, grasp, release });
+            let Some(g) = tip.and_then(|t| grasp_point(t, &d.motions[i..i + len])) else { continue };
+            out.push(SnapExample { frame, grasp: g.grasp, release: g.release_from(g.grasp) });
         }
     }
     Ok(out)
@@ -306,16 +303,16 @@ pub fn train_clip_renderer(
     let resumed = if resume { trainer.resume(run_dir)? } else { None };
     // The snap networks train in the motion phase unless they come with the layers (frozen then,
     // like the layers).
-    let snap_given = match &cfg.layers_init {
-        Some(from) if cfg.renderer.snap > 0 => layer_tensors(from, device)
-            .map_err(|e| Error::Invalid(format!("layers_init: {e}")))?
-            .1
-            .iter()
-            .any(|(k, _)| is_snap_key(k)),
-        _ => false,
+    // Read once: for the copy into a fresh run, and for whether they bring the snap networks.
+    let init = match &cfg.layers_init {
+        Some(from) if resumed.is_none() || cfg.renderer.snap > 0 => {
+            Some(layer_tensors(from, device).map_err(|e| Error::Invalid(format!("layers_init: {e}")))?.1)
+        }
+        _ => None,
     };
-    if let (None, Some(from)) = (&resumed, &cfg.layers_init) {
-        copy_layers(&varmap, from, device)?;
+    let snap_given = cfg.renderer.snap > 0 && init.iter().flatten().any(|(k, _)| is_snap_key(k));
+    if let (None, Some(from), Some(layers)) = (&resumed, &cfg.layers_init, init) {
+        copy_layers(&varmap, from, layers)?;
     }
     if (cfg.renderer.step_reader_sees_gripper || cfg.renderer.snap > 0)
         && resumed.is_none()
@@ -666,7 +663,9 @@ mod tests {
         // Reach, descend, lift and carry (carried), lower (carried), retreat.
         let m = |dx: f32, dy: f32, carried: bool| TransitionMotion { dx, dy, carried };
         let ms = [m(3.0, 0.5, false), m(0.0, 2.0, false), m(0.0, -4.0, true), m(6.5, 0.0, true), m(0.0, 1.0, false)];
-        assert_eq!(grasp_point((7.0, 10.0), &ms), Some(((10.0, 12.5), 2..4)));
+        let g = grasp_point((7.0, 10.0), &ms).unwrap();
+        assert_eq!((g.grasp, g.carry, g.stretch.clone()), ((10.0, 12.5), (6.5, -4.0), 2..4));
+        assert_eq!(g.release_from((1.0, 1.0)), (7.5, -3.0));
         // No grasp inside the clip: nothing carried, or carried from its first transition.
         assert!(grasp_point((7.0, 10.0), &ms[..2]).is_none());
         assert!(grasp_point((7.0, 10.0), &ms[2..]).is_none());
@@ -742,8 +741,8 @@ mod tests {
                 assert_eq!(rows[b], ms, "no fingertips: left alone");
                 continue;
             };
-            let (g, _) = grasp_point(tip, &ms).unwrap();
-            let (g2, _) = grasp_point(tip, &rows[b]).unwrap();
+            let g = grasp_point(tip, &ms).unwrap().grasp;
+            let g2 = grasp_point(tip, &rows[b]).unwrap().grasp;
             assert!(close(g2, placed(SnapPoint::Grasp, b, g)?), "grasp {g2:?}");
             let want = placed(SnapPoint::Release, b, release(g2, &ms))?;
             assert!(close(release(g2, &rows[b]), want), "release {:?} {want:?}", release(g2, &rows[b]));
