@@ -87,6 +87,13 @@ pub struct ClipRendererConfig {
     /// a pixel or two, and those errors add up over a task; the frame says it exactly, as the
     /// paper's video model draws a plausible outcome of coarse codes from the frame it sees.
     pub snap: usize,
+    /// [`Compositor::Layers`] only, at inference: a hole left by a moved layer is filled from a
+    /// sideways copy ([`FILL_SHIFTS`]) that shows background there, never a block, whenever one
+    /// does ([`background_fill_choice`]); the fill network's choice ranks them. In CraftWorld
+    /// nothing stands behind a block or the gripper, so a hole shows table or wall, and a block's
+    /// pixels copied into one stay on as debris in every later step. Off in configs written before
+    /// it existed; no weights, so a trained renderer can be drawn either way.
+    pub fill_background: bool,
 }
 
 /// How the clip renderer puts a frame together from the clip's first frame.
@@ -126,6 +133,7 @@ impl Default for ClipRendererConfig {
             step_reader: false,
             step_reader_sees_gripper: false,
             snap: 0,
+            fill_background: false,
         }
     }
 }
@@ -569,6 +577,11 @@ impl ClipRenderer {
         self.cfg.settle = on;
     }
 
+    /// Turns [`ClipRendererConfig::fill_background`] on or off.
+    pub fn set_fill_background(&mut self, on: bool) {
+        self.cfg.fill_background = on;
+    }
+
     /// Sets the passes of [`ClipRendererConfig::snap`] (a renderer trained with snap can be drawn
     /// with any number, 0 included); an error for passes on a renderer built without snap.
     pub fn set_snap(&mut self, passes: usize) -> Result<()> {
@@ -851,7 +864,12 @@ impl ClipRenderer {
                 let grasp: Vec<(i64, i64)> = motions.iter().map(|m| clip_translations(m).grasp).collect();
                 let (logits, fill) = self.layer_masks(first, &grasp)?;
                 let masks = logits.ge(0f32)?.to_dtype(DType::F32)?;
-                let fill = layer_fill(first, &one_hot(&fill.argmax_keepdim(1)?, FILL_SHIFTS.len())?)?;
+                let choice = if self.cfg.fill_background {
+                    background_fill_choice(first, &fill)?
+                } else {
+                    fill.argmax_keepdim(1)?
+                };
+                let fill = layer_fill(first, &one_hot(&choice, FILL_SHIFTS.len())?)?;
                 if self.cfg.settle {
                     settle_blocks(first, &masks, &fill, motions, &mut trans)?;
                 }
@@ -939,6 +957,23 @@ pub fn layer_fill(first: &Tensor, weights: &Tensor) -> Result<Tensor> {
         out = (out + copy.broadcast_mul(&weights.narrow(1, k, 1)?)?)?;
     }
     Ok(out)
+}
+
+/// Per pixel, the fill shift ([`FILL_SHIFTS`] index, `(B, 1, H, W)` u32) with the highest of
+/// `logits` `(B, FILL_SHIFTS.len(), H, W)` among the copies of `first` that are not vividly
+/// coloured there ([`crate::baseline::colour_mask`]: no block); where every copy is, the highest
+/// of all.
+pub fn background_fill_choice(first: &Tensor, logits: &Tensor) -> Result<Tensor> {
+    let b = first.dim(0)?;
+    let vivid: Vec<Tensor> = FILL_SHIFTS
+        .iter()
+        .map(|&dx| crate::baseline::colour_mask(&shift_images(first, &vec![(dx, 0); b])?))
+        .collect::<Result<_>>()?;
+    let vivid = Tensor::cat(&vivid, 1)?.to_dtype(logits.dtype())?;
+    // A penalty larger than any spread of the logits keeps the ranking within each group.
+    let spread = (logits.max_keepdim(1)? - logits.min_keepdim(1)?)?;
+    let penalty = vivid.broadcast_mul(&(spread + 1.0)?)?;
+    Ok((logits - penalty)?.argmax_keepdim(1)?)
 }
 
 /// `(B, n, H, W)` f32 one-hot planes of the class indices `idx` `(B, 1, H, W)` u32.
@@ -1251,6 +1286,31 @@ mod tests {
         let at = |i: f32| 2.0 * i / 8.0 - 1.0;
         assert!((c[0][0] - at(2.0)).abs() < 1e-6 && (c[0][1] - at(4.5)).abs() < 1e-6, "{c:?}");
         assert_eq!(c[1], vec![0.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn the_background_fill_skips_copies_that_show_a_block() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w, red) = (16usize, [1f32, -1.0, -1.0]);
+        // Frame 0: grey with a red block on columns 0..4; frame 1: red everywhere.
+        let mut px = vec![0f32; 2 * 3 * w];
+        for c in 0..3 {
+            for x in 0..w {
+                px[c * w + x] = if x < 4 { red[c] } else { 0.0 };
+                px[(3 + c) * w + x] = red[c];
+            }
+        }
+        let first = Tensor::from_vec(px, (2, 3, 1, w), &dev)?;
+        // The logits rank the shifts +4, +8, -4, -8 everywhere (FILL_SHIFTS = [-8, -4, 4, 8]).
+        let logits = Tensor::new(&[0f32, 1.0, 5.0, 4.0], &dev)?.reshape((1, 4, 1, 1))?.broadcast_as((2, 4, 1, w))?;
+        let choice = background_fill_choice(&first, &logits.contiguous()?)?.squeeze(1)?.squeeze(1)?.to_vec2::<u32>()?;
+        // Pixel 6 of frame 0: +4 and +8 show the block (pixel 2, and the edge's pixel 0), so -4.
+        assert_eq!(choice[0][6], 1);
+        // Pixel 12: +4 shows pixel 8 (grey), the best of all.
+        assert_eq!(choice[0][12], 2);
+        // Frame 1: every copy is a block, so the logits alone decide.
+        assert!(choice[1].iter().all(|&c| c == 2), "{:?}", choice[1]);
         Ok(())
     }
 

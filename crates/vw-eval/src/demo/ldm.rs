@@ -127,6 +127,10 @@ pub struct ClipStageConfig {
     /// when those have them, and train in the motion phase when not.
     #[serde(default)]
     pub snap: usize,
+    /// Holes left by moved layers show background, never a copied block
+    /// (`ClipRendererConfig::fill_background`; drawing only, no weights).
+    #[serde(default)]
+    pub fill_background: bool,
 }
 
 /// The committed layer networks of the clip renderer (a stripped renderer run; docs/results.md
@@ -148,6 +152,9 @@ impl ClipStageConfig {
             // The grasp and the release placed from the frame (docs/results.md, "A learned
             // placement prior").
             snap: 1,
+            // Blocks copied into the holes stay on as debris (docs/results.md, "Where the later
+            // steps fail").
+            fill_background: true,
         }
     }
     /// GPU size: the committed layers, fine-tuned.
@@ -157,7 +164,16 @@ impl ClipStageConfig {
     /// Integration-test size (layers from scratch, a few steps; so the step reader cannot see the
     /// gripper, whose position the layers read).
     pub fn test() -> Self {
-        Self { steps: 2, motion_steps: 3, batch: 2, step_reader: true, sees_gripper: false, layers_init: None, snap: 0 }
+        Self {
+            steps: 2,
+            motion_steps: 3,
+            batch: 2,
+            step_reader: true,
+            sees_gripper: false,
+            layers_init: None,
+            snap: 0,
+            fill_background: true,
+        }
     }
 }
 
@@ -179,6 +195,7 @@ pub fn clip_config(s1: &Stage1Config, c: &ClipStageConfig, seed: u64) -> ClipTra
     cfg.renderer.step_reader_sees_gripper = c.sees_gripper;
     cfg.layers_init = c.layers_init.clone();
     cfg.renderer.snap = c.snap;
+    cfg.renderer.fill_background = c.fill_background;
     // The block's layer finds its block when the codes' grasp pose is a little off.
     cfg.grasp_jitter = 3;
     cfg
