@@ -11,6 +11,9 @@
 //!     [--device cpu|cuda:N]
 //!     [--replan on (train on every step's start frame; score re-planning at every step)]
 //!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
+//!     [--why on (with --twins: what the judge sees at each episode's first failed step; with WHY_PNG=DIR
+//!      set, also the expert's and the drawn frames of every step end up to it, as PNGs in DIR)]
+//!     [--fill-bg on (the clip renderer fills holes with background only: ClipRendererConfig::fill_background)]
 //!     [--clip-snap N (first retrain the demo's clip renderer into OUT/clip-dldm with N snap passes)]
 //!     [--layers-from RENDERER_DIR (with --clip-snap: its layer networks instead of the committed ones)]
 //!     [--motion-steps M (with --clip-snap: the clip stage's motion phase, where the snap networks train)]
@@ -25,12 +28,30 @@ use vw_ar_policy::craftworld::episode_codes;
 use vw_ar_policy::train::{load_policy, TrainOptions};
 use vw_ar_policy::GenerateOptions;
 use vw_data::craftworld::{generate_episode, Episode, Split};
-use vw_eval::demo::ldm::{load_clip_dynamics, CLIP_DIR};
+use vw_eval::demo::ldm::CLIP_DIR;
 use vw_eval::demo::methods::{ExpertCodes, PlanAndRender};
 use vw_eval::demo::{episodes, read_config, score_method, Scored};
 
 /// Seeds of the training look's new layouts: far from the demo's training seeds (0..N).
 const UNSEEN_OFFSET: usize = 100_000;
+
+/// The dLDM of `dir` with the clip renderer of `clip_dir`, drawn with `snap` passes (or its own)
+/// and background-only fill or not.
+fn clip_dynamics(
+    dir: &std::path::Path,
+    clip_dir: &std::path::Path,
+    snap: Option<usize>,
+    fill_bg: bool,
+    dev: &Device,
+) -> anyhow::Result<Box<dyn vw_dldm::LatentDynamics>> {
+    let (_, ldm) = vw_dldm::train::stage1::load_stage1(dir, dev)?;
+    let (_, mut renderer) = vw_dldm::train::clip::load_clip_renderer(clip_dir, dev)?;
+    if let Some(p) = snap {
+        renderer.set_snap(p)?;
+    }
+    renderer.set_fill_background(fill_bg);
+    Ok(Box::new(vw_dldm::clip::ClipDynamics { ldm, renderer }))
+}
 
 fn report(name: &str, r: &Scored) {
     let curve: Vec<String> = r.result.success.rate.iter().map(|x| format!("{:.0}%", 100.0 * x)).collect();
@@ -127,10 +148,103 @@ fn agreement(
     Ok(())
 }
 
+/// Pixels of block `block`'s colour within `half` cells of `cell`'s centre: their count and centroid
+/// in pixels.
+fn block_pixels(
+    judge: &vw_data::craftworld::Judge,
+    frame: &image::RgbImage,
+    block: usize,
+    cell: &vw_data::craftworld::Cell,
+    half: f32,
+) -> (usize, f32, f32) {
+    use vw_data::craftworld::{cell_top_left, CELL};
+    let (u0, v0) = cell_top_left(*cell);
+    let (cx, cy) = judge.camera.project(u0 + 0.5 * CELL, v0 + 0.5 * CELL);
+    let (w, h) = (frame.width() as f32, frame.height() as f32);
+    let r = half * CELL * judge.camera.scale * w;
+    let (mut n, mut sx, mut sy) = (0usize, 0f32, 0f32);
+    for (x, y, p) in frame.enumerate_pixels() {
+        let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+        if (px - cx * w).abs() > r || (py - cy * h).abs() > r {
+            continue;
+        }
+        if judge.classify(p.0.map(|c| c as f32 / 255.0)) == Some(block) {
+            n += 1;
+            sx += px;
+            sy += py;
+        }
+    }
+    if n == 0 {
+        (0, 0.0, 0.0)
+    } else {
+        (n, sx / n as f32, sy / n as f32)
+    }
+}
+
+/// At each episode's first failed step: was the new block missed or an earlier one lost, and
+/// where the new block's pixels are against the expert's (within 1.5 cells of its target).
+fn why_failed(eps: &[Episode], scored: &Scored, fps: usize) {
+    let (mut lost, mut missed, mut absent) = (0usize, 0usize, 0usize);
+    let mut offs = Vec::new();
+    for (ep, video) in eps.iter().zip(&scored.videos) {
+        let judge = vw_data::craftworld::Judge::for_episode(ep);
+        let ends: Vec<_> = (0..ep.num_steps()).map_while(|k| video.get((k + 1) * fps)).collect();
+        let Some(k) =
+            (0..ep.num_steps()).find(|&k| ends.get(k).is_none_or(|f| judge.steps_completed(f, &ep.recipe) <= k))
+        else {
+            continue;
+        };
+        let Some(frame) = ends.get(k) else { continue };
+        let present = judge.placements_present(frame, &ep.recipe);
+        if let Ok(dir) = std::env::var("WHY_PNG") {
+            // The expert's frame and the drawn one at the step's start and end, side by side, 4x.
+            let (w, h) = (frame.width(), frame.height());
+            let mut strip = image::RgbImage::new(4 * w, h);
+            let start = k * fps;
+            for (i, f) in [&ep.frames[start], &video[start], &ep.frames[(k + 1) * fps], *frame].into_iter().enumerate()
+            {
+                image::imageops::replace(&mut strip, f, i as i64 * w as i64, 0);
+            }
+            let big = image::imageops::resize(&strip, 16 * w, 4 * h, image::imageops::FilterType::Nearest);
+            let _ = big.save(format!("{dir}/{}-step{}.png", ep.seed, k + 1));
+            // Every step end up to the failed one: the expert's above, the drawn below.
+            let n = k + 2;
+            let mut all = image::RgbImage::new(n as u32 * w, 2 * h);
+            for j in 0..n {
+                let (e, d) = (&ep.frames[j * fps], video.get(j * fps).unwrap_or(frame));
+                image::imageops::replace(&mut all, e, (j as u32 * w) as i64, 0);
+                image::imageops::replace(&mut all, d, (j as u32 * w) as i64, h as i64);
+            }
+            let big = image::imageops::resize(&all, 4 * n as u32 * w, 8 * h, image::imageops::FilterType::Nearest);
+            let _ = big.save(format!("{dir}/{}-steps.png", ep.seed));
+        }
+        if present[..k].iter().any(|p| !p) {
+            lost += 1;
+        }
+        if !present[k] {
+            missed += 1;
+            let p = &ep.recipe.placements[k];
+            let (n, x, y) = block_pixels(&judge, frame, p.block, &p.cell, 1.5);
+            let (ne, xe, ye) = block_pixels(&judge, &ep.frames[(k + 1) * fps], p.block, &p.cell, 1.5);
+            if n < ne / 3 {
+                absent += 1;
+            } else {
+                offs.push((k, x - xe, y - ye, n, ne));
+            }
+        }
+    }
+    println!(
+        "  first failed step: an earlier block lost in {lost}, the new block not in its cell in {missed} (of which mostly absent near it: {absent})"
+    );
+    for (k, dx, dy, n, ne) in offs {
+        println!("    step {}: new block off by dx {dx:+.1} dy {dy:+.1} px ({n} px, expert {ne})", k + 1);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut grid, mut hidden, mut layers, mut lr, mut augment) = (None, None, None, None, None);
-    let (mut factors, mut twins, mut replan) = (false, false, false);
+    let (mut factors, mut twins, mut replan, mut why, mut fill_bg) = (false, false, false, false, false);
     let mut dev = Device::Cpu;
     let (mut clip_snap, mut layers_from, mut motion_steps) = (None::<usize>, None::<PathBuf>, None::<u64>);
     let (mut n, mut steps, mut eval, mut out, mut ckpt, mut policy_dir) =
@@ -159,6 +273,8 @@ fn main() -> anyhow::Result<()> {
             }
             "--factors" => factors = v == "on",
             "--twins" => twins = v == "on",
+            "--why" => why = v == "on",
+            "--fill-bg" => fill_bg = v == "on",
             "--replan" => replan = v == "on",
             "--device" => dev = vw_tensor_kernels::device::parse_device(&v)?,
             "--clip-snap" => clip_snap = Some(v.parse()?),
@@ -184,7 +300,7 @@ fn main() -> anyhow::Result<()> {
         cfg.policy_augment = a;
     }
     let ldm = match clip_snap {
-        None => load_clip_dynamics(&ckpt.join("dldm"), &ckpt.join(CLIP_DIR), &dev)?,
+        None => clip_dynamics(&ckpt.join("dldm"), &ckpt.join(CLIP_DIR), None, fill_bg, &dev)?,
         Some(passes) => {
             // The demo's clip stage over the committed dLDM, with snap passes.
             use vw_eval::demo::ldm::{clip_config, stage1_config, train_clip, LdmKind};
@@ -209,7 +325,7 @@ fn main() -> anyhow::Result<()> {
             }
             if out.join(CLIP_DIR).join("checkpoint.json").exists() {
                 eprintln!("{}: trained already", out.join(CLIP_DIR).display());
-                load_clip_dynamics(&ckpt.join("dldm"), &out.join(CLIP_DIR), &dev)?
+                clip_dynamics(&ckpt.join("dldm"), &out.join(CLIP_DIR), None, fill_bg, &dev)?
             } else {
                 let train = episodes(&cfg, Split::Train, n, false)?;
                 let t = std::time::Instant::now();
@@ -306,7 +422,12 @@ fn main() -> anyhow::Result<()> {
             for (look, eps) in [("held-out look", &held_out), ("training look", &twin)] {
                 let mut e =
                     ExpertCodes { name: String::new(), dynamics: ldm, episodes: &twin, next: 0, anchor_every: None };
-                report(&format!("twin's codes, {look}{label}"), &score_method(&mut e, eps, fps, 0, &dev)?);
+                let keep = if why { eps.len() } else { 0 };
+                let scored = score_method(&mut e, eps, fps, keep, &dev)?;
+                report(&format!("twin's codes, {look}{label}"), &scored);
+                if why {
+                    why_failed(eps, &scored, fps);
+                }
             }
             Ok(())
         };
@@ -315,11 +436,8 @@ fn main() -> anyhow::Result<()> {
                 // A renderer trained with snap networks is drawn with 0, 1 and 2 passes (or more).
                 let most = if trained == 0 { 0 } else { trained.max(2) };
                 for passes in 0..=most {
-                    let (_, s1) = vw_dldm::train::stage1::load_stage1(&ckpt.join("dldm"), &dev)?;
-                    let (_, mut r) = vw_dldm::train::clip::load_clip_renderer(&out.join(CLIP_DIR), &dev)?;
-                    r.set_snap(passes)?;
-                    let d = vw_dldm::clip::ClipDynamics { ldm: s1, renderer: r };
-                    score_twins(&d, &format!(", {passes} snap passes"))?;
+                    let d = clip_dynamics(&ckpt.join("dldm"), &out.join(CLIP_DIR), Some(passes), fill_bg, &dev)?;
+                    score_twins(d.as_ref(), &format!(", {passes} snap passes"))?;
                 }
             }
             _ => score_twins(ldm.as_ref(), "")?,
