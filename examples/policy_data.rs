@@ -13,7 +13,9 @@
 //!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
 //!     [--why on (with --twins: what the judge sees at each episode's first failed step; with WHY_PNG=DIR
 //!      set, also the expert's and the drawn frames of every step end up to it, as PNGs in DIR)]
-//!     [--fill-bg on (the clip renderer fills holes with background only: ClipRendererConfig::fill_background)]
+//!     [--anchor N (with --twins: every N transitions drawn from the twin's own frame; 8 = every step
+//!      from the expert's frame, no damage carried over; on the held-out look that frame is the twin's)]
+//!     [--fill-bg on|off (holes show background only, ClipRendererConfig::fill_background; default: the renderer's own)]
 //!     [--clip-snap N (first retrain the demo's clip renderer into OUT/clip-dldm with N snap passes)]
 //!     [--layers-from RENDERER_DIR (with --clip-snap: its layer networks instead of the committed ones)]
 //!     [--motion-steps M (with --clip-snap: the clip stage's motion phase, where the snap networks train)]
@@ -35,13 +37,13 @@ use vw_eval::demo::{episodes, read_config, score_method, Scored};
 /// Seeds of the training look's new layouts: far from the demo's training seeds (0..N).
 const UNSEEN_OFFSET: usize = 100_000;
 
-/// The dLDM of `dir` with the clip renderer of `clip_dir`, drawn with `snap` passes (or its own)
-/// and background-only fill or not.
+/// The dLDM of `dir` with the clip renderer of `clip_dir`, drawn with `snap` passes and
+/// background-only fill or not (`None`: as the renderer was saved).
 fn clip_dynamics(
     dir: &std::path::Path,
     clip_dir: &std::path::Path,
     snap: Option<usize>,
-    fill_bg: bool,
+    fill_bg: Option<bool>,
     dev: &Device,
 ) -> anyhow::Result<Box<dyn vw_dldm::LatentDynamics>> {
     let (_, ldm) = vw_dldm::train::stage1::load_stage1(dir, dev)?;
@@ -49,7 +51,9 @@ fn clip_dynamics(
     if let Some(p) = snap {
         renderer.set_snap(p)?;
     }
-    renderer.set_fill_background(fill_bg);
+    if let Some(on) = fill_bg {
+        renderer.set_fill_background(on);
+    }
     Ok(Box::new(vw_dldm::clip::ClipDynamics { ldm, renderer }))
 }
 
@@ -244,7 +248,9 @@ fn why_failed(eps: &[Episode], scored: &Scored, fps: usize) {
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut grid, mut hidden, mut layers, mut lr, mut augment) = (None, None, None, None, None);
-    let (mut factors, mut twins, mut replan, mut why, mut fill_bg) = (false, false, false, false, false);
+    let (mut factors, mut twins, mut replan, mut why) = (false, false, false, false);
+    let mut fill_bg = None;
+    let mut anchor = None;
     let mut dev = Device::Cpu;
     let (mut clip_snap, mut layers_from, mut motion_steps) = (None::<usize>, None::<PathBuf>, None::<u64>);
     let (mut n, mut steps, mut eval, mut out, mut ckpt, mut policy_dir) =
@@ -274,7 +280,14 @@ fn main() -> anyhow::Result<()> {
             "--factors" => factors = v == "on",
             "--twins" => twins = v == "on",
             "--why" => why = v == "on",
-            "--fill-bg" => fill_bg = v == "on",
+            "--fill-bg" => {
+                fill_bg = Some(match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => anyhow::bail!("--fill-bg {other}: expected on or off"),
+                })
+            }
+            "--anchor" => anchor = Some(v.parse()?),
             "--replan" => replan = v == "on",
             "--device" => dev = vw_tensor_kernels::device::parse_device(&v)?,
             "--clip-snap" => clip_snap = Some(v.parse()?),
@@ -421,7 +434,7 @@ fn main() -> anyhow::Result<()> {
         let score_twins = |ldm: &dyn vw_dldm::LatentDynamics, label: &str| -> anyhow::Result<()> {
             for (look, eps) in [("held-out look", &held_out), ("training look", &twin)] {
                 let mut e =
-                    ExpertCodes { name: String::new(), dynamics: ldm, episodes: &twin, next: 0, anchor_every: None };
+                    ExpertCodes { name: String::new(), dynamics: ldm, episodes: &twin, next: 0, anchor_every: anchor };
                 let keep = if why { eps.len() } else { 0 };
                 let scored = score_method(&mut e, eps, fps, keep, &dev)?;
                 report(&format!("twin's codes, {look}{label}"), &scored);
