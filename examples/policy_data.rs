@@ -186,8 +186,9 @@ fn block_pixels(
 }
 
 /// At each episode's first failed step: was the new block missed or an earlier one lost, and
-/// where the new block's pixels are against the expert's (within 1.5 cells of its target).
-fn why_failed(eps: &[Episode], scored: &Scored, fps: usize) {
+/// where the new block's pixels are against the expert's (within 1.5 cells of its target). With
+/// `WHY_PNG=DIR`, also writes the frames as `DIR/<tag>-<seed>-step<k>.png` and `-steps.png`.
+fn why_failed(tag: &str, eps: &[Episode], scored: &Scored, fps: usize) -> anyhow::Result<()> {
     let (mut lost, mut missed, mut absent) = (0usize, 0usize, 0usize);
     let mut offs = Vec::new();
     for (ep, video) in eps.iter().zip(&scored.videos) {
@@ -210,7 +211,8 @@ fn why_failed(eps: &[Episode], scored: &Scored, fps: usize) {
                 image::imageops::replace(&mut strip, f, i as i64 * w as i64, 0);
             }
             let big = image::imageops::resize(&strip, 16 * w, 4 * h, image::imageops::FilterType::Nearest);
-            let _ = big.save(format!("{dir}/{}-step{}.png", ep.seed, k + 1));
+            let path = format!("{dir}/{tag}-{}-step{}.png", ep.seed, k + 1);
+            big.save(&path).with_context(|| format!("writing {path}"))?;
             // Every step end up to the failed one: the expert's above, the drawn below.
             let n = k + 2;
             let mut all = image::RgbImage::new(n as u32 * w, 2 * h);
@@ -220,7 +222,8 @@ fn why_failed(eps: &[Episode], scored: &Scored, fps: usize) {
                 image::imageops::replace(&mut all, d, (j as u32 * w) as i64, h as i64);
             }
             let big = image::imageops::resize(&all, 4 * n as u32 * w, 8 * h, image::imageops::FilterType::Nearest);
-            let _ = big.save(format!("{dir}/{}-steps.png", ep.seed));
+            let path = format!("{dir}/{tag}-{}-steps.png", ep.seed);
+            big.save(&path).with_context(|| format!("writing {path}"))?;
         }
         if present[..k].iter().any(|p| !p) {
             lost += 1;
@@ -243,6 +246,7 @@ fn why_failed(eps: &[Episode], scored: &Scored, fps: usize) {
     for (k, dx, dy, n, ne) in offs {
         println!("    step {}: new block off by dx {dx:+.1} dy {dy:+.1} px ({n} px, expert {ne})", k + 1);
     }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -432,14 +436,14 @@ fn main() -> anyhow::Result<()> {
             .map(|e| generate_episode(&cfg.craft, Split::Train, cfg.test_seed(e)))
             .collect::<Result<_, _>>()?;
         let score_twins = |ldm: &dyn vw_dldm::LatentDynamics, label: &str| -> anyhow::Result<()> {
-            for (look, eps) in [("held-out look", &held_out), ("training look", &twin)] {
+            for (look, tag, eps) in [("held-out look", "held-out", &held_out), ("training look", "training", &twin)] {
                 let mut e =
                     ExpertCodes { name: String::new(), dynamics: ldm, episodes: &twin, next: 0, anchor_every: anchor };
                 let keep = if why { eps.len() } else { 0 };
                 let scored = score_method(&mut e, eps, fps, keep, &dev)?;
                 report(&format!("twin's codes, {look}{label}"), &scored);
                 if why {
-                    why_failed(eps, &scored, fps);
+                    why_failed(tag, eps, &scored, fps)?;
                 }
             }
             Ok(())

@@ -152,8 +152,8 @@ impl ClipStageConfig {
             // The grasp and the release placed from the frame (docs/results.md, "A learned
             // placement prior").
             snap: 1,
-            // Blocks copied into the holes stay on as debris (docs/results.md, "Where the later
-            // steps fail").
+            // Blocks copied into the holes stay on as debris (docs/results.md, "The policy on
+            // 10-20x the data (H100), and where the later steps fail").
             fill_background: true,
         }
     }
