@@ -11,8 +11,9 @@
 //!     [--device cpu|cuda:N]
 //!     [--replan on (train on every step's start frame; score re-planning at every step)]
 //!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
-//!     [--why on (with --twins: what the judge sees at each episode's first failed step; with WHY_PNG=DIR
-//!      set, also the expert's and the drawn frames of every step end up to it, as PNGs in DIR)]
+//!     [--why on (with --twins: what the judge sees at each episode's first failed step, and whether a
+//!      missing block is still where the step began; with WHY_PNG=DIR set, also the expert's and the
+//!      drawn frames of every step end up to it, as PNGs in DIR)]
 //!     [--anchor N (with --twins: every N transitions drawn from the twin's own frame; 8 = every step
 //!      from the expert's frame, no damage carried over; on the held-out look that frame is the twin's)]
 //!     [--fill-bg on|off (holes show background only, ClipRendererConfig::fill_background; default: the renderer's own)]
@@ -152,17 +153,16 @@ fn agreement(
     Ok(())
 }
 
-/// Pixels of block `block`'s colour within `half` cells of `cell`'s centre: their count and centroid
-/// in pixels.
+/// Pixels of block `block`'s colour within `half` cells of the block-sized square whose top-left
+/// corner is `(u0, v0)` (world units): their count and centroid in pixels.
 fn block_pixels(
     judge: &vw_data::craftworld::Judge,
     frame: &image::RgbImage,
     block: usize,
-    cell: &vw_data::craftworld::Cell,
+    (u0, v0): (f32, f32),
     half: f32,
 ) -> (usize, f32, f32) {
-    use vw_data::craftworld::{cell_top_left, CELL};
-    let (u0, v0) = cell_top_left(*cell);
+    use vw_data::craftworld::CELL;
     let (cx, cy) = judge.camera.project(u0 + 0.5 * CELL, v0 + 0.5 * CELL);
     let (w, h) = (frame.width() as f32, frame.height() as f32);
     let r = half * CELL * judge.camera.scale * w;
@@ -189,7 +189,7 @@ fn block_pixels(
 /// where the new block's pixels are against the expert's (within 1.5 cells of its target). With
 /// `WHY_PNG=DIR`, also writes the frames as `DIR/<tag>-<seed>-step<k>.png` and `-steps.png`.
 fn why_failed(tag: &str, eps: &[Episode], scored: &Scored, fps: usize) -> anyhow::Result<()> {
-    let (mut lost, mut missed, mut absent) = (0usize, 0usize, 0usize);
+    let (mut lost, mut missed, mut absent, mut at_source) = (0usize, 0usize, 0usize, 0usize);
     let mut offs = Vec::new();
     for (ep, video) in eps.iter().zip(&scored.videos) {
         let judge = vw_data::craftworld::Judge::for_episode(ep);
@@ -231,17 +231,24 @@ fn why_failed(tag: &str, eps: &[Episode], scored: &Scored, fps: usize) -> anyhow
         if !present[k] {
             missed += 1;
             let p = &ep.recipe.placements[k];
-            let (n, x, y) = block_pixels(&judge, frame, p.block, &p.cell, 1.5);
-            let (ne, xe, ye) = block_pixels(&judge, &ep.frames[(k + 1) * fps], p.block, &p.cell, 1.5);
+            let cell = vw_data::craftworld::cell_top_left(p.cell);
+            let (n, x, y) = block_pixels(&judge, frame, p.block, cell, 1.5);
+            let (ne, xe, ye) = block_pixels(&judge, &ep.frames[(k + 1) * fps], p.block, cell, 1.5);
             if n < ne / 3 {
                 absent += 1;
+                // Where the block stood when the step began: is it still there?
+                let source = ep.truth[k * fps].scene.blocks.iter().find(|b| b.0 == p.block).map(|b| (b.1, b.2));
+                if let Some(src) = source {
+                    let (ns, _, _) = block_pixels(&judge, frame, p.block, src, 0.5);
+                    at_source += usize::from(ns >= ne / 2);
+                }
             } else {
                 offs.push((k, x - xe, y - ye, n, ne));
             }
         }
     }
     println!(
-        "  first failed step: an earlier block lost in {lost}, the new block not in its cell in {missed} (of which mostly absent near it: {absent})"
+        "  first failed step: an earlier block lost in {lost}, the new block not in its cell in {missed} (of which mostly absent near it: {absent}, and of those still where the step began: {at_source})"
     );
     for (k, dx, dy, n, ne) in offs {
         println!("    step {}: new block off by dx {dx:+.1} dy {dy:+.1} px ({n} px, expert {ne})", k + 1);
