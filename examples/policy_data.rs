@@ -240,7 +240,10 @@ fn why_failed(tag: &str, eps: &[Episode], scored: &Scored, fps: usize) -> anyhow
                 let source = ep.truth[k * fps].scene.blocks.iter().find(|b| b.0 == p.block).map(|b| (b.1, b.2));
                 if let Some(src) = source {
                     let (ns, _, _) = block_pixels(&judge, frame, p.block, src, 0.5);
-                    at_source += usize::from(ns >= ne / 2);
+                    if ns >= ne / 2 {
+                        at_source += 1;
+                        println!("    seed {} step {}: the block is still where the step began", ep.seed, k + 1);
+                    }
                 }
             } else {
                 offs.push((k, x - xe, y - ye, n, ne));
