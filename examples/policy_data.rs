@@ -47,15 +47,14 @@ fn clip_dynamics(
     fill_bg: Option<bool>,
     dev: &Device,
 ) -> anyhow::Result<Box<dyn vw_dldm::LatentDynamics>> {
-    let (_, ldm) = vw_dldm::train::stage1::load_stage1(dir, dev)?;
-    let (_, mut renderer) = vw_dldm::train::clip::load_clip_renderer(clip_dir, dev)?;
+    let mut d = vw_eval::demo::ldm::load_clip(dir, clip_dir, dev)?;
     if let Some(p) = snap {
-        renderer.set_snap(p)?;
+        d.renderer.set_snap(p)?;
     }
     if let Some(on) = fill_bg {
-        renderer.set_fill_background(on);
+        d.renderer.set_fill_background(on);
     }
-    Ok(Box::new(vw_dldm::clip::ClipDynamics { ldm, renderer }))
+    Ok(Box::new(d))
 }
 
 fn report(name: &str, r: &Scored) {
@@ -185,6 +184,20 @@ fn block_pixels(
     }
 }
 
+/// Writes `rows` of equally sized frames as one PNG at `path`, magnified 4x (nearest).
+fn save_grid(path: &str, rows: &[&[&image::RgbImage]]) -> anyhow::Result<()> {
+    let (w, h) = (rows[0][0].width(), rows[0][0].height());
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;
+    let mut grid = image::RgbImage::new(cols * w, rows.len() as u32 * h);
+    for (r, row) in rows.iter().enumerate() {
+        for (c, f) in row.iter().enumerate() {
+            image::imageops::replace(&mut grid, *f, (c as u32 * w) as i64, (r as u32 * h) as i64);
+        }
+    }
+    let big = image::imageops::resize(&grid, 4 * grid.width(), 4 * grid.height(), image::imageops::FilterType::Nearest);
+    big.save(path).with_context(|| format!("writing {path}"))
+}
+
 /// At each episode's first failed step: was the new block missed or an earlier one lost, and
 /// where the new block's pixels are against the expert's (within 1.5 cells of its target). With
 /// `WHY_PNG=DIR`, also writes the frames as `DIR/<tag>-<seed>-step<k>.png` and `-steps.png`.
@@ -202,28 +215,14 @@ fn why_failed(tag: &str, eps: &[Episode], scored: &Scored, fps: usize) -> anyhow
         let Some(frame) = ends.get(k) else { continue };
         let present = judge.placements_present(frame, &ep.recipe);
         if let Ok(dir) = std::env::var("WHY_PNG") {
-            // The expert's frame and the drawn one at the step's start and end, side by side, 4x.
-            let (w, h) = (frame.width(), frame.height());
-            let mut strip = image::RgbImage::new(4 * w, h);
+            // The expert's frame and the drawn one at the step's start and end, side by side.
             let start = k * fps;
-            for (i, f) in [&ep.frames[start], &video[start], &ep.frames[(k + 1) * fps], *frame].into_iter().enumerate()
-            {
-                image::imageops::replace(&mut strip, f, i as i64 * w as i64, 0);
-            }
-            let big = image::imageops::resize(&strip, 16 * w, 4 * h, image::imageops::FilterType::Nearest);
-            let path = format!("{dir}/{tag}-{}-step{}.png", ep.seed, k + 1);
-            big.save(&path).with_context(|| format!("writing {path}"))?;
+            let strip = [&ep.frames[start], &video[start], &ep.frames[(k + 1) * fps], *frame];
+            save_grid(&format!("{dir}/{tag}-{}-step{}.png", ep.seed, k + 1), &[&strip])?;
             // Every step end up to the failed one: the expert's above, the drawn below.
-            let n = k + 2;
-            let mut all = image::RgbImage::new(n as u32 * w, 2 * h);
-            for j in 0..n {
-                let (e, d) = (&ep.frames[j * fps], video.get(j * fps).unwrap_or(frame));
-                image::imageops::replace(&mut all, e, (j as u32 * w) as i64, 0);
-                image::imageops::replace(&mut all, d, (j as u32 * w) as i64, h as i64);
-            }
-            let big = image::imageops::resize(&all, 4 * n as u32 * w, 8 * h, image::imageops::FilterType::Nearest);
-            let path = format!("{dir}/{tag}-{}-steps.png", ep.seed);
-            big.save(&path).with_context(|| format!("writing {path}"))?;
+            let expert: Vec<_> = (0..k + 2).map(|j| &ep.frames[j * fps]).collect();
+            let drawn: Vec<_> = (0..k + 2).map(|j| video.get(j * fps).unwrap_or(frame)).collect();
+            save_grid(&format!("{dir}/{tag}-{}-steps.png", ep.seed), &[&expert, &drawn])?;
         }
         if present[..k].iter().any(|p| !p) {
             lost += 1;

@@ -864,12 +864,13 @@ impl ClipRenderer {
                 let grasp: Vec<(i64, i64)> = motions.iter().map(|m| clip_translations(m).grasp).collect();
                 let (logits, fill) = self.layer_masks(first, &grasp)?;
                 let masks = logits.ge(0f32)?.to_dtype(DType::F32)?;
+                let copies = fill_copies(first)?;
                 let choice = if self.cfg.fill_background {
-                    background_fill_choice(first, &fill)?
+                    background_fill_choice(&copies, &fill)?
                 } else {
                     fill.argmax_keepdim(1)?
                 };
-                let fill = layer_fill(first, &one_hot(&choice, FILL_SHIFTS.len())?)?;
+                let fill = mix_copies(&copies, &one_hot(&choice, FILL_SHIFTS.len())?)?;
                 if self.cfg.settle {
                     settle_blocks(first, &masks, &fill, motions, &mut trans)?;
                 }
@@ -950,25 +951,30 @@ pub const FILL_SHIFTS: [i64; 4] = [-8, -4, 4, 8];
 /// [`FILL_SHIFTS`], mixed per pixel by `weights` `(B, FILL_SHIFTS.len(), H, W)` (a softmax in
 /// training, one-hot at inference: then every fill pixel is a pixel of the first frame).
 pub fn layer_fill(first: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    mix_copies(&fill_copies(first)?, weights)
+}
+
+/// The copies of `first` `(B, 3, H, W)` moved sideways by each of [`FILL_SHIFTS`].
+pub fn fill_copies(first: &Tensor) -> Result<Vec<Tensor>> {
     let b = first.dim(0)?;
-    let mut out = first.zeros_like()?;
-    for (k, &dx) in FILL_SHIFTS.iter().enumerate() {
-        let copy = shift_images(first, &vec![(dx, 0); b])?;
+    FILL_SHIFTS.iter().map(|&dx| shift_images(first, &vec![(dx, 0); b])).collect()
+}
+
+/// The fill copies ([`fill_copies`]) mixed per pixel by `weights` `(B, FILL_SHIFTS.len(), H, W)`.
+fn mix_copies(copies: &[Tensor], weights: &Tensor) -> Result<Tensor> {
+    let mut out = copies[0].zeros_like()?;
+    for (k, copy) in copies.iter().enumerate() {
         out = (out + copy.broadcast_mul(&weights.narrow(1, k, 1)?)?)?;
     }
     Ok(out)
 }
 
 /// Per pixel, the fill shift ([`FILL_SHIFTS`] index, `(B, 1, H, W)` u32) with the highest of
-/// `logits` `(B, FILL_SHIFTS.len(), H, W)` among the copies of `first` that are not vividly
-/// coloured there ([`crate::baseline::colour_mask`]: no block); where every copy is, the highest
-/// of all.
-pub fn background_fill_choice(first: &Tensor, logits: &Tensor) -> Result<Tensor> {
-    let b = first.dim(0)?;
-    let vivid: Vec<Tensor> = FILL_SHIFTS
-        .iter()
-        .map(|&dx| crate::baseline::colour_mask(&shift_images(first, &vec![(dx, 0); b])?))
-        .collect::<Result<_>>()?;
+/// `logits` `(B, FILL_SHIFTS.len(), H, W)` among the sideways copies of the first frame
+/// (`copies`, [`fill_copies`]) that are not vividly coloured there
+/// ([`crate::baseline::colour_mask`]: no block); where every copy is, the highest of all.
+pub fn background_fill_choice(copies: &[Tensor], logits: &Tensor) -> Result<Tensor> {
+    let vivid: Vec<Tensor> = copies.iter().map(crate::baseline::colour_mask).collect::<Result<_>>()?;
     let vivid = Tensor::cat(&vivid, 1)?.to_dtype(logits.dtype())?;
     // A penalty larger than any spread of the logits keeps the ranking within each group.
     let spread = (logits.max_keepdim(1)? - logits.min_keepdim(1)?)?;
@@ -1304,7 +1310,10 @@ mod tests {
         let first = Tensor::from_vec(px, (2, 3, 1, w), &dev)?;
         // The logits rank the shifts +4, +8, -4, -8 everywhere (FILL_SHIFTS = [-8, -4, 4, 8]).
         let logits = Tensor::new(&[0f32, 1.0, 5.0, 4.0], &dev)?.reshape((1, 4, 1, 1))?.broadcast_as((2, 4, 1, w))?;
-        let choice = background_fill_choice(&first, &logits.contiguous()?)?.squeeze(1)?.squeeze(1)?.to_vec2::<u32>()?;
+        let choice = background_fill_choice(&fill_copies(&first)?, &logits.contiguous()?)?
+            .squeeze(1)?
+            .squeeze(1)?
+            .to_vec2::<u32>()?;
         // Pixel 6 of frame 0: +4 and +8 show the block (pixel 2, and the edge's pixel 0), so -4.
         assert_eq!(choice[0][6], 1);
         // Pixel 12: +4 shows pixel 8 (grey), the best of all.

@@ -362,11 +362,12 @@ pub fn train_clip_renderer(
     };
     // The snap networks' examples: the first frame of each of those clips, and where the teacher's
     // motions grasp and release from the fingertips there.
-    let snap_points = match cfg.renderer.snap > 0 && !snap_given {
+    let train_snap = cfg.renderer.snap > 0 && !snap_given;
+    let snap_points = match train_snap {
         true => snap_examples(&model, data, &clip_data, &steps, k_max)?,
         false => Vec::new(),
     };
-    if cfg.renderer.snap > 0 && !snap_given && snap_points.is_empty() {
+    if train_snap && snap_points.is_empty() {
         return Err(Error::Invalid("clip renderer: snap needs expert recipe steps that carry a block".into()));
     }
     fit(&mut trainer, &mut run, &cfg.to_json()?, None, |ctx| {

@@ -243,9 +243,15 @@ pub fn check_clip_stage(c: &ClipStageConfig) -> Result<()> {
 
 /// Loads the dLDM of `dir` drawn by the clip renderer of `clip_dir`.
 pub fn load_clip_dynamics(dir: &Path, clip_dir: &Path, device: &Device) -> Result<BoxedLdm> {
+    Ok(Box::new(load_clip(dir, clip_dir, device)?))
+}
+
+/// [`load_clip_dynamics`] as the concrete model, whose renderer can still be set
+/// (`ClipRenderer::set_snap`, `set_fill_background`) before it is drawn with.
+pub fn load_clip(dir: &Path, clip_dir: &Path, device: &Device) -> Result<ClipDynamics> {
     let (_, ldm) = load_stage1(dir, device).map_err(dldm_err)?;
     let (_, renderer) = load_clip_renderer(clip_dir, device).map_err(dldm_err)?;
-    Ok(Box::new(ClipDynamics { ldm, renderer }))
+    Ok(ClipDynamics { ldm, renderer })
 }
 
 /// A trained model behind the trait the policy and the evaluation use.
