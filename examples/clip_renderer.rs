@@ -9,6 +9,8 @@
 //!     [--seed S]
 //!     [--png FILE]
 //! cargo run --release --example clip_renderer -- layers --out RENDERER_DIR --to DIR   (export the layer networks)
+//! cargo run --release --example clip_renderer -- stage1 --ldm RUN/dldm --out DIR [--displacement-weight W] [--saturation-weight W] [--seed S]
+//!     (stage 1 again with that run's recipe, changed only there)
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //!     [--layers-from RENDERER_DIR] [--png FILE] [--factor camera|table|wall|light|blocks+distractors]
@@ -20,7 +22,10 @@
 //! evaluation seeds, whose layouts no training video shows; `eval` takes `--settle on|off`, the
 //! layered compositor's gravity rule. `CLIP_PHASE=j` prints the codes' and the teacher's motion
 //! of transition j of every recipe step; `CLIP_MIX=free|free-y|carried` adds a row drawing the
-//! codes' motions with that part replaced by the true motions.)
+//! codes' motions with that part replaced by the true motions. `eval --motions-only on` also places
+//! each step's grasp against the true hand and groups the steps by their reach's codes;
+//! `DUMP_REACH=FILE` appends each step's reach and carry with their latents and codes, for
+//! `tools/reach_latents.py`.)
 //! ```
 //!
 //! `eval` scores three renderings of each held-out episode, all chained one render per recipe
@@ -420,6 +425,160 @@ fn motion_check(
     if let Some(l) = &lookup {
         l.report(&lookup_rows, fps);
     }
+    grasp_check(clip, eps, fps)
+}
+
+/// Where each recipe step's grasp lands, drawn from the expert's frame at the step's start: the
+/// fingertips there ([`vw_dldm::clip::mask_bottoms`]) moved by the codes' motions up to the carried
+/// stretch, before and after the snap networks, against the true hand where the block is taken.
+/// x errors by bin, and how often the grasp is nearer another source stack than the true one.
+fn grasp_check(clip: &ClipDynamics, eps: &[Episode], fps: usize) -> anyhow::Result<()> {
+    use vw_data::craftworld::{CELL, TABLE_V};
+    use vw_dldm::clip::{grasp_point, mask_bottoms};
+    let r = &clip.renderer;
+    let size = eps.first().map_or(64.0, |e| e.frames[0].width() as f32);
+    // [codes, snapped]: |dx| bins (<1.5, <3.3, <5, more), nearer another stack, y sum, count.
+    let mut bins = [[0usize; 4]; 2];
+    let mut wrong_after = Vec::new();
+    let mut heights = [0usize; 3];
+    let mut other = [0usize; 2];
+    let mut dy = [Vec::new(), Vec::new()];
+    let pitch = vw_data::craftworld::SOURCE_PITCH;
+    // The codes of each step's two reach transitions, and the true reach (px, x).
+    let mut reach_codes: std::collections::HashMap<Vec<u32>, Vec<f32>> = Default::default();
+    let mut carry_codes = reach_codes.clone();
+    for ep in eps {
+        let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
+        let codes = clip.encode_codes(&video)?.squeeze(0)?;
+        let cam = ep.camera();
+        let truth = truth_motions(ep);
+        let rows = codes.to_vec2::<u32>()?;
+        if let Ok(path) = std::env::var("DUMP_REACH") {
+            // Per step: the reach transitions' pre-quantisation latents and code vectors, and the
+            // true reach and carry (x, px), for a regression outside (tools/).
+            let (xt, xn) = vw_dldm::baseline::transition_pairs(&video)?;
+            let z = clip.ldm.latents(&xt, &xn)?.flatten_from(1)?.to_vec2::<f32>()?;
+            let (q, _) = clip.ldm.quantize_pairs(&xt, &xn)?;
+            let q = q.flatten_from(1)?.to_vec2::<f32>()?;
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+            use std::io::Write;
+            for k in 0..ep.num_steps() {
+                let j = k * fps;
+                if j + 5 >= truth.len() {
+                    break;
+                }
+                let mut row = vec![ep.seed as f32, truth[j].dx + truth[j + 1].dx, truth[j + 4].dx + truth[j + 5].dx];
+                for t in [j, j + 1, j + 4, j + 5] {
+                    row.extend(&z[t]);
+                }
+                for t in [j, j + 1, j + 4, j + 5] {
+                    row.extend(&q[t]);
+                }
+                writeln!(f, "{}", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","))?;
+            }
+        }
+        for k in 0..ep.num_steps() {
+            for (map, j) in [(&mut reach_codes, 0), (&mut carry_codes, 4)] {
+                if let (Some(a), Some(b)) = (rows.get(k * fps + j), rows.get(k * fps + j + 1)) {
+                    let key = [a.clone(), b.clone()].concat();
+                    map.entry(key).or_default().push(truth[k * fps + j].dx + truth[k * fps + j + 1].dx);
+                }
+            }
+        }
+        for k in 0..ep.num_steps() {
+            let (s0, n) = (k * fps, fps.min(codes.dim(0)?.saturating_sub(k * fps)));
+            if n < fps {
+                break;
+            }
+            let first = video.squeeze(0)?.narrow(1, s0, 1)?.squeeze(1)?.unsqueeze(0)?;
+            let step = codes.narrow(0, s0, n)?.unsqueeze(0)?;
+            let grip = r.reads_gripper(n).then(|| r.gripper_position(&first)).transpose()?;
+            let mut motions = r.clip_motions(&step, grip.as_ref())?;
+            let tips = mask_bottoms(&r.gripper_layer(&first)?)?;
+            let Some(g0) = tips[0].and_then(|t| grasp_point(t, &motions[0])) else { continue };
+            if r.config().snap > 0 {
+                r.snap_from(&first, &tips, &mut motions)?;
+            }
+            let g1 = tips[0].and_then(|t| grasp_point(t, &motions[0])).map_or(g0.grasp, |g| g.grasp);
+            // The true hand where the block is first held in this step.
+            let Some(f) = (s0..s0 + fps).find(|&f| ep.truth[f].scene.held.is_some()) else { continue };
+            let h = ep.truth[f].scene.hand;
+            let (hx, hy) = cam.project(h.0, h.1);
+            let (hx, hy) = (hx * size, hy * size);
+            let world_x = |x: f32| cam.unproject(x / size, hy / size).0;
+            let stack =
+                |u: f32| ((u - vw_data::craftworld::SOURCE_U0 - 0.5 * vw_data::craftworld::CELL) / pitch).round();
+            if stack(world_x(g1.0)) != stack(world_x(hx)) {
+                let t = tips[0].map_or(0.0, |t| t.0);
+                // The tops of the true stack and of the one the snap chose (world v), if any.
+                let top = |st: f32| {
+                    ep.truth[s0]
+                        .scene
+                        .blocks
+                        .iter()
+                        .filter(|b| b.2 < TABLE_V + 0.01 && stack(b.1 + 0.5 * CELL) == st && b.1 < 0.5)
+                        .map(|b| b.2)
+                        .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.min(v))))
+                };
+                let (a, b) = (top(stack(world_x(hx))), top(stack(world_x(g1.0))));
+                // Whether the stack taken instead stands as high as the right one (then no height
+                // in the frame tells them apart), another height, or is empty.
+                heights[match (a, b) {
+                    (Some(a), Some(b)) if (a - b).abs() < 0.01 => 0,
+                    (Some(_), Some(_)) => 1,
+                    _ => 2,
+                }] += 1;
+                wrong_after.push(format!("{:+.1}/{:+.1} (reach {:+.0})", g0.grasp.0 - hx, g1.0 - hx, hx - t));
+            }
+            for (i, g) in [g0.grasp, g1].into_iter().enumerate() {
+                let e = (g.0 - hx).abs();
+                bins[i][[1.5, 3.3, 5.0].iter().position(|&b| e < b).unwrap_or(3)] += 1;
+                other[i] += usize::from(stack(world_x(g.0)) != stack(world_x(hx)));
+                dy[i].push(g.1 - hy);
+            }
+        }
+    }
+    for (i, name) in ["the codes' grasp", "after the snap networks"].iter().enumerate() {
+        let n = bins[i].iter().sum::<usize>().max(1) as f64;
+        let pc = |c: usize| 100.0 * c as f64 / n;
+        let mut ys = dy[i].clone();
+        ys.sort_by(f32::total_cmp);
+        let med = ys.get(ys.len() / 2).copied().unwrap_or(0.0);
+        let off = ys.iter().filter(|&&y| (y - med).abs() > 3.0).count();
+        println!(
+            "  {name:24}: |x| off < 1.5 px {:.0}%, < 3.3 {:.0}%, < 5 {:.0}%, more {:.0}%; at another stack {:.0}%; y - hand median {med:.1} px, more than 3 px from it {:.0}% ({} grasps)",
+            pc(bins[i][0]),
+            pc(bins[i][1]),
+            pc(bins[i][2]),
+            pc(bins[i][3]),
+            pc(other[i]),
+            pc(off),
+            n
+        );
+    }
+    for (name, map) in [("reach", &reach_codes), ("carry", &carry_codes)] {
+        let (mut spread, mut n, mut multi, mut far) = (0f32, 0usize, 0usize, 0usize);
+        for v in map.values() {
+            let m = v.iter().sum::<f32>() / v.len() as f32;
+            spread += v.iter().map(|x| (x - m).abs()).sum::<f32>();
+            far += v.iter().filter(|x| (*x - m).abs() > 4.0).count();
+            n += v.len();
+            multi += usize::from(v.len() > 1);
+        }
+        println!(
+            "  {name} codes (both transitions): {} distinct over {n} steps, {multi} shared by several steps; mean |x - mean of its code| {:.2} px, more than 4 px from it {far}",
+            map.len(),
+            spread / n.max(1) as f32
+        );
+    }
+    println!(
+        "  grasps at another stack after the snap: {} (that stack as high as the right one {}, of another height {}, empty {}); x off before/after the snap, px: {}",
+        wrong_after.len(),
+        heights[0],
+        heights[1],
+        heights[2],
+        wrong_after.join(" ")
+    );
     Ok(())
 }
 
@@ -627,6 +786,10 @@ struct Args {
     factor: Option<String>,
     /// `train`: seed of the weights and the batches (default: the config's).
     seed: Option<u64>,
+    /// `stage1`: the dLDM's displacement head weight (`TinyLdmConfig::displacement_weight`).
+    displacement_weight: Option<f64>,
+    /// `stage1`: `TinyLdmConfig::saturation_weight`.
+    saturation_weight: Option<f64>,
 }
 
 /// The clip renderer of `dir` with the layer networks of the renderer run `layers`: the layers see
@@ -811,6 +974,28 @@ fn train(a: &Args) -> anyhow::Result<()> {
 /// Writes the layer networks (`layers.*`) of the renderer run `run`, without the motion readers
 /// and the optimizer's state, as a run folder `to` that `--layers-from` (and the demo's
 /// `ClipStageConfig::layers_init`) can start from.
+/// Stage 1 again with the recipe of the dLDM run `--ldm` (its saved config), changed only by
+/// `--displacement-weight`, `--saturation-weight` and `--seed`, into `--out`.
+fn retrain_stage1(a: &Args) -> anyhow::Result<()> {
+    let ldm = a.ldm.as_ref().context("--ldm RUN/dldm (the recipe to repeat) is required")?;
+    let out = a.out.as_ref().context("--out DIR is required")?;
+    let (mut cfg, _) = load_stage1(ldm, &Device::Cpu)?;
+    if let Some(w) = a.displacement_weight {
+        cfg.model.displacement_weight = w;
+    }
+    if let Some(w) = a.saturation_weight {
+        cfg.model.saturation_weight = w;
+    }
+    if let Some(s) = a.seed {
+        cfg.init_seed = s;
+        cfg.train.seed = s;
+    }
+    let t0 = std::time::Instant::now();
+    vw_dldm::train::stage1::train_stage1(&cfg, out, false, &Device::Cpu, true)?;
+    println!("stage 1: {} steps in {:.0} s", cfg.train.total_steps, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
 fn export_layers(run: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
     use vw_dldm::train::checkpoint::{save_tensors_atomic, write_atomic, STATE_FILE};
     let (state, mut keep) = layer_tensors(run, &Device::Cpu)?;
@@ -848,6 +1033,8 @@ fn main() -> anyhow::Result<()> {
         to: None,
         factor: None,
         seed: None,
+        displacement_weight: None,
+        saturation_weight: None,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -882,6 +1069,8 @@ fn main() -> anyhow::Result<()> {
             "--to" => a.to = Some(v.into()),
             "--factor" => a.factor = Some(v),
             "--seed" => a.seed = Some(v.parse()?),
+            "--displacement-weight" => a.displacement_weight = Some(v.parse()?),
+            "--saturation-weight" => a.saturation_weight = Some(v.parse()?),
             "--motions-only" => a.motions_only = v == "on",
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {
@@ -903,6 +1092,7 @@ fn main() -> anyhow::Result<()> {
             a.steps = 0;
             train(&a)
         }
+        "stage1" => retrain_stage1(&a),
         "layers" => export_layers(
             a.out.as_ref().context("--out RENDERER_DIR is required")?,
             a.to.as_ref().context("--to DIR (the folder to write) is required")?,

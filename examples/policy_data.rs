@@ -329,16 +329,9 @@ fn main() -> anyhow::Result<()> {
         None => clip_dynamics(&ckpt.join("dldm"), &ckpt.join(CLIP_DIR), None, fill_bg, &dev)?,
         Some(passes) => {
             // The demo's clip stage over the committed dLDM, with snap passes.
-            use vw_eval::demo::ldm::{clip_config, stage1_config, train_clip, LdmKind};
+            use vw_eval::demo::ldm::{clip_config, demo_stage1_config, train_clip, LdmKind};
             let out = out.as_ref().context("--clip-snap needs --out DIR")?;
-            let s1 = stage1_config(
-                LdmKind::Dldm,
-                &cfg.ldm,
-                &cfg.craft,
-                cfg.train_episodes,
-                cfg.train_seed(0),
-                cfg.seed + 11,
-            );
+            let s1 = demo_stage1_config(&cfg, LdmKind::Dldm);
             let mut cc = clip_config(&s1, cfg.clip.as_ref().context("the demo has no clip stage")?, cfg.seed + 401);
             cc.renderer.snap = passes;
             if let Some(m) = motion_steps {

@@ -109,4 +109,13 @@ fn the_committed_checkpoints_match_the_cpu_demo() {
     for dir in ["dldm", "vw1-ldm", "clip-dldm", "policy-dldm", "policy-vw1-ldm", "actions-dldm", "actions-vw1-ldm"] {
         assert!(root.join("checkpoints/craftworld").join(dir).join("checkpoint.json").exists(), "{dir}");
     }
+    // The models' recipe lives partly in code (`LdmKind::model`), not in demo.json: the committed
+    // stage-1 runs must be what the demo's stage 1 would train today.
+    use videoworld::eval::demo::ldm::{demo_stage1_config, LdmKind};
+    for kind in [LdmKind::Dldm, LdmKind::Vw1] {
+        let dir = root.join("checkpoints/craftworld").join(kind.dir_name());
+        let (cfg, _) = videoworld::dldm::train::stage1::load_stage1(&dir, &candle_core::Device::Cpu).unwrap();
+        let want = demo_stage1_config(&stored, kind);
+        assert_eq!(cfg, want, "{}", dir.display());
+    }
 }

@@ -193,7 +193,19 @@ pub struct TinyLdmConfig {
     /// augmentation; a whole-pixel shift keeps them right, a zoom or rotation changes the motion the
     /// encoder sees by up to its own factor. 0 = off (no head, the keys of earlier runs).
     pub displacement_weight: f64,
+    /// Weight of a hinge that keeps the latents where FSQ still grades them: the mean of
+    /// `relu(|z| - SATURATION_Z)^2`. Past [`SATURATION_Z`] every latent rounds to its outermost
+    /// level (levels up to 8), and the tanh's gradient vanishes there, so nothing pulls it back.
+    /// Without it the demo's dLDM parks most latents at |z| of 4-5: its encoder tells a step's
+    /// reach to under a pixel, and its codes confuse reaches a source stack apart in 13-19% of
+    /// steps (docs/results.md, "The codes lose the reach"). 0 = off (earlier runs).
+    pub saturation_weight: f64,
 }
+
+/// Past this |z| FSQ's bound rounds to the outermost level for levels up to 8 (5 levels: past
+/// 0.97; 8 levels: past 1.28), so a latent there carries nothing finer
+/// ([`TinyLdmConfig::saturation_weight`]).
+pub const SATURATION_Z: f64 = 1.5;
 
 /// Pixels per unit of the displacement head's output ([`TinyLdmConfig::displacement_weight`]).
 pub const MOTION_SCALE: f64 = 8.0;
@@ -265,6 +277,7 @@ impl Default for TinyLdmConfig {
             extent_weight: 0.0,
             extent_target: ExtentTarget::Moving,
             displacement_weight: 0.0,
+            saturation_weight: 0.0,
         }
     }
 }
@@ -325,6 +338,12 @@ impl TinyLdmConfig {
                 self.displacement_weight
             )));
         }
+        if !self.saturation_weight.is_finite() || self.saturation_weight < 0.0 {
+            return Err(crate::Error::Invalid(format!(
+                "TinyLdm: saturation_weight {} must be finite and >= 0",
+                self.saturation_weight
+            )));
+        }
         if self.diff_only && self.arch == LdmArch::Patch {
             return Err(crate::Error::Invalid(
                 "TinyLdm: diff_only needs arch motion or sprite (the patch encoder reads the pair)".into(),
@@ -332,6 +351,12 @@ impl TinyLdmConfig {
         }
         Ok(())
     }
+}
+
+/// The hinge of [`TinyLdmConfig::saturation_weight`] on latents `z`: mean of
+/// `relu(|z| - SATURATION_Z)^2` (a scalar).
+pub fn saturation_penalty(z: &Tensor) -> Result<Tensor> {
+    Ok(z.to_dtype(DType::F32)?.abs()?.affine(1.0, -SATURATION_Z)?.relu()?.sqr()?.mean_all()?)
 }
 
 /// Kernel-crate errors carry their own context; keep their message.
@@ -838,6 +863,9 @@ impl TinyLdm {
             let hinge = std.affine(-1.0, self.cfg.variance_target)?.relu()?.mean_all()?;
             loss = (loss + (hinge * self.cfg.variance_weight)?)?;
         }
+        if self.cfg.saturation_weight > 0.0 {
+            loss = (loss + (saturation_penalty(&z)? * self.cfg.saturation_weight)?)?;
+        }
         if self.cfg.entropy_weight != 0.0 {
             let (per_sample, batch) = fsq_entropy_terms(&z, &self.cfg.levels, self.cfg.entropy_temperature)?;
             loss = (loss + ((per_sample - batch)? * self.cfg.entropy_weight)?)?;
@@ -1140,6 +1168,44 @@ mod tests {
         assert!((l_on - l_off - 3.0 * got).abs() <= 1e-4 * l_on.max(1.0), "{l_on} = {l_off} + 3 x {got}");
         assert!(on.pair_loss(&x_t, &x_next).is_err());
         assert!(TinyLdm::new(&TinyLdmConfig { displacement_weight: f64::NAN, ..plain }, vb()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_saturation_hinge_charges_only_latents_past_fsqs_graded_range() -> Result<()> {
+        let dev = Device::Cpu;
+        // Past SATURATION_Z every level count up to 8 rounds to its outermost level.
+        let levels = [8usize, 5, 5, 5];
+        let edge = Tensor::new(&[[SATURATION_Z as f32; 4], [-SATURATION_Z as f32; 4]], &dev)?;
+        let far = (&edge * 3.0)?;
+        let (_, i_edge) = fsq::fsq_quantize(&edge, &levels).map_err(kernel_err)?;
+        let (_, i_far) = fsq::fsq_quantize(&far, &levels).map_err(kernel_err)?;
+        assert_eq!(i_edge.to_vec1::<u32>()?, i_far.to_vec1::<u32>()?, "no finer code past the edge");
+        // Zero inside, (|z| - edge)^2 outside, averaged over every latent.
+        let z = Tensor::new(&[[0.0f32, 1.0, -1.5, 2.5], [-3.5, 0.5, 1.4, -1.0]], &dev)?;
+        let got = saturation_penalty(&z)?.to_scalar::<f32>()? as f64;
+        let want = ((2.5 - SATURATION_Z).powi(2) + (3.5 - SATURATION_Z).powi(2)) / 8.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // Its gradient pulls a saturated latent back towards the graded range, and leaves the rest.
+        let v = candle_core::Var::from_tensor(&z)?;
+        let g = saturation_penalty(v.as_tensor())?.backward()?;
+        let g = g.get(v.as_tensor()).expect("a gradient").to_vec2::<f32>()?;
+        assert!(g[0][3] > 0.0 && g[1][0] < 0.0, "{g:?}");
+        assert!(g[0][..3].iter().chain(&g[1][1..]).all(|&x| x == 0.0), "{g:?}");
+        // In the training loss, weighted; and a bad weight is refused.
+        let vm = VarMap::new();
+        let plain = TinyLdmConfig { arch: LdmArch::Motion, ..small(RendererKind::FrameConditioned) };
+        let vb = || crate::train::seeded_var_builder(&vm, 6, DType::F32, &dev);
+        let off = TinyLdm::new(&plain, vb())?;
+        let on = TinyLdm::new(&TinyLdmConfig { saturation_weight: 2.0, ..plain.clone() }, vb())?;
+        let x_t =
+            crate::train::rand_from(&mut rand_chacha::ChaCha8Rng::seed_from_u64(3), -1.0, 1.0, (2, 3, 16, 16), &dev)?;
+        let x_next = x_t.flip(&[3])?;
+        let hinge = saturation_penalty(&off.latents(&x_t, &x_next)?)?.to_scalar::<f32>()? as f64;
+        let (l_off, l_on) = (off.pair_loss(&x_t, &x_next)?, on.pair_loss(&x_t, &x_next)?);
+        let (l_off, l_on) = (l_off.to_scalar::<f32>()? as f64, l_on.to_scalar::<f32>()? as f64);
+        assert!((l_on - l_off - 2.0 * hinge).abs() <= 1e-5 * l_on.max(1.0), "{l_on} = {l_off} + 2 x {hinge}");
+        assert!(TinyLdm::new(&TinyLdmConfig { saturation_weight: -1.0, ..plain }, vb()).is_err());
         Ok(())
     }
 

@@ -40,7 +40,7 @@ pub use recipe::{BlockId, Cell, Placement, Recipe, Structure, BLOCK_NAMES, GLYPH
 pub use render::{render, Renderer};
 pub use scene::{
     cell_top_left, source_top_left, Appearance, Camera, Distractor, SceneState, TableTexture, WallTexture, CELL,
-    TABLE_V,
+    SOURCE_PITCH, SOURCE_STACKS, SOURCE_U0, TABLE_V,
 };
 pub use writer::{
     load_episode, read_episode_meta, write_dataset, write_episode, DatasetSummary, EpisodeMeta, EPISODE_FORMAT,

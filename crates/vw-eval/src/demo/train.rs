@@ -9,7 +9,7 @@
 
 use super::evaluate::{data_err, frame_of, score_method, ExpertVideo, RepeatFirstFrame};
 use super::ldm::{
-    check_clip_stage, clip_config, load_clip_dynamics, load_ldm, stage1_config, train_clip, train_ldm, BoxedLdm,
+    check_clip_stage, clip_config, demo_stage1_config, load_clip_dynamics, load_ldm, train_clip, train_ldm, BoxedLdm,
     LdmKind, CLIP_DIR,
 };
 use super::methods::{policy_err, transition_labels, CodePolicyController, ExpertCodes, NoCodes, PlanAndRender};
@@ -131,14 +131,7 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
         let name = kind.dir_name();
         stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
         let run = runs.join(name);
-        let s1 = stage1_config(
-            kind,
-            &cfg.ldm,
-            &cfg.craft,
-            cfg.train_episodes,
-            cfg.train_seed(0),
-            cfg.seed + 11 * (i as u64 + 1),
-        );
+        let s1 = demo_stage1_config(cfg, kind);
         let mut ldm = train_ldm(&s1, &run, device, progress)?;
         strip_run(&run, &root.join(name))?;
         keep_metrics(&run, root, name)?;
