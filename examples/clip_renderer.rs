@@ -348,6 +348,7 @@ fn motion_check(
     let (mut grasp_off, mut end_off) = ([0f64; 2], [0f64; 2]);
     let mut by_phase = vec![(0f64, 0f64, 0usize); fps];
     let mut by_phase_truth = vec![(0f64, 0f64, 0usize); fps];
+    let mut grasps = GraspCheck::default();
     for ep in eps {
         let taught = teacher_motions(ep, teacher);
         let truth = truth_motions(ep);
@@ -357,6 +358,7 @@ fn motion_check(
         // the reader sees the gripper).
         let grippers = step_grippers(&clip.renderer, &video, codes.dim(0)?)?;
         let pred = clip.renderer.clip_motions(&codes.unsqueeze(0)?, grippers.as_ref())?.concat();
+        grasps.add(clip, ep, &video, &codes, &truth, &pred, fps)?;
         if let Some(l) = &lookup {
             lookup_rows.push((l.read(&codes, &pred)?, taught.clone()));
         }
@@ -425,48 +427,60 @@ fn motion_check(
     if let Some(l) = &lookup {
         l.report(&lookup_rows, fps);
     }
-    grasp_check(clip, eps, fps)
+    grasps.report();
+    Ok(())
 }
 
 /// Where each recipe step's grasp lands, drawn from the expert's frame at the step's start: the
 /// fingertips there ([`vw_dldm::clip::mask_bottoms`]) moved by the codes' motions up to the carried
-/// stretch, before and after the snap networks, against the true hand where the block is taken.
-/// x errors by bin, and how often the grasp is nearer another source stack than the true one.
-fn grasp_check(clip: &ClipDynamics, eps: &[Episode], fps: usize) -> anyhow::Result<()> {
-    use vw_data::craftworld::{CELL, TABLE_V};
-    use vw_dldm::clip::{grasp_point, mask_bottoms};
-    let r = &clip.renderer;
-    let size = eps.first().map_or(64.0, |e| e.frames[0].width() as f32);
-    // [codes, snapped]: |dx| bins (<1.5, <3.3, <5, more), nearer another stack, y sum, count.
-    let mut bins = [[0usize; 4]; 2];
-    let mut wrong_after = Vec::new();
-    let mut heights = [0usize; 3];
-    let mut other = [0usize; 2];
-    let mut dy = [Vec::new(), Vec::new()];
-    let pitch = vw_data::craftworld::SOURCE_PITCH;
-    // The codes of each step's two reach transitions, and the true reach (px, x).
-    let mut reach_codes: std::collections::HashMap<Vec<u32>, Vec<f32>> = Default::default();
-    let mut carry_codes = reach_codes.clone();
-    for ep in eps {
-        let video = ep.frames_tensor(&Device::Cpu)?.unsqueeze(0)?;
-        let codes = clip.encode_codes(&video)?.squeeze(0)?;
-        let cam = ep.camera();
-        let truth = truth_motions(ep);
+/// stretch, before and after the snap networks, against the true hand where the block is taken:
+/// x errors by bin, and how often the grasp is nearer another source stack than the true one. Also
+/// how far the true reach and carry spread among the steps that share their codes.
+#[derive(Default)]
+struct GraspCheck {
+    /// [codes, snapped]: |dx| bins (< 1.5, < 3.3, < 5 px, more).
+    bins: [[usize; 4]; 2],
+    /// [codes, snapped]: grasps nearer another source stack than the true one.
+    other: [usize; 2],
+    /// [codes, snapped]: grasp y minus the true hand's y (px).
+    dy: [Vec<f32>; 2],
+    /// Snapped grasps at another stack: "x off before/after (reach)".
+    wrong_after: Vec<String>,
+    /// Of those, the stack taken instead: as high as the right one, of another height, empty.
+    heights: [usize; 3],
+    /// The codes of each step's two reach (carry) transitions, and the true reach (carry) (x, px).
+    reach_codes: std::collections::HashMap<Vec<u32>, Vec<f32>>,
+    carry_codes: std::collections::HashMap<Vec<u32>, Vec<f32>>,
+}
+
+impl GraspCheck {
+    /// One episode: its frames `video` `(1, 3, T, H, W)`, its codes `codes` `(T - 1, Q)`, its true
+    /// motions `truth` and the motions `pred` the renderer reads from the codes, `fps` per step.
+    /// With `DUMP_REACH=FILE` also appends each step's reach and carry with the latents and the
+    /// code vectors of their transitions to FILE (for `tools/reach_latents.py`).
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        clip: &ClipDynamics,
+        ep: &Episode,
+        video: &Tensor,
+        codes: &Tensor,
+        truth: &[TransitionMotion],
+        pred: &[TransitionMotion],
+        fps: usize,
+    ) -> anyhow::Result<()> {
+        use vw_data::craftworld::{CELL, SOURCE_PITCH, SOURCE_U0, TABLE_V};
+        use vw_dldm::clip::{grasp_point, mask_bottoms};
+        let r = &clip.renderer;
         let rows = codes.to_vec2::<u32>()?;
         if let Ok(path) = std::env::var("DUMP_REACH") {
-            // Per step: the reach transitions' pre-quantisation latents and code vectors, and the
-            // true reach and carry (x, px), for a regression outside (tools/).
-            let (xt, xn) = vw_dldm::baseline::transition_pairs(&video)?;
-            let z = clip.ldm.latents(&xt, &xn)?.flatten_from(1)?.to_vec2::<f32>()?;
-            let (q, _) = clip.ldm.quantize_pairs(&xt, &xn)?;
-            let q = q.flatten_from(1)?.to_vec2::<f32>()?;
+            let (xt, xn) = vw_dldm::baseline::transition_pairs(video)?;
+            let z = clip.ldm.latents(&xt, &xn)?;
+            let (q, _) = vw_tensor_kernels::fsq::fsq_quantize(&z, &clip.ldm.config().levels)?;
+            let (z, q) = (z.flatten_from(1)?.to_vec2::<f32>()?, q.flatten_from(1)?.to_vec2::<f32>()?);
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
             use std::io::Write;
-            for k in 0..ep.num_steps() {
-                let j = k * fps;
-                if j + 5 >= truth.len() {
-                    break;
-                }
+            for j in (0..ep.num_steps()).map(|k| k * fps).take_while(|&j| j + 5 < truth.len()) {
                 let mut row = vec![ep.seed as f32, truth[j].dx + truth[j + 1].dx, truth[j + 4].dx + truth[j + 5].dx];
                 for t in [j, j + 1, j + 4, j + 5] {
                     row.extend(&z[t]);
@@ -478,39 +492,41 @@ fn grasp_check(clip: &ClipDynamics, eps: &[Episode], fps: usize) -> anyhow::Resu
             }
         }
         for k in 0..ep.num_steps() {
-            for (map, j) in [(&mut reach_codes, 0), (&mut carry_codes, 4)] {
+            for (map, j) in [(&mut self.reach_codes, 0), (&mut self.carry_codes, 4)] {
                 if let (Some(a), Some(b)) = (rows.get(k * fps + j), rows.get(k * fps + j + 1)) {
                     let key = [a.clone(), b.clone()].concat();
                     map.entry(key).or_default().push(truth[k * fps + j].dx + truth[k * fps + j + 1].dx);
                 }
             }
         }
-        for k in 0..ep.num_steps() {
-            let (s0, n) = (k * fps, fps.min(codes.dim(0)?.saturating_sub(k * fps)));
-            if n < fps {
-                break;
-            }
-            let first = video.squeeze(0)?.narrow(1, s0, 1)?.squeeze(1)?.unsqueeze(0)?;
-            let step = codes.narrow(0, s0, n)?.unsqueeze(0)?;
-            let grip = r.reads_gripper(n).then(|| r.gripper_position(&first)).transpose()?;
-            let mut motions = r.clip_motions(&step, grip.as_ref())?;
-            let tips = mask_bottoms(&r.gripper_layer(&first)?)?;
-            let Some(g0) = tips[0].and_then(|t| grasp_point(t, &motions[0])) else { continue };
-            if r.config().snap > 0 {
-                r.snap_from(&first, &tips, &mut motions)?;
-            }
-            let g1 = tips[0].and_then(|t| grasp_point(t, &motions[0])).map_or(g0.grasp, |g| g.grasp);
+        // Every whole step at once: its first frame, the fingertips there, its motions as read
+        // and as snapped.
+        let steps = ep.num_steps().min(pred.len() / fps);
+        if steps == 0 {
+            return Ok(());
+        }
+        let firsts = step_firsts(video, steps, fps)?;
+        let tips = mask_bottoms(&r.gripper_layer(&firsts)?)?;
+        let read: Vec<Vec<TransitionMotion>> = pred.chunks(fps).take(steps).map(<[_]>::to_vec).collect();
+        let mut snapped = read.clone();
+        if r.config().snap > 0 {
+            r.snap_from(&firsts, &tips, &mut snapped)?;
+        }
+        let (cam, size) = (ep.camera(), ep.frames[0].width() as f32);
+        let stack = |u: f32| ((u - SOURCE_U0 - 0.5 * CELL) / SOURCE_PITCH).round();
+        for k in 0..steps {
+            let Some(g0) = tips[k].and_then(|t| grasp_point(t, &read[k])) else { continue };
+            let g1 = tips[k].and_then(|t| grasp_point(t, &snapped[k])).map_or(g0.grasp, |g| g.grasp);
             // The true hand where the block is first held in this step.
+            let s0 = k * fps;
             let Some(f) = (s0..s0 + fps).find(|&f| ep.truth[f].scene.held.is_some()) else { continue };
             let h = ep.truth[f].scene.hand;
             let (hx, hy) = cam.project(h.0, h.1);
             let (hx, hy) = (hx * size, hy * size);
             let world_x = |x: f32| cam.unproject(x / size, hy / size).0;
-            let stack =
-                |u: f32| ((u - vw_data::craftworld::SOURCE_U0 - 0.5 * vw_data::craftworld::CELL) / pitch).round();
             if stack(world_x(g1.0)) != stack(world_x(hx)) {
-                let t = tips[0].map_or(0.0, |t| t.0);
-                // The tops of the true stack and of the one the snap chose (world v), if any.
+                let t = tips[k].map_or(0.0, |t| t.0);
+                // The tops of the true stack and of the one taken instead (world v), if any.
                 let top = |st: f32| {
                     ep.truth[s0]
                         .scene
@@ -520,66 +536,68 @@ fn grasp_check(clip: &ClipDynamics, eps: &[Episode], fps: usize) -> anyhow::Resu
                         .map(|b| b.2)
                         .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.min(v))))
                 };
-                let (a, b) = (top(stack(world_x(hx))), top(stack(world_x(g1.0))));
-                // Whether the stack taken instead stands as high as the right one (then no height
-                // in the frame tells them apart), another height, or is empty.
-                heights[match (a, b) {
+                // As high as the right one (then no height in the frame tells them apart), another
+                // height, or empty.
+                self.heights[match (top(stack(world_x(hx))), top(stack(world_x(g1.0)))) {
                     (Some(a), Some(b)) if (a - b).abs() < 0.01 => 0,
                     (Some(_), Some(_)) => 1,
                     _ => 2,
                 }] += 1;
-                wrong_after.push(format!("{:+.1}/{:+.1} (reach {:+.0})", g0.grasp.0 - hx, g1.0 - hx, hx - t));
+                self.wrong_after.push(format!("{:+.1}/{:+.1} (reach {:+.0})", g0.grasp.0 - hx, g1.0 - hx, hx - t));
             }
             for (i, g) in [g0.grasp, g1].into_iter().enumerate() {
                 let e = (g.0 - hx).abs();
-                bins[i][[1.5, 3.3, 5.0].iter().position(|&b| e < b).unwrap_or(3)] += 1;
-                other[i] += usize::from(stack(world_x(g.0)) != stack(world_x(hx)));
-                dy[i].push(g.1 - hy);
+                self.bins[i][[1.5, 3.3, 5.0].iter().position(|&b| e < b).unwrap_or(3)] += 1;
+                self.other[i] += usize::from(stack(world_x(g.0)) != stack(world_x(hx)));
+                self.dy[i].push(g.1 - hy);
             }
         }
+        Ok(())
     }
-    for (i, name) in ["the codes' grasp", "after the snap networks"].iter().enumerate() {
-        let n = bins[i].iter().sum::<usize>().max(1) as f64;
-        let pc = |c: usize| 100.0 * c as f64 / n;
-        let mut ys = dy[i].clone();
-        ys.sort_by(f32::total_cmp);
-        let med = ys.get(ys.len() / 2).copied().unwrap_or(0.0);
-        let off = ys.iter().filter(|&&y| (y - med).abs() > 3.0).count();
-        println!(
-            "  {name:24}: |x| off < 1.5 px {:.0}%, < 3.3 {:.0}%, < 5 {:.0}%, more {:.0}%; at another stack {:.0}%; y - hand median {med:.1} px, more than 3 px from it {:.0}% ({} grasps)",
-            pc(bins[i][0]),
-            pc(bins[i][1]),
-            pc(bins[i][2]),
-            pc(bins[i][3]),
-            pc(other[i]),
-            pc(off),
-            n
-        );
-    }
-    for (name, map) in [("reach", &reach_codes), ("carry", &carry_codes)] {
-        let (mut spread, mut n, mut multi, mut far) = (0f32, 0usize, 0usize, 0usize);
-        for v in map.values() {
-            let m = v.iter().sum::<f32>() / v.len() as f32;
-            spread += v.iter().map(|x| (x - m).abs()).sum::<f32>();
-            far += v.iter().filter(|x| (*x - m).abs() > 4.0).count();
-            n += v.len();
-            multi += usize::from(v.len() > 1);
+
+    fn report(&self) {
+        for (i, name) in ["the codes' grasp", "after the snap networks"].iter().enumerate() {
+            let n = self.bins[i].iter().sum::<usize>().max(1) as f64;
+            let pc = |c: usize| 100.0 * c as f64 / n;
+            let mut ys = self.dy[i].clone();
+            ys.sort_by(f32::total_cmp);
+            let med = ys.get(ys.len() / 2).copied().unwrap_or(0.0);
+            let off = ys.iter().filter(|&&y| (y - med).abs() > 3.0).count();
+            println!(
+                "  {name:24}: |x| off < 1.5 px {:.0}%, < 3.3 {:.0}%, < 5 {:.0}%, more {:.0}%; at another stack {:.0}%; y - hand median {med:.1} px, more than 3 px from it {:.0}% ({} grasps)",
+                pc(self.bins[i][0]),
+                pc(self.bins[i][1]),
+                pc(self.bins[i][2]),
+                pc(self.bins[i][3]),
+                pc(self.other[i]),
+                pc(off),
+                n
+            );
+        }
+        for (name, map) in [("reach", &self.reach_codes), ("carry", &self.carry_codes)] {
+            let (mut spread, mut n, mut multi, mut far) = (0f32, 0usize, 0usize, 0usize);
+            for v in map.values() {
+                let m = v.iter().sum::<f32>() / v.len() as f32;
+                spread += v.iter().map(|x| (x - m).abs()).sum::<f32>();
+                far += v.iter().filter(|x| (*x - m).abs() > 4.0).count();
+                n += v.len();
+                multi += usize::from(v.len() > 1);
+            }
+            println!(
+                "  {name} codes (both transitions): {} distinct over {n} steps, {multi} shared by several steps; mean |x - mean of its code| {:.2} px, more than 4 px from it {far}",
+                map.len(),
+                spread / n.max(1) as f32
+            );
         }
         println!(
-            "  {name} codes (both transitions): {} distinct over {n} steps, {multi} shared by several steps; mean |x - mean of its code| {:.2} px, more than 4 px from it {far}",
-            map.len(),
-            spread / n.max(1) as f32
+            "  grasps at another stack after the snap: {} (that stack as high as the right one {}, of another height {}, empty {}); x off before/after the snap, px: {}",
+            self.wrong_after.len(),
+            self.heights[0],
+            self.heights[1],
+            self.heights[2],
+            self.wrong_after.join(" ")
         );
     }
-    println!(
-        "  grasps at another stack after the snap: {} (that stack as high as the right one {}, of another height {}, empty {}); x off before/after the snap, px: {}",
-        wrong_after.len(),
-        heights[0],
-        heights[1],
-        heights[2],
-        wrong_after.join(" ")
-    );
-    Ok(())
 }
 
 /// Whether two block placements are within about half a cell (3 px) on both axes: docs/craftworld.md,
@@ -971,9 +989,6 @@ fn train(a: &Args) -> anyhow::Result<()> {
     evaluate(&a, out, seen.as_ref())
 }
 
-/// Writes the layer networks (`layers.*`) of the renderer run `run`, without the motion readers
-/// and the optimizer's state, as a run folder `to` that `--layers-from` (and the demo's
-/// `ClipStageConfig::layers_init`) can start from.
 /// Stage 1 again with the recipe of the dLDM run `--ldm` (its saved config), changed only by
 /// `--displacement-weight`, `--saturation-weight` and `--seed`, into `--out`.
 fn retrain_stage1(a: &Args) -> anyhow::Result<()> {
@@ -996,6 +1011,9 @@ fn retrain_stage1(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the layer networks (`layers.*`) of the renderer run `run`, without the motion readers
+/// and the optimizer's state, as a run folder `to` that `--layers-from` (and the demo's
+/// `ClipStageConfig::layers_init`) can start from.
 fn export_layers(run: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
     use vw_dldm::train::checkpoint::{save_tensors_atomic, write_atomic, STATE_FILE};
     let (state, mut keep) = layer_tensors(run, &Device::Cpu)?;
