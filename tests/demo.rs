@@ -83,6 +83,60 @@ fn reduced_demo_end_to_end() {
     for (a, b) in again.report.methods.iter().zip(&r.methods) {
         assert_eq!(a.success, b.success, "{}", a.name);
     }
+
+    // An interrupted training resumes: with the config marker present, the stages still in the
+    // folder are kept and the missing ones retrained, to the same weights.
+    let resumed = dir.path().join("resumed");
+    copy_dir(&opts.checkpoints, &resumed);
+    let retrained = ["actions-dldm", "policy-vw1-ldm", "no-codes"];
+    for d in retrained {
+        std::fs::remove_dir_all(resumed.join(d)).unwrap();
+    }
+    let kept = tensors_of(&resumed.join("dldm"));
+    let marker = resumed.join(videoworld::eval::demo::train::TRAINING_FILE);
+    std::fs::write(&marker, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let dldm_file = std::fs::read_dir(resumed.join("dldm")).unwrap().count();
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let before = stamp(&resumed.join("dldm").join("checkpoint.json"));
+    videoworld::eval::demo::train::train_all(&cfg, &resumed, &candle_core::Device::Cpu, false).unwrap();
+    assert!(!marker.exists(), "the marker goes once training is complete");
+    assert_eq!(stamp(&resumed.join("dldm").join("checkpoint.json")), before, "a kept stage is not rewritten");
+    assert_eq!(std::fs::read_dir(resumed.join("dldm")).unwrap().count(), dldm_file);
+    assert_eq!(tensors_of(&resumed.join("dldm")), kept);
+    for d in retrained {
+        assert_eq!(tensors_of(&resumed.join(d)), tensors_of(&opts.checkpoints.join(d)), "{d}");
+    }
+}
+
+/// Every tensor of every safetensors file in `dir`, by file and name, as f32 values.
+fn tensors_of(dir: &std::path::Path) -> Vec<(String, String, Vec<f32>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            let file = p.file_name().unwrap().to_string_lossy().into_owned();
+            for (k, t) in candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap() {
+                let v = t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                out.push((file.clone(), k, v));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    assert!(!out.is_empty(), "no tensors in {}", dir.display());
+    out
+}
+
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
 }
 
 /// The committed checkpoints are what `vw demo --retrain` trains today: a change to the CPU

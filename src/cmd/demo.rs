@@ -33,8 +33,22 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
+/// `--retrain` trains the two latent dynamics models' chains at the same time
+/// (`vw_eval::demo::train_all`): unless the user chose, each gets half the cores. Called before
+/// any other thread of the process starts, as the environment must only change then.
+fn share_cores_between_chains() {
+    const VAR: &str = "RAYON_NUM_THREADS";
+    if std::env::var_os(VAR).is_none() {
+        let half = (candle_core::utils::get_num_threads() / 2).max(1);
+        std::env::set_var(VAR, half.to_string());
+    }
+}
+
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.retrain {
+        share_cores_between_chains();
+    }
     let device = args.device.open()?;
     let checkpoints = match (&args.checkpoints, args.retrain) {
         (Some(c), _) => c.clone(),

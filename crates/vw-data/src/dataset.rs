@@ -375,17 +375,12 @@ impl Loader {
             }
             receivers.push(rx);
         }
-        let progress = if self.cfg.progress {
-            let pb = indicatif::ProgressBar::new(batches.len() as u64);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template("epoch {msg} {bar:30} {pos}/{len} batches {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            pb.set_message(epoch.to_string());
-            pb
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let progress = crate::progress::bar(batches.len() as u64, self.cfg.progress);
+        progress.set_style(
+            indicatif::ProgressStyle::with_template("epoch {msg} {bar:30} {pos}/{len} batches {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        progress.set_message(epoch.to_string());
         Epoch { receivers, handles, next: 0, total: batches.len(), device: self.device.clone(), progress }
     }
 }

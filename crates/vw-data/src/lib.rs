@@ -7,6 +7,7 @@ pub mod craftworld;
 pub mod dataset;
 pub mod error;
 pub mod image_tensor;
+pub mod progress;
 pub mod readers;
 
 pub use dataset::{Batch, Clip, ClipDataset, ClipSpec, Loader, LoaderConfig};

@@ -115,7 +115,7 @@ pub fn write_dataset(
     let mpath = out.join("craftworld.json");
     let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(format!("{}: {e}", mpath.display())))?;
     std::fs::write(&mpath, text).map_err(|e| Error::io(&mpath, e))?;
-    let bar = if progress { indicatif::ProgressBar::new(episodes as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = crate::progress::bar(episodes as u64, progress);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} episodes ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

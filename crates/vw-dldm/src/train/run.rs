@@ -68,11 +68,12 @@ impl RunDir {
         }
         super::checkpoint::write_atomic(&path, body.as_bytes())?;
         let metrics = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        let bar = if show_progress { ProgressBar::new(total_steps) } else { ProgressBar::hidden() };
+        let bar = vw_data::progress::bar(total_steps, show_progress);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} loss {msg} | {per_sec} | ETA {eta}")
+            ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} loss {msg} | {per_sec} | ETA {eta}")
                 .map_err(|e| Error::Invalid(e.to_string()))?,
         );
+        bar.set_prefix(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         bar.set_position(resume_step.unwrap_or(0));
         bar.reset_eta();
         Ok(Self {

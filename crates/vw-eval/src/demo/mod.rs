@@ -192,10 +192,7 @@ pub fn episodes(cfg: &DemoConfig, split: Split, n: usize, progress: bool) -> Res
 
 /// A progress bar (hidden when `show` is false).
 pub fn progress_bar(len: u64, msg: &str, show: bool) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
+    let bar = vw_data::progress::bar(len, show);
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
     {

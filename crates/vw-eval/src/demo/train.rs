@@ -37,7 +37,7 @@ const KINDS: [LdmKind; 2] = [LdmKind::Dldm, LdmKind::Vw1];
 
 fn stage(progress: bool, msg: &str) {
     if progress {
-        eprintln!("==> {msg}");
+        vw_data::progress::note(&format!("==> {msg}"));
     }
 }
 
@@ -118,45 +118,169 @@ fn keep_metrics(run: &Path, root: &Path, name: &str) -> Result<()> {
 }
 
 /// Trains every stage on freshly generated training episodes and writes the checkpoint folder.
+///
+/// Resumable: while it trains, the folder holds `training.json` (the config). Run again with the
+/// same config on a folder left unfinished, it keeps every stage already written there and trains
+/// the rest; with another config it trains every stage again.
+///
+/// The two latent dynamics models' chains (stage 1 -> clip renderer -> codes -> policy -> action
+/// decoder) are independent, so on the CPU they train at the same time, each in its own thread
+/// pool, the no-codes baseline after the VW1-style chain (a GPU trains them one after the other).
+/// Each pool has as many threads as candle splits a matrix product into (`RAYON_NUM_THREADS`, else
+/// the physical cores): a product split into more parts than its pool has threads runs slower
+/// than on one thread. Set `RAYON_NUM_THREADS` to half the cores before the first thread starts
+/// so the two chains share the machine; `vw demo --retrain` does. On 2 cores the demo's stage-1
+/// step takes as long on one thread as on two (its products are too small to split well), so the
+/// pair then takes about the time of the longer chain. Each stage draws from its own seeded
+/// streams and candle's CPU kernels do not split a reduction across threads, so the weights are
+/// the same as trained one after the other, with any number of threads.
 pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool) -> Result<()> {
     if let Some(c) = &cfg.clip {
         check_clip_stage(c)?;
     }
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-    let runs = root.join("runs");
+    let marker = root.join(TRAINING_FILE);
+    // Compared as written, text to text: an f32 field reads back from the text as another f64.
+    let want: serde_json::Value =
+        serde_json::to_string(cfg).and_then(|t| serde_json::from_str(&t)).map_err(|e| Error::Invalid(e.to_string()))?;
+    let resume = std::fs::read(&marker)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|had| had == want);
+    if resume {
+        stage(progress, &format!("resuming the unfinished training in {}", root.display()));
+    }
+    write_json(&marker, cfg)?;
+    let plan = Plan { cfg, root, runs: root.join("runs"), resume, device, progress };
     stage(progress, &format!("generating {} training episodes", cfg.train_episodes));
     let train = episodes(cfg, Split::Train, cfg.train_episodes, progress)?;
-    let opts = TrainOptions { device: device.clone(), dtype: DType::F32, progress, ..Default::default() };
-    for (i, kind) in KINDS.into_iter().enumerate() {
-        let name = kind.dir_name();
-        stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
-        let run = runs.join(name);
-        let s1 = demo_stage1_config(cfg, kind);
-        let mut ldm = train_ldm(&s1, &run, device, progress)?;
-        strip_run(&run, &root.join(name))?;
-        keep_metrics(&run, root, name)?;
-        if let (LdmKind::Dldm, Some(c)) = (kind, &cfg.clip) {
-            stage(
-                progress,
-                &format!("training the dLDM's clip renderer ({} motion + {} layer steps)", c.motion_steps, c.steps),
-            );
-            let crun = runs.join(CLIP_DIR);
-            ldm = train_clip(&s1, &run, &clip_config(&s1, c, cfg.seed + 401), &train, &crun, device, progress)?;
-            strip_run(&crun, &root.join(CLIP_DIR))?;
-            keep_metrics(&crun, root, CLIP_DIR)?;
+    let dldm = || plan.chain(LdmKind::Dldm, &train);
+    let vw1 = || {
+        plan.chain(LdmKind::Vw1, &train)?;
+        let out = root.join("no-codes");
+        if plan.done(&out, "no-codes", "the no-codes frame predictor") {
+            return Ok(());
         }
-        stage(progress, &format!("encoding the codes of {} training episodes", train.len()));
+        stage(progress, &format!("training the no-codes frame predictor ({} steps)", cfg.baseline_steps));
+        train_baseline(cfg, &train, &plan.runs.join("no-codes"), &out, device, progress)?;
+        keep_metrics(&plan.runs.join("no-codes"), root, "no-codes")
+    };
+    if device.is_cpu() {
+        let threads = candle_core::utils::get_num_threads();
+        let pool =
+            || rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::Invalid(e.to_string()));
+        let (dldm_pool, vw1_pool) = (pool()?, pool()?);
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| dldm_pool.install(dldm));
+            let b = s.spawn(|| vw1_pool.install(vw1));
+            (joined(a.join()), joined(b.join()))
+        });
+        a?;
+        b?;
+    } else {
+        dldm()?;
+        vw1()?;
+    }
+    let _ = std::fs::remove_dir_all(&plan.runs);
+    write_json(&root.join(DEMO_CONFIG_FILE), cfg)?;
+    std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))
+}
+
+/// The file [`train_all`] keeps in a checkpoint folder while it trains: the config, so a run
+/// interrupted can be resumed.
+pub const TRAINING_FILE: &str = "training.json";
+
+/// A training thread's result; a panic in it becomes an error.
+fn joined(r: std::thread::Result<Result<()>>) -> Result<()> {
+    r.unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a training thread panicked");
+        Err(Error::Invalid(format!("training thread panicked: {what}")))
+    })
+}
+
+/// Where [`train_all`] writes and whether it resumes.
+struct Plan<'a> {
+    cfg: &'a DemoConfig,
+    root: &'a Path,
+    runs: std::path::PathBuf,
+    resume: bool,
+    device: &'a Device,
+    progress: bool,
+}
+
+impl Plan<'_> {
+    /// Whether the stage writing `out` (loss log `metrics/<name>.jsonl`) is already there from the
+    /// run being resumed; says so when it is.
+    fn done(&self, out: &Path, name: &str, what: &str) -> bool {
+        let written = match name {
+            "no-codes" => out.join("model.safetensors").exists() && out.join("config.json").exists(),
+            _ => checkpoint::read_state(out).ok().flatten().is_some(),
+        };
+        let done = self.resume && written && self.root.join("metrics").join(format!("{name}.jsonl")).exists();
+        if done {
+            stage(self.progress, &format!("{what}: kept from the run being resumed ({})", out.display()));
+        }
+        done
+    }
+
+    /// One latent dynamics model's chain of the demo: stage 1, the dLDM's clip renderer (when
+    /// [`DemoConfig::clip`] is on), the AR policy on its codes and the action decoder, each written
+    /// (stripped) into the root with its loss log.
+    fn chain(&self, kind: LdmKind, train: &[Episode]) -> Result<()> {
+        let (cfg, root, device, progress) = (self.cfg, self.root, self.device, self.progress);
+        let i = KINDS.iter().position(|k| *k == kind).expect("every kind is in KINDS");
+        let opts = TrainOptions { device: device.clone(), dtype: DType::F32, progress, ..Default::default() };
+        let name = kind.dir_name();
+        let s1 = demo_stage1_config(cfg, kind);
+        let s1_out = root.join(name);
+        let mut ldm = if self.done(&s1_out, name, &format!("stage 1 of the {}", kind.label())) {
+            load_ldm(&s1_out, device)?
+        } else {
+            stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
+            let run = self.runs.join(name);
+            let ldm = train_ldm(&s1, &run, device, progress)?;
+            strip_run(&run, &s1_out)?;
+            keep_metrics(&run, root, name)?;
+            ldm
+        };
+        if let (LdmKind::Dldm, Some(c)) = (kind, &cfg.clip) {
+            let clip_out = root.join(CLIP_DIR);
+            ldm = if self.done(&clip_out, CLIP_DIR, "the dLDM's clip renderer") {
+                load_clip_dynamics(&s1_out, &clip_out, device)?
+            } else {
+                stage(
+                    progress,
+                    &format!("training the dLDM's clip renderer ({} motion + {} layer steps)", c.motion_steps, c.steps),
+                );
+                let crun = self.runs.join(CLIP_DIR);
+                let clip = clip_config(&s1, c, cfg.seed + 401);
+                let ldm = train_clip(&s1, &s1_out, &clip, train, &crun, device, progress)?;
+                strip_run(&crun, &clip_out)?;
+                keep_metrics(&crun, root, CLIP_DIR)?;
+                ldm
+            };
+        }
         let tps = transitions_per_step(cfg, ldm.as_ref())?;
         let pname = format!("policy-{name}");
-        stage(progress, &format!("training the AR policy on the {} ({} steps)", kind.label(), cfg.policy_steps));
-        let prun = runs.join(&pname);
-        train_demo_policy(cfg, &policy_config(cfg, ldm.as_ref())?, i, ldm.as_ref(), &train, &prun, &opts)?;
-        strip_run(&prun, &root.join(&pname))?;
-        keep_metrics(&prun, root, &pname)?;
+        if !self.done(&root.join(&pname), &pname, &format!("the AR policy on the {}", kind.label())) {
+            stage(progress, &format!("encoding the codes of {} training episodes ({})", train.len(), kind.label()));
+            stage(progress, &format!("training the AR policy on the {} ({} steps)", kind.label(), cfg.policy_steps));
+            let prun = self.runs.join(&pname);
+            train_demo_policy(cfg, &policy_config(cfg, ldm.as_ref())?, i, ldm.as_ref(), train, &prun, &opts)?;
+            strip_run(&prun, &root.join(&pname))?;
+            keep_metrics(&prun, root, &pname)?;
+        }
         let aname = format!("actions-{name}");
+        if self.done(&root.join(&aname), &aname, &format!("the action decoder on the {}", kind.label())) {
+            return Ok(());
+        }
         stage(progress, &format!("training the action decoder on the {} ({} steps)", kind.label(), cfg.decoder_steps));
-        let ad = action_dataset(ldm.as_ref(), &train, tps, device).map_err(policy_err)?;
-        let arun = runs.join(&aname);
+        let ad = action_dataset(ldm.as_ref(), train, tps, device).map_err(policy_err)?;
+        let arun = self.runs.join(&aname);
         let _ = std::fs::remove_dir_all(&arun);
         let ac = action_config(cfg, ldm.as_ref())?;
         train_action_decoder(
@@ -168,13 +292,8 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
         )
         .map_err(policy_err)?;
         strip_run(&arun, &root.join(&aname))?;
-        keep_metrics(&arun, root, &aname)?;
+        keep_metrics(&arun, root, &aname)
     }
-    stage(progress, &format!("training the no-codes frame predictor ({} steps)", cfg.baseline_steps));
-    train_baseline(cfg, &train, &runs.join("no-codes"), &root.join("no-codes"), device, progress)?;
-    keep_metrics(&runs.join("no-codes"), root, "no-codes")?;
-    let _ = std::fs::remove_dir_all(&runs);
-    write_json(&root.join(DEMO_CONFIG_FILE), cfg)
 }
 
 /// Trains the AR policy `pc` (the demo's is [`policy_config`]) of the demo's `index`-th latent
