@@ -11,7 +11,7 @@
 //!     [--device cpu|cuda:N]
 //!     [--replan on (train on every step's start frame; score re-planning at every step)]
 //!     [--twins on (only: the training-look twin's codes drawn on the held-out first frame)]
-//!     [--why on (with --twins: what the judge sees at each episode's first failed step, and whether a
+//!     [--why on (with --twins, also with --factors: what the judge sees at each episode's first failed step, and whether a
 //!      missing block is still where the step began; with WHY_PNG=DIR set, also the expert's and the
 //!      drawn frames of every step end up to it, as PNGs in DIR)]
 //!     [--anchor N (with --twins: every N transitions drawn from the twin's own frame; 8 = every step
@@ -20,7 +20,8 @@
 //!     [--clip-snap N (first retrain the demo's clip renderer into OUT/clip-dldm with N snap passes)]
 //!     [--layers-from RENDERER_DIR (with --clip-snap: its layer networks instead of the committed ones)]
 //!     [--motion-steps M (with --clip-snap: the clip stage's motion phase, where the snap networks train)]
-//!     [--factors on (score the held-out layouts with one held-out look factor at a time)] [--lr LR] [--augment demo|photometric|off] [--grid G (G x G observation tokens; the demo's is 4)] [--hidden H] [--layers L]
+//!     [--factors on (score the held-out layouts with one held-out look factor at a time; with --twins on,
+//!      the training-look twin's codes instead of the policy's)] [--lr LR] [--augment demo|photometric|off] [--grid G (G x G observation tokens; the demo's is 4)] [--hidden H] [--layers L]
 //! ```
 
 use anyhow::Context;
@@ -412,6 +413,10 @@ fn main() -> anyhow::Result<()> {
         };
         Ok(score_method(&mut p, eps, fps, 0, &dev)?)
     };
+    // The same seeds in the training look have the same task, layout and motions: their codes are
+    // what a perfect policy trained on the training look would predict.
+    let twin: Vec<Episode> =
+        (0..eval).map(|e| generate_episode(&cfg.craft, Split::Train, cfg.test_seed(e))).collect::<Result<_, _>>()?;
     if factors {
         // The held-out episodes' layouts in the training look, then with one factor of the
         // held-out look swapped in at a time: which part of the look the policy's plans miss.
@@ -426,17 +431,31 @@ fn main() -> anyhow::Result<()> {
                     (None, _) => generate_episode(&cfg.craft, Split::TestAppearance, cfg.test_seed(e)),
                 })
                 .collect::<Result<_, _>>()?;
-            report(&format!("policy's codes, held-out layouts, {name}"), &score_plans(&eps)?);
+            if twins {
+                // The training-look twin's codes drawn in this look: what a perfect policy's plans
+                // would give here, so the renderer's share of the look's cost.
+                let mut e = ExpertCodes {
+                    name: String::new(),
+                    dynamics: ldm.as_ref(),
+                    episodes: &twin,
+                    next: 0,
+                    anchor_every: anchor,
+                };
+                let keep = if why { eps.len() } else { 0 };
+                let scored = score_method(&mut e, &eps, fps, keep, &dev)?;
+                report(&format!("twin's codes, held-out layouts, {name}"), &scored);
+                if why {
+                    why_failed(&name.replace(['+', ' '], "-"), &eps, &scored, fps)?;
+                }
+            } else {
+                report(&format!("policy's codes, held-out layouts, {name}"), &score_plans(&eps)?);
+            }
         }
         return Ok(());
     }
     if twins {
-        // The same seeds in the training look have the same task, layout and motions: their
-        // codes are what a perfect policy trained on the training look would predict, so drawn
-        // from the held-out first frame they are the policy rows' ceiling on that look.
-        let twin: Vec<Episode> = (0..eval)
-            .map(|e| generate_episode(&cfg.craft, Split::Train, cfg.test_seed(e)))
-            .collect::<Result<_, _>>()?;
+        // The twin's codes drawn from the held-out first frame are the policy rows' ceiling on
+        // that look.
         let score_twins = |ldm: &dyn vw_dldm::LatentDynamics, label: &str| -> anyhow::Result<()> {
             for (look, tag, eps) in [("held-out look", "held-out", &held_out), ("training look", "training", &twin)] {
                 let mut e =
