@@ -106,6 +106,15 @@ fn reduced_demo_end_to_end() {
     for d in retrained {
         assert_eq!(tensors_of(&resumed.join(d)), tensors_of(&opts.checkpoints.join(d)), "{d}");
     }
+    // A marker of another config is not resumed: what an earlier run left is removed first, so it
+    // cannot pass for a stage of this run.
+    let mut other = cfg.clone();
+    other.seed += 1;
+    std::fs::write(&marker, serde_json::to_vec(&other).unwrap()).unwrap();
+    std::fs::write(resumed.join("dldm").join("left-over"), b"x").unwrap();
+    videoworld::eval::demo::train::train_all(&cfg, &resumed, &candle_core::Device::Cpu, false).unwrap();
+    assert!(!resumed.join("dldm").join("left-over").exists());
+    assert_eq!(tensors_of(&resumed.join("dldm")), kept, "retrained from scratch, to the same weights");
 }
 
 /// Every tensor of every safetensors file in `dir`, by file and name, as f32 values.

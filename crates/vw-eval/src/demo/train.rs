@@ -121,7 +121,8 @@ fn keep_metrics(run: &Path, root: &Path, name: &str) -> Result<()> {
 ///
 /// Resumable: while it trains, the folder holds `training.json` (the config). Run again with the
 /// same config on a folder left unfinished, it keeps every stage already written there and trains
-/// the rest; with another config it trains every stage again.
+/// the rest; otherwise it first removes what an earlier run wrote there (the stage folders,
+/// `metrics/`, `demo.json`) and trains every stage.
 ///
 /// The two latent dynamics models' chains (stage 1 -> clip renderer -> codes -> policy -> action
 /// decoder) are independent, so on the CPU they train at the same time, each in its own thread
@@ -149,6 +150,16 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
         .is_some_and(|had| had == want);
     if resume {
         stage(progress, &format!("resuming the unfinished training in {}", root.display()));
+    } else {
+        // What an earlier run left here must not pass for a stage of this one if it is resumed.
+        for name in stage_outputs() {
+            let p = root.join(&name);
+            let gone = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            match gone {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                _ => {}
+            }
+        }
     }
     write_json(&marker, cfg)?;
     let plan = Plan { cfg, root, runs: root.join("runs"), resume, device, progress };
@@ -190,6 +201,19 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
 /// interrupted can be resumed.
 pub const TRAINING_FILE: &str = "training.json";
 
+/// What [`train_all`] writes into a checkpoint folder (and removes there when it starts afresh).
+fn stage_outputs() -> Vec<String> {
+    let mut out: Vec<String> = KINDS
+        .iter()
+        .flat_map(|k| {
+            let n = k.dir_name();
+            [n.to_string(), format!("policy-{n}"), format!("actions-{n}")]
+        })
+        .collect();
+    out.extend([CLIP_DIR, "no-codes", "metrics", "runs", DEMO_CONFIG_FILE].map(String::from));
+    out
+}
+
 /// A training thread's result; a panic in it becomes an error.
 fn joined(r: std::thread::Result<Result<()>>) -> Result<()> {
     r.unwrap_or_else(|p| {
@@ -197,7 +221,7 @@ fn joined(r: std::thread::Result<Result<()>>) -> Result<()> {
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| p.downcast_ref::<&str>().copied())
-            .unwrap_or("a training thread panicked");
+            .unwrap_or("no message");
         Err(Error::Invalid(format!("training thread panicked: {what}")))
     })
 }
