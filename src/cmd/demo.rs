@@ -33,9 +33,9 @@ pub struct DemoArgs {
     pub out: PathBuf,
 }
 
-/// `--retrain` trains the two latent dynamics models' chains at the same time
-/// (`vw_eval::demo::train_all`): unless the user chose, each gets half the cores. Called before
-/// any other thread of the process starts, as the environment must only change then.
+/// `--retrain` trains the two latent dynamics models' chains at the same time on the CPU
+/// (`vw_eval::demo::train::train_all`): unless the user chose, each gets half the cores. Called
+/// before any other thread of the process starts, as the environment must only change then.
 fn share_cores_between_chains() {
     const VAR: &str = "RAYON_NUM_THREADS";
     if std::env::var_os(VAR).is_none() {
