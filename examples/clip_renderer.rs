@@ -6,6 +6,7 @@
 //! cargo run --release --example clip_renderer -- train --ldm RUN/dldm --out DIR [--steps 600] [--episodes 32]
 //!     [--split test|train] [--predicted-prob P] [--channels C] [--augment on|off] [--compositor layers|select]
 //!     [--expert N] [--motion-steps M] [--step-reader on|gripper|off] [--layers-from RENDERER_DIR] [--grasp-jitter PX]
+//!     [--grating A (the layers' background grating amplitude; 0.3 by default)]
 //!     [--seed S]
 //!     [--png FILE]
 //! cargo run --release --example clip_renderer -- layers --out RENDERER_DIR --to DIR   (export the layer networks)
@@ -797,6 +798,8 @@ struct Args {
     layers_from: Option<PathBuf>,
     /// `train`: [`ClipTrainConfig::grasp_jitter`].
     grasp_jitter: Option<i64>,
+    /// `train`: the background grating's amplitude (`Augment::grating`, the layers' augmentation).
+    grating: Option<f32>,
     /// `layers`: the folder to write.
     to: Option<PathBuf>,
     /// `eval`: the training look with this one factor of the held-out look
@@ -973,6 +976,9 @@ fn train(a: &Args) -> anyhow::Result<()> {
     if let Some(s) = a.seed {
         (cfg.init_seed, cfg.train.seed) = (s, s);
     }
+    if let Some(g) = a.grating {
+        cfg.augment.grating = g;
+    }
     if let Some(j) = a.grasp_jitter {
         cfg.grasp_jitter = j;
     }
@@ -1048,6 +1054,7 @@ fn main() -> anyhow::Result<()> {
         sees_gripper: false,
         layers_from: None,
         grasp_jitter: None,
+        grating: None,
         to: None,
         factor: None,
         seed: None,
@@ -1084,6 +1091,7 @@ fn main() -> anyhow::Result<()> {
             }
             "--layers-from" => a.layers_from = Some(v.into()),
             "--grasp-jitter" => a.grasp_jitter = Some(v.parse()?),
+            "--grating" => a.grating = Some(v.parse()?),
             "--to" => a.to = Some(v.into()),
             "--factor" => a.factor = Some(v),
             "--seed" => a.seed = Some(v.parse()?),
