@@ -326,23 +326,14 @@ impl TinyLdmConfig {
                 "TinyLdm: composite needs arch motion or sprite with the frame-conditioned renderer".into(),
             ));
         }
-        if !self.extent_weight.is_finite() || self.extent_weight < 0.0 {
-            return Err(crate::Error::Invalid(format!(
-                "TinyLdm: extent_weight {} must be finite and >= 0",
-                self.extent_weight
-            )));
-        }
-        if !self.displacement_weight.is_finite() || self.displacement_weight < 0.0 {
-            return Err(crate::Error::Invalid(format!(
-                "TinyLdm: displacement_weight {} must be finite and >= 0",
-                self.displacement_weight
-            )));
-        }
-        if !self.saturation_weight.is_finite() || self.saturation_weight < 0.0 {
-            return Err(crate::Error::Invalid(format!(
-                "TinyLdm: saturation_weight {} must be finite and >= 0",
-                self.saturation_weight
-            )));
+        for (name, w) in [
+            ("extent_weight", self.extent_weight),
+            ("displacement_weight", self.displacement_weight),
+            ("saturation_weight", self.saturation_weight),
+        ] {
+            if !w.is_finite() || w < 0.0 {
+                return Err(crate::Error::Invalid(format!("TinyLdm: {name} {w} must be finite and >= 0")));
+            }
         }
         if self.diff_only && self.arch == LdmArch::Patch {
             return Err(crate::Error::Invalid(
