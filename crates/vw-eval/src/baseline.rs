@@ -46,6 +46,10 @@ pub struct FramePredictor {
     out: Conv2d,
 }
 
+/// The files [`FramePredictor::save`] writes into its folder.
+const WEIGHTS_FILE: &str = "model.safetensors";
+const CONFIG_FILE: &str = "config.json";
+
 impl FramePredictor {
     /// Builds the network; `vb` is the checkpoint root.
     pub fn new(cfg: &FramePredictorConfig, vb: VarBuilder) -> Result<Self> {
@@ -104,21 +108,26 @@ impl FramePredictor {
     /// Writes weights (`model.safetensors`) and config (`config.json`) into `dir`, atomically.
     pub fn save(varmap: &VarMap, cfg: &FramePredictorConfig, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let w = dir.join("model.safetensors");
+        let w = dir.join(WEIGHTS_FILE);
         let tmp = dir.join(".model.safetensors.tmp");
         varmap.save(&tmp)?;
         std::fs::rename(&tmp, &w).map_err(|e| Error::io(&w, e))?;
         let json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Invalid(e.to_string()))?;
-        write_atomic(&dir.join("config.json"), json.as_bytes())
+        write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+    }
+
+    /// Whether `dir` holds both files [`FramePredictor::save`] writes.
+    pub fn is_saved(dir: &Path) -> bool {
+        dir.join(WEIGHTS_FILE).exists() && dir.join(CONFIG_FILE).exists()
     }
 
     /// Loads what [`FramePredictor::save`] wrote.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cp = dir.join("config.json");
+        let cp = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cp).map_err(|e| Error::io(&cp, e))?;
         let cfg: FramePredictorConfig =
             serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", cp.display())))?;
-        let w = dir.join("model.safetensors");
+        let w = dir.join(WEIGHTS_FILE);
         // SAFETY: the file is mapped read-only while the weights are copied out.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&w], DType::F32, device)? };
         Self::new(&cfg, vb).map_err(|e| Error::Invalid(format!("loading {}: {e}", w.display())))

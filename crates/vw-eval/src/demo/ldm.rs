@@ -7,7 +7,7 @@ use crate::Result;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use vw_data::craftworld::{CraftConfig, Episode, Split};
+use vw_data::craftworld::{Episode, Split};
 use vw_dldm::baseline::{RendererKind, TinyLdmConfig};
 use vw_dldm::clip::{ClipDynamics, ClipRendererConfig};
 use vw_dldm::train::clip::{load_clip_renderer, train_clip_renderer, ClipTrainConfig};
@@ -266,29 +266,23 @@ pub fn load_clip(dir: &Path, clip_dir: &Path, device: &Device) -> Result<ClipDyn
 /// A trained model behind the trait the policy and the evaluation use.
 pub type BoxedLdm = Box<dyn LatentDynamics>;
 
-/// The stage-1 config the demo `cfg` trains `kind` with: [`stage1_config`] on its training
-/// episodes, seeded `cfg.seed + 11` for the dLDM and `+ 22` for the VW1-style LDM.
+/// The stage-1 config the demo `cfg` trains `kind` with: on its CraftWorld training episodes
+/// (`cfg.train_seed(i)`), seeded `cfg.seed + 11` for the dLDM and `+ 22` for the VW1-style LDM.
 pub fn demo_stage1_config(cfg: &super::DemoConfig, kind: LdmKind) -> Stage1Config {
     let offset = match kind {
         LdmKind::Dldm => 11,
         LdmKind::Vw1 => 22,
     };
-    stage1_config(kind, &cfg.ldm, &cfg.craft, cfg.train_episodes, cfg.train_seed(0), cfg.seed + offset)
-}
-
-/// The stage-1 config of `kind` for the demo's CraftWorld training episodes `first_seed + i`.
-pub fn stage1_config(
-    kind: LdmKind,
-    tc: &LdmTrainConfig,
-    world: &CraftConfig,
-    episodes: usize,
-    first_seed: u64,
-    seed: u64,
-) -> Stage1Config {
+    let (tc, world, seed) = (&cfg.ldm, &cfg.craft, cfg.seed + offset);
     let mut s = Stage1Config::tiny_play();
     s.model = kind.model(world.image_size);
     s.model.saturation_weight = tc.saturation_weight;
-    s.data = CraftData { world: world.clone(), episodes, first_seed, play_frames: tc.play_frames };
+    s.data = CraftData {
+        world: world.clone(),
+        episodes: cfg.train_episodes,
+        first_seed: cfg.train_seed(0),
+        play_frames: tc.play_frames,
+    };
     s.train.total_steps = tc.steps;
     s.train.warmup_steps = tc.warmup.min(tc.steps);
     s.train.batch_size = tc.batch;

@@ -35,6 +35,9 @@ use vw_dldm::LatentDynamics;
 
 const KINDS: [LdmKind; 2] = [LdmKind::Dldm, LdmKind::Vw1];
 
+/// The no-codes baseline's folder (and loss log name) in a checkpoint folder.
+const NO_CODES: &str = "no-codes";
+
 fn stage(progress: bool, msg: &str) {
     if progress {
         vw_data::progress::note(&format!("==> {msg}"));
@@ -168,13 +171,13 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
     let dldm = || plan.chain(LdmKind::Dldm, &train);
     let vw1 = || {
         plan.chain(LdmKind::Vw1, &train)?;
-        let out = root.join("no-codes");
-        if plan.done(&out, "no-codes", "the no-codes frame predictor") {
+        let out = root.join(NO_CODES);
+        if plan.done(&out, NO_CODES, "the no-codes frame predictor") {
             return Ok(());
         }
         stage(progress, &format!("training the no-codes frame predictor ({} steps)", cfg.baseline_steps));
-        train_baseline(cfg, &train, &plan.runs.join("no-codes"), &out, device, progress)?;
-        keep_metrics(&plan.runs.join("no-codes"), root, "no-codes")
+        train_baseline(cfg, &train, &plan.runs.join(NO_CODES), &out, device, progress)?;
+        keep_metrics(&plan.runs.join(NO_CODES), root, NO_CODES)
     };
     if device.is_cpu() {
         let threads = candle_core::utils::get_num_threads();
@@ -210,7 +213,7 @@ fn stage_outputs() -> Vec<String> {
             [n.to_string(), format!("policy-{n}"), format!("actions-{n}")]
         })
         .collect();
-    out.extend([CLIP_DIR, "no-codes", "metrics", "runs", DEMO_CONFIG_FILE].map(String::from));
+    out.extend([CLIP_DIR, NO_CODES, "metrics", "runs", DEMO_CONFIG_FILE].map(String::from));
     out
 }
 
@@ -241,7 +244,7 @@ impl Plan<'_> {
     /// run being resumed; says so when it is.
     fn done(&self, out: &Path, name: &str, what: &str) -> bool {
         let written = match name {
-            "no-codes" => out.join("model.safetensors").exists() && out.join("config.json").exists(),
+            NO_CODES => FramePredictor::is_saved(out),
             _ => checkpoint::read_state(out).ok().flatten().is_some(),
         };
         let done = self.resume && written && self.root.join("metrics").join(format!("{name}.jsonl")).exists();
@@ -267,8 +270,7 @@ impl Plan<'_> {
             stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
             let run = self.runs.join(name);
             let ldm = train_ldm(&s1, &run, device, progress)?;
-            strip_run(&run, &s1_out)?;
-            keep_metrics(&run, root, name)?;
+            self.store(name)?;
             ldm
         };
         if let (LdmKind::Dldm, Some(c)) = (kind, &cfg.clip) {
@@ -283,8 +285,7 @@ impl Plan<'_> {
                 let crun = self.runs.join(CLIP_DIR);
                 let clip = clip_config(&s1, c, cfg.seed + 401);
                 let ldm = train_clip(&s1, &s1_out, &clip, train, &crun, device, progress)?;
-                strip_run(&crun, &clip_out)?;
-                keep_metrics(&crun, root, CLIP_DIR)?;
+                self.store(CLIP_DIR)?;
                 ldm
             };
         }
@@ -295,8 +296,7 @@ impl Plan<'_> {
             stage(progress, &format!("training the AR policy on the {} ({} steps)", kind.label(), cfg.policy_steps));
             let prun = self.runs.join(&pname);
             train_demo_policy(cfg, &policy_config(cfg, ldm.as_ref())?, i, ldm.as_ref(), train, &prun, &opts)?;
-            strip_run(&prun, &root.join(&pname))?;
-            keep_metrics(&prun, root, &pname)?;
+            self.store(&pname)?;
         }
         let aname = format!("actions-{name}");
         if self.done(&root.join(&aname), &aname, &format!("the action decoder on the {}", kind.label())) {
@@ -315,8 +315,15 @@ impl Plan<'_> {
             &opts,
         )
         .map_err(policy_err)?;
-        strip_run(&arun, &root.join(&aname))?;
-        keep_metrics(&arun, root, &aname)
+        self.store(&aname)
+    }
+
+    /// Keeps the run `runs/<name>` just trained: its checkpoint without optimizer state in
+    /// `<root>/<name>`, its loss log in `<root>/metrics/<name>.jsonl`.
+    fn store(&self, name: &str) -> Result<()> {
+        let run = self.runs.join(name);
+        strip_run(&run, &self.root.join(name))?;
+        keep_metrics(&run, self.root, name)
     }
 }
 
@@ -424,7 +431,7 @@ pub fn evaluate_checkpoints(
     let t = Instant::now();
     stage(progress, &format!("loading checkpoints from {}", root.display()));
     let models: Vec<Loaded> = KINDS.into_iter().map(|k| load_kind(k, root, device)).collect::<Result<_>>()?;
-    let baseline = FramePredictor::load(&root.join("no-codes"), device)?;
+    let baseline = FramePredictor::load(&root.join(NO_CODES), device)?;
     timings.push(("loading checkpoints".into(), t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
@@ -505,7 +512,7 @@ pub fn evaluate_checkpoints(
 
     let mut loss_curves = Vec::new();
     let mdir = root.join("metrics");
-    for name in ["dldm", "vw1-ldm", CLIP_DIR, "policy-dldm", "policy-vw1-ldm", "no-codes"] {
+    for name in ["dldm", "vw1-ldm", CLIP_DIR, "policy-dldm", "policy-vw1-ldm", NO_CODES] {
         let p = mdir.join(format!("{name}.jsonl"));
         if p.exists() {
             loss_curves.push(Curve { name: name.into(), points: read_metrics_jsonl(&p, "loss")? });
