@@ -399,6 +399,18 @@ fn action_decoder_learns_code_and_scene_dependent_actions() {
     assert!(mse < 0.05 * var, "mse {mse} vs action variance {var}");
     let back = load_action_decoder(dir.path(), &cpu, DType::F32).unwrap();
     assert_eq!(max_diff(&m.forward(&o, &c).unwrap(), &back.forward(&o, &c).unwrap()), 0.0);
+
+    // Stopped after 7 steps and resumed: the same weights as 20 straight (batches of 16 of 32, so
+    // the resumed run must draw the batches the straight one drew).
+    let quiet = TrainOptions { progress: false, ..Default::default() };
+    let mut t = quick_train(20);
+    t.batch_size = 16;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let straight = train_action_decoder(&cfg, &t, &data, a.path(), &quiet).unwrap();
+    let part = TrainOptions { max_steps_now: Some(7), ..quiet.clone() };
+    train_action_decoder(&cfg, &t, &data, b.path(), &part).unwrap();
+    let resumed = train_action_decoder(&cfg, &t, &data, b.path(), &TrainOptions { resume: true, ..quiet }).unwrap();
+    assert_eq!(max_diff(&straight.forward(&o, &c).unwrap(), &resumed.forward(&o, &c).unwrap()), 0.0);
 }
 
 /// Data parallel: two ranks (threads standing in for GPUs) split each batch, average gradients and

@@ -212,13 +212,37 @@ pub fn train_action_decoder(
     let mut trainer = Trainer::from_varmap(&varmap, train.clone())?.with_collective(opts.comm.clone())?;
     let mut run = open_run(&mut trainer, run_dir, opts, train.total_steps)?;
     let record = to_json(&ActionRunConfig { action_decoder: cfg.clone(), train: train.clone() })?;
-    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut order = replayed_order(data.len(), &train, &trainer)?;
     fit(&mut trainer, &mut run, &record, opts.max_steps_now, |ctx| {
         order.shuffle(ctx.rng);
         let (o, c, a) = data.batch(&order[ctx.shard.range(bs)?], &opts.device, opts.dtype).map_err(to_dldm)?;
         model.loss(&o, &c, &a).map_err(to_dldm)
     })?;
     Ok(model)
+}
+
+/// The action decoder's batch order at the trainer's step: each step shuffles the order left by
+/// the one before, so a resumed run replays the shuffles of the steps already taken from the
+/// training seed (nothing else draws from the trainer's generator here), and must arrive at the
+/// generator state its checkpoint restored.
+fn replayed_order(n: usize, train: &TrainConfig, trainer: &Trainer) -> Result<Vec<usize>> {
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..n).collect();
+    if trainer.step == 0 {
+        return Ok(order);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(train.seed);
+    for _ in 0..trainer.step {
+        order.shuffle(&mut rng);
+    }
+    if checkpoint::RngState::capture(&rng) != checkpoint::RngState::capture(&trainer.rng) {
+        return Err(Error::Invalid(format!(
+            "cannot resume the action decoder at step {}: replaying its batch order does not reach the \
+             checkpoint's generator state (was the run trained with another seed or dataset?)",
+            trainer.step
+        )));
+    }
+    Ok(order)
 }
 
 /// Errors inside the shared training loop travel as its own error type.
