@@ -349,7 +349,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 let train = episodes(&cfg, Split::Train, n, false)?;
                 let t = std::time::Instant::now();
-                let ldm = train_clip(&s1, &ckpt.join("dldm"), &cc, &train, &out.join(CLIP_DIR), &dev, true)?;
+                let ldm = train_clip(&s1, &ckpt.join("dldm"), &cc, &train, &out.join(CLIP_DIR), false, &dev, true)?;
                 eprintln!("clip renderer ({passes} snap passes) in {:.0} s", t.elapsed().as_secs_f64());
                 ldm
             }

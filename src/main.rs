@@ -20,7 +20,11 @@ fn main() -> ExitCode {
             if std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0") {
                 eprintln!("{}", e.backtrace());
             }
-            ExitCode::FAILURE
+            // As a shell reports a process ended by Ctrl-C; the checkpoint is written.
+            match cmd::interrupted(&e) {
+                true => ExitCode::from(130),
+                false => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -2,6 +2,9 @@
 //! episodes, evaluates, and checks that the judge, the metrics and the report files are produced
 //! and agree with each other.
 
+mod common;
+
+use common::{assert_same_tensors, tensors_of};
 use videoworld::eval::demo::{run_demo, DemoConfig, DemoOptions};
 
 #[test]
@@ -104,7 +107,7 @@ fn reduced_demo_end_to_end() {
     assert_eq!(std::fs::read_dir(resumed.join("dldm")).unwrap().count(), dldm_file);
     assert_eq!(tensors_of(&resumed.join("dldm")), kept);
     for d in retrained {
-        assert_eq!(tensors_of(&resumed.join(d)), tensors_of(&opts.checkpoints.join(d)), "{d}");
+        assert_same_tensors(&resumed.join(d), &opts.checkpoints.join(d));
     }
     // A marker of another config is not resumed: what an earlier run left is removed first, so it
     // cannot pass for a stage of this run.
@@ -115,24 +118,6 @@ fn reduced_demo_end_to_end() {
     videoworld::eval::demo::train::train_all(&cfg, &resumed, &candle_core::Device::Cpu, false).unwrap();
     assert!(!resumed.join("dldm").join("left-over").exists());
     assert_eq!(tensors_of(&resumed.join("dldm")), kept, "retrained from scratch, to the same weights");
-}
-
-/// Every tensor of every safetensors file in `dir`, by file and name, as f32 values.
-fn tensors_of(dir: &std::path::Path) -> Vec<(String, String, Vec<f32>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "safetensors") {
-            let file = p.file_name().unwrap().to_string_lossy().into_owned();
-            for (k, t) in candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap() {
-                let v = t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-                out.push((file.clone(), k, v));
-            }
-        }
-    }
-    out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    assert!(!out.is_empty(), "no tensors in {}", dir.display());
-    out
 }
 
 fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {

@@ -48,6 +48,7 @@ fn share_cores_between_chains() {
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.retrain {
         share_cores_between_chains();
+        super::stop_training_on_ctrl_c();
     }
     let device = args.device.open()?;
     let checkpoints = match (&args.checkpoints, args.retrain) {
@@ -75,7 +76,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         test_episodes: args.episodes,
     };
     let started = std::time::Instant::now();
-    let outcome = run_demo(&cfg, &opts).context("the demo failed")?;
+    let outcome = match run_demo(&cfg, &opts) {
+        Err(e @ vw_eval::Error::Interrupted(_)) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("the retrain stopped; the same command continues it from {}", checkpoints.display())))
+        }
+        other => other.context("the demo failed")?,
+    };
     println!();
     println!("Step-wise task success on held-out-appearance CraftWorld episodes:");
     println!();

@@ -90,6 +90,36 @@ impl DeviceArgs {
     }
 }
 
+/// Makes Ctrl-C (and SIGTERM, as `timeout` sends) stop training cleanly: the first one raises
+/// the process-wide [`vw_dldm::train::StopSignal`], so every training loop writes the checkpoint
+/// of the step it reached and returns, and the same command resumes; a second one quits at once.
+/// For the training commands only: elsewhere Ctrl-C keeps its default (quit).
+pub fn stop_training_on_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        let stop = vw_dldm::train::StopSignal::process();
+        if stop.is_raised() {
+            std::process::exit(130);
+        }
+        stop.raise();
+        eprintln!("\nstopping after the step in progress, with its checkpoint written (Ctrl-C again quits now)");
+    });
+    if let Err(e) = installed {
+        tracing::warn!("Ctrl-C will not stop training cleanly: {e}");
+    }
+}
+
+/// Whether an error is a training stopped on request (the run can be resumed).
+pub fn interrupted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<vw_eval::Error>(), Some(vw_eval::Error::Interrupted(_)))
+            || matches!(c.downcast_ref::<vw_dldm::Error>(), Some(vw_dldm::Error::Interrupted { .. }))
+            || matches!(
+                c.downcast_ref::<vw_ar_policy::Error>(),
+                Some(vw_ar_policy::Error::Dldm(vw_dldm::Error::Interrupted { .. }))
+            )
+    })
+}
+
 /// Dispatches to the subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -54,6 +54,7 @@ pub fn run(args: TrainDldmArgs) -> anyhow::Result<()> {
     if let Some(n) = args.nproc.filter(|n| *n > 1) {
         return super::launch::spawn_ranks(n);
     }
+    super::stop_training_on_ctrl_c();
     let (env, device) = super::launch::rank_device(args.device.device)?;
     let comm = super::launch::join(env.as_ref(), &device)?;
     if args.device.dtype != vw_tensor_kernels::DtypeSpec::F32 {

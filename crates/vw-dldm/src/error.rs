@@ -27,6 +27,10 @@ pub enum Error {
     /// returns to the restart loop.
     #[error("the codebook collapsed: {codes} distinct code(s) in steps {from}..={step}")]
     Collapsed { step: u64, from: u64, codes: usize },
+    /// Training stopped because a [`crate::train::StopSignal`] asked it to (Ctrl-C, SIGTERM); the
+    /// checkpoint of the step reached is written, so the same run resumes from it.
+    #[error("training stopped on request at step {step}; its checkpoint is in {dir} (run again to resume)")]
+    Interrupted { step: u64, dir: std::path::PathBuf },
     /// A training checkpoint is missing a tensor or disagrees with the run it should resume.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: std::path::PathBuf, reason: String },

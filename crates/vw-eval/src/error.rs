@@ -15,6 +15,10 @@ pub enum Error {
     /// A config or input was invalid.
     #[error("{0}")]
     Invalid(String),
+    /// Training stopped on request (Ctrl-C, SIGTERM, a raised `vw_dldm::train::StopSignal`) with
+    /// its checkpoint written: the same run resumes.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {

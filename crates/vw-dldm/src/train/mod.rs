@@ -50,7 +50,7 @@ pub use checkpoint::{committed_tensors_path, RngState, TrainState};
 pub use init::seeded_var_builder;
 pub use optim::{AdamW, AdamWConfig, Decay, LrSchedule};
 pub use run::{MetricsRecord, RunDir};
-pub use trainer::{fit, named_vars, StepCtx, StepStats, TrainConfig, Trainer};
+pub use trainer::{fit, named_vars, StepCtx, StepStats, StopSignal, TrainConfig, Trainer};
 
 use candle_core::{Device, Tensor};
 use rand::Rng;

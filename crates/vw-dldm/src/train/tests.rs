@@ -171,6 +171,43 @@ fn resume_continues_exactly() -> crate::Result<()> {
 }
 
 #[test]
+fn a_raised_stop_signal_checkpoints_and_the_run_resumes_exactly() -> crate::Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
+    let n = 12;
+    let (vm_a, model_a, mut tr_a) = toy(n)?;
+    let mut run_a = RunDir::open(&dir.path().join("a"), None, n, false)?;
+    fit(&mut tr_a, &mut run_a, &cfg_json(&toy_cfg(n)), None, |ctx| model_a.loss(ctx))?;
+    // Stopped after 5 steps (between the checkpoints every 2), then stopped again before any step
+    // of the next start, then finished.
+    let b = dir.path().join("b");
+    let stop = StopSignal::new();
+    for (allowed, reached) in [(5, 5), (0, 5)] {
+        stop.raise_after(allowed);
+        let (_vm, model, tr) = toy(n)?;
+        let mut tr = tr.with_stop(stop.clone());
+        let resumed = tr.resume(&b)?.map(|_| tr.step);
+        let mut run = RunDir::open(&b, resumed, n, false)?;
+        match fit(&mut tr, &mut run, &cfg_json(&toy_cfg(n)), None, |ctx| model.loss(ctx)) {
+            Err(crate::Error::Interrupted { step, dir }) => assert_eq!((step, dir.as_path()), (reached, b.as_path())),
+            other => panic!("expected an interruption at step {reached}, got {other:?}"),
+        }
+        assert!(stop.is_raised());
+        assert_eq!(checkpoint::read_state(&b)?.map(|s| s.step), Some(reached), "the step reached is saved");
+    }
+    stop.clear();
+    let (vm_b, model_b, tr_b) = toy(n)?;
+    let mut tr_b = tr_b.with_stop(stop.clone());
+    assert_eq!(tr_b.resume(&b)?.map(|_| tr_b.step), Some(5));
+    let mut run_b = RunDir::open(&b, Some(5), n, false)?;
+    fit(&mut tr_b, &mut run_b, &cfg_json(&toy_cfg(n)), None, |ctx| model_b.loss(ctx))?;
+    assert_eq!(params_of(&vm_a)?, params_of(&vm_b)?, "stopped and resumed differs from the straight run");
+    assert_eq!(run_a.history(), run_b.history());
+    // The process-wide signal was never raised by any of this.
+    assert!(!StopSignal::process().is_raised());
+    Ok(())
+}
+
+#[test]
 fn checkpoint_round_trip_gives_the_same_outputs() -> crate::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
     let (_vm, model, mut tr) = toy(5)?;

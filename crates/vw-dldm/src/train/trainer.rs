@@ -13,8 +13,68 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use vw_tensor_kernels::dist::{Collective, Shard, Solo};
+
+/// Asks [`fit`] loops to stop cleanly: each loop checks it before every step and, once it is
+/// raised, writes the checkpoint of the step reached and returns [`Error::Interrupted`], so the
+/// run resumes from there. Clones share one flag. Trainers watch [`StopSignal::process`] (what a
+/// Ctrl-C / SIGTERM handler raises) unless [`Trainer::with_stop`] gives them another.
+#[derive(Clone, Debug)]
+pub struct StopSignal(Arc<AtomicU64>);
+
+/// The count meaning "not raised".
+const NOT_RAISED: u64 = u64::MAX;
+
+impl Default for StopSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StopSignal {
+    /// A signal not raised.
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicU64::new(NOT_RAISED)))
+    }
+
+    /// The process-wide signal every trainer watches by default.
+    pub fn process() -> &'static StopSignal {
+        static SIGNAL: OnceLock<StopSignal> = OnceLock::new();
+        SIGNAL.get_or_init(StopSignal::new)
+    }
+
+    /// Stops every loop watching it before its next step.
+    pub fn raise(&self) {
+        self.0.store(0, Ordering::SeqCst);
+    }
+
+    /// Lets `steps` more steps run, counted over every loop watching it, then stops them all (an
+    /// interruption at a chosen point, for tests and partial runs).
+    pub fn raise_after(&self, steps: u64) {
+        self.0.store(steps, Ordering::SeqCst);
+    }
+
+    /// Lowers it again (a later run goes on).
+    pub fn clear(&self) {
+        self.0.store(NOT_RAISED, Ordering::SeqCst);
+    }
+
+    /// Whether it is raised (no more steps are let through).
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == 0
+    }
+
+    /// Called once before each step: `true` if the step must not be taken; otherwise counts it.
+    fn stops_next_step(&self) -> bool {
+        let counted = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+            0 | NOT_RAISED => None,
+            n => Some(n - 1),
+        });
+        counted.is_err_and(|left| left == 0)
+    }
+}
 
 /// Training hyperparameters shared by every model trained with [`Trainer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +157,8 @@ pub struct Trainer {
     pub data_pos: u64,
     /// The data-parallel group ([`Solo`] unless [`Trainer::with_collective`] set one).
     comm: Arc<dyn Collective>,
+    /// What asks [`fit`] to stop ([`StopSignal::process`] unless [`Trainer::with_stop`] set one).
+    stop: StopSignal,
 }
 
 /// All variables of a `VarMap`, sorted by name (sorted so optimizer state lines up across runs).
@@ -116,7 +178,8 @@ impl Trainer {
         let opt = AdamW::new(&params, cfg.optim)?;
         let ema = cfg.ema_decay.map(|d| Ema::new(&params, d)).transpose()?;
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        Ok(Self { cfg, params, frozen, opt, ema, step: 0, rng, data_pos: 0, comm: Arc::new(Solo) })
+        let stop = StopSignal::process().clone();
+        Ok(Self { cfg, params, frozen, opt, ema, step: 0, rng, data_pos: 0, comm: Arc::new(Solo), stop })
     }
 
     /// Trains data-parallel in `comm`: rank 0's initial weights are broadcast to every rank, each
@@ -133,6 +196,24 @@ impl Trainer {
         }
         self.comm = comm;
         Ok(self)
+    }
+
+    /// Watches `stop` instead of the process-wide [`StopSignal::process`].
+    pub fn with_stop(mut self, stop: StopSignal) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Whether [`fit`] must stop before the next step. Ranks of a data-parallel group decide
+    /// together (one raised rank stops all), so none waits in a collective the others left.
+    fn stop_before_step(&self) -> Result<bool> {
+        let mine = self.stop.stops_next_step();
+        if self.comm.world_size() == 1 {
+            return Ok(mine);
+        }
+        let device = self.params[0].1.device();
+        let flag = Tensor::new(&[mine as u8 as f32], device)?;
+        Ok(self.comm.all_reduce_sum(&flag)?.to_vec1::<f32>()?[0] > 0.0)
     }
 
     /// This rank's part of each global batch.
@@ -283,7 +364,8 @@ pub struct StepCtx<'a> {
 
 /// Runs `trainer` until `total_steps` (or `max_steps_now` more steps, for a partial run), logging
 /// to `run`, checkpointing every `checkpoint_every` steps and at the end, and drawing the loss curve.
-/// `loss_fn` builds the loss of one step from the context.
+/// `loss_fn` builds the loss of one step from the context. When the trainer's [`StopSignal`] is
+/// raised, it checkpoints the step reached and returns [`Error::Interrupted`].
 pub fn fit<F>(
     trainer: &mut Trainer,
     run: &mut RunDir,
@@ -299,6 +381,12 @@ where
         None => trainer.cfg.total_steps,
     };
     while trainer.step < stop_at {
+        if trainer.stop_before_step()? {
+            trainer.save(run.dir(), config)?;
+            run.plot()?;
+            run.finish();
+            return Err(Error::Interrupted { step: trainer.step, dir: run.dir().to_path_buf() });
+        }
         let shard = trainer.shard();
         let mut ctx = StepCtx {
             step: trainer.step,

@@ -211,14 +211,17 @@ pub fn clip_config(s1: &Stage1Config, c: &ClipStageConfig, seed: u64) -> ClipTra
 }
 
 /// Trains the clip renderer `clip` ([`clip_config`]) of the stage-1 run `stage1_dir` (trained
-/// with `s1`) on its play videos and the expert videos `expert`, into the run folder `run_dir`,
-/// and returns the dLDM drawn by it.
+/// with `s1`) on its play videos and the expert videos `expert`, into the run folder `run_dir`
+/// (continuing the checkpoint there when `resume`, else replacing anything there), and returns the
+/// dLDM drawn by it.
+#[allow(clippy::too_many_arguments)]
 pub fn train_clip(
     s1: &Stage1Config,
     stage1_dir: &Path,
     clip: &ClipTrainConfig,
     expert: &[Episode],
     run_dir: &Path,
+    resume: bool,
     device: &Device,
     progress: bool,
 ) -> Result<BoxedLdm> {
@@ -226,8 +229,8 @@ pub fn train_clip(
     let mut eps = s1.data.generate(Split::Train).map_err(dldm_err)?;
     eps.extend(expert.iter().cloned());
     let data = Transitions::from_episodes(&eps, device).map_err(dldm_err)?;
-    let _ = std::fs::remove_dir_all(run_dir);
-    let renderer = train_clip_renderer(clip, &ldm, &data, run_dir, false, device, progress).map_err(dldm_err)?;
+    fresh_run(run_dir, resume);
+    let renderer = train_clip_renderer(clip, &ldm, &data, run_dir, resume, device, progress).map_err(dldm_err)?;
     Ok(Box::new(ClipDynamics { ldm, renderer }))
 }
 
@@ -298,10 +301,24 @@ pub fn demo_stage1_config(cfg: &super::DemoConfig, kind: LdmKind) -> Stage1Confi
     s
 }
 
-/// Trains with vw-dldm's stage 1 into the run folder `run_dir`.
-pub fn train_ldm(cfg: &Stage1Config, run_dir: &Path, device: &Device, progress: bool) -> Result<BoxedLdm> {
-    let _ = std::fs::remove_dir_all(run_dir);
-    Ok(Box::new(train_stage1(cfg, run_dir, false, device, progress).map_err(dldm_err)?))
+/// Trains with vw-dldm's stage 1 into the run folder `run_dir`, continuing the checkpoint there
+/// when `resume` (else replacing anything there).
+pub fn train_ldm(
+    cfg: &Stage1Config,
+    run_dir: &Path,
+    resume: bool,
+    device: &Device,
+    progress: bool,
+) -> Result<BoxedLdm> {
+    fresh_run(run_dir, resume);
+    Ok(Box::new(train_stage1(cfg, run_dir, resume, device, progress).map_err(dldm_err)?))
+}
+
+/// Empties a run folder about to be trained, unless the run in it is to be continued.
+pub(crate) fn fresh_run(run_dir: &Path, resume: bool) {
+    if !resume {
+        let _ = std::fs::remove_dir_all(run_dir);
+    }
 }
 
 /// Loads a stage-1 run folder.

@@ -15,11 +15,17 @@ use vw_data::image_tensor::image_to_tensor;
 use vw_dldm::LatentDynamics;
 
 pub(crate) fn policy_err(e: vw_ar_policy::Error) -> crate::Error {
-    crate::Error::Invalid(format!("vw-ar-policy: {e}"))
+    match e {
+        vw_ar_policy::Error::Dldm(e) => dldm_err(e),
+        e => crate::Error::Invalid(format!("vw-ar-policy: {e}")),
+    }
 }
 
 pub(crate) fn dldm_err(e: vw_dldm::Error) -> crate::Error {
-    crate::Error::Invalid(format!("vw-dldm: {e}"))
+    match e {
+        vw_dldm::Error::Interrupted { .. } => crate::Error::Interrupted(e.to_string()),
+        e => crate::Error::Invalid(format!("vw-dldm: {e}")),
+    }
 }
 
 /// AR policy over a latent dynamics model's codes, rendered by that model: the VideoWorld 2 loop.

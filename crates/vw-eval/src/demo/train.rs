@@ -9,8 +9,8 @@
 
 use super::evaluate::{data_err, frame_of, score_method, ExpertVideo, RepeatFirstFrame};
 use super::ldm::{
-    check_clip_stage, clip_config, demo_stage1_config, load_clip_dynamics, load_ldm, train_clip, train_ldm, BoxedLdm,
-    LdmKind, CLIP_DIR,
+    check_clip_stage, clip_config, demo_stage1_config, fresh_run, load_clip_dynamics, load_ldm, train_clip, train_ldm,
+    BoxedLdm, LdmKind, CLIP_DIR,
 };
 use super::methods::{policy_err, transition_labels, CodePolicyController, ExpertCodes, NoCodes, PlanAndRender};
 use super::{episodes, DemoConfig, DemoOutcome, DEMO_CONFIG_FILE};
@@ -122,10 +122,14 @@ fn keep_metrics(run: &Path, root: &Path, name: &str) -> Result<()> {
 
 /// Trains every stage on freshly generated training episodes and writes the checkpoint folder.
 ///
-/// Resumable: while it trains, the folder holds `training.json` (the config). Run again with the
-/// same config on a folder left unfinished, it keeps every stage already written there and trains
-/// the rest; otherwise it first removes what an earlier run wrote there (the stage folders,
-/// `metrics/`, `demo.json`) and trains every stage.
+/// Resumable: while it trains, the folder holds `training.json` (the config) and `runs/` (each
+/// stage's run folder with its checkpoint). Run again with the same config on a folder left
+/// unfinished, it keeps every stage already written there, continues a stage stopped midway from
+/// its checkpoint (exactly: the same weights as a run never stopped), and trains the rest;
+/// otherwise it first removes what an earlier run wrote there (the stage folders, `runs/`,
+/// `metrics/`, `demo.json`) and trains every stage. A raised [`vw_dldm::train::StopSignal`]
+/// (Ctrl-C in `vw demo --retrain`) stops every stage in training at its next step, with its
+/// checkpoint written, and returns [`Error::Interrupted`].
 ///
 /// The two latent dynamics models' chains (stage 1 -> clip renderer -> codes -> policy -> action
 /// decoder) are independent, so on the CPU they train at the same time, each in its own thread
@@ -176,7 +180,7 @@ pub fn train_all(cfg: &DemoConfig, root: &Path, device: &Device, progress: bool)
             return Ok(());
         }
         stage(progress, &format!("training the no-codes frame predictor ({} steps)", cfg.baseline_steps));
-        train_baseline(cfg, &train, &plan.runs.join(NO_CODES), &out, device, progress)?;
+        train_baseline(cfg, &train, &plan.runs.join(NO_CODES), resume, &out, device, progress)?;
         keep_metrics(&plan.runs.join(NO_CODES), root, NO_CODES)
     };
     if device.is_cpu() {
@@ -260,7 +264,14 @@ impl Plan<'_> {
     fn chain(&self, kind: LdmKind, train: &[Episode]) -> Result<()> {
         let (cfg, root, device, progress) = (self.cfg, self.root, self.device, self.progress);
         let i = KINDS.iter().position(|k| *k == kind).expect("every kind is in KINDS");
-        let opts = TrainOptions { device: device.clone(), dtype: DType::F32, progress, ..Default::default() };
+        // A stage's run folder left by an interrupted run is continued from its checkpoint.
+        let opts = TrainOptions {
+            device: device.clone(),
+            dtype: DType::F32,
+            progress,
+            resume: self.resume,
+            ..Default::default()
+        };
         let name = kind.dir_name();
         let s1 = demo_stage1_config(cfg, kind);
         let s1_out = root.join(name);
@@ -269,7 +280,7 @@ impl Plan<'_> {
         } else {
             stage(progress, &format!("stage 1: training the {} ({} steps)", kind.label(), cfg.ldm.steps));
             let run = self.runs.join(name);
-            let ldm = train_ldm(&s1, &run, device, progress)?;
+            let ldm = train_ldm(&s1, &run, self.resume, device, progress)?;
             self.store(name)?;
             ldm
         };
@@ -284,7 +295,7 @@ impl Plan<'_> {
                 );
                 let crun = self.runs.join(CLIP_DIR);
                 let clip = clip_config(&s1, c, cfg.seed + 401);
-                let ldm = train_clip(&s1, &s1_out, &clip, train, &crun, device, progress)?;
+                let ldm = train_clip(&s1, &s1_out, &clip, train, &crun, self.resume, device, progress)?;
                 self.store(CLIP_DIR)?;
                 ldm
             };
@@ -305,7 +316,7 @@ impl Plan<'_> {
         stage(progress, &format!("training the action decoder on the {} ({} steps)", kind.label(), cfg.decoder_steps));
         let ad = action_dataset(ldm.as_ref(), train, tps, device).map_err(policy_err)?;
         let arun = self.runs.join(&aname);
-        let _ = std::fs::remove_dir_all(&arun);
+        fresh_run(&arun, opts.resume);
         let ac = action_config(cfg, ldm.as_ref())?;
         train_action_decoder(
             &ac,
@@ -329,8 +340,8 @@ impl Plan<'_> {
 
 /// Trains the AR policy `pc` (the demo's is [`policy_config`]) of the demo's `index`-th latent
 /// dynamics model (0: the dLDM, 1: the VW1-style LDM; it picks the seed) on the codes `ldm`
-/// extracts from `train`, with the demo's policy recipe, into a fresh `run_dir` (anything there is
-/// replaced).
+/// extracts from `train`, with the demo's policy recipe, into `run_dir` (continuing the
+/// checkpoint there when `opts.resume`, else replacing anything there).
 pub fn train_demo_policy(
     cfg: &DemoConfig,
     pc: &PolicyConfig,
@@ -355,7 +366,7 @@ pub fn train_demo_policy_on(
     run_dir: &Path,
     opts: &TrainOptions,
 ) -> Result<Policy> {
-    let _ = std::fs::remove_dir_all(run_dir);
+    fresh_run(run_dir, opts.resume);
     train_policy_augmented(
         pc,
         &train_config(cfg.policy_steps, cfg.policy_batch, cfg.policy_lr, cfg.seed + 101 + index as u64),
@@ -371,6 +382,7 @@ fn train_baseline(
     cfg: &DemoConfig,
     train: &[Episode],
     run_dir: &Path,
+    resume: bool,
     out: &Path,
     device: &Device,
     progress: bool,
@@ -384,8 +396,12 @@ fn train_baseline(
     let pairs = ClipPairs::new(videos, cfg.baseline.frames_out)?;
     let tc = train_config(cfg.baseline_steps, cfg.baseline_batch, cfg.baseline_lr, cfg.seed + 301);
     let mut trainer = Trainer::from_varmap(&varmap, tc.clone()).map_err(super::methods::dldm_err)?;
-    let _ = std::fs::remove_dir_all(run_dir);
-    let mut run = RunDir::open(run_dir, None, tc.total_steps, progress).map_err(super::methods::dldm_err)?;
+    fresh_run(run_dir, resume);
+    let resumed = match resume {
+        true => trainer.resume(run_dir).map_err(super::methods::dldm_err)?.map(|_| trainer.step),
+        false => None,
+    };
+    let mut run = RunDir::open(run_dir, resumed, tc.total_steps, progress).map_err(super::methods::dldm_err)?;
     let record = serde_json::json!({ "model": cfg.baseline, "train": tc });
     fit(&mut trainer, &mut run, &record, None, |ctx| {
         let (x, y) = pairs.batch(ctx.rng, cfg.baseline_batch).map_err(|e| vw_dldm::Error::Invalid(e.to_string()))?;
@@ -601,7 +617,7 @@ mod tests {
         let tmp = tempfile::tempdir().map_err(|e| Error::Invalid(format!("temporary folder: {e}")))?;
         let weights = |name: &str| -> Result<Vec<u8>> {
             let out = tmp.path().join(name);
-            train_baseline(&cfg, &train, &tmp.path().join(format!("run-{name}")), &out, &Device::Cpu, false)?;
+            train_baseline(&cfg, &train, &tmp.path().join(format!("run-{name}")), false, &out, &Device::Cpu, false)?;
             std::fs::read(out.join("model.safetensors")).map_err(|e| Error::io(&out, e))
         };
         assert_eq!(weights("a")?, weights("b")?);
