@@ -10,6 +10,8 @@
 //!     [--seed S]
 //!     [--png FILE]
 //! cargo run --release --example clip_renderer -- layers --out RENDERER_DIR --to DIR   (export the layer networks)
+//! cargo run --release --example clip_renderer -- graft --out RENDERER_DIR --layers-from RUN --to DIR
+//!     (RENDERER_DIR with the layer networks of RUN, written as a renderer run: a demo's clip-dldm/)
 //! cargo run --release --example clip_renderer -- stage1 --ldm RUN/dldm --out DIR [--displacement-weight W] [--saturation-weight W] [--seed S]
 //!     (stage 1 again with that run's recipe, changed only there)
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
@@ -819,7 +821,18 @@ fn grafted_renderer(
     dir: &std::path::Path,
     layers: &std::path::Path,
 ) -> anyhow::Result<(ClipTrainConfig, ClipRenderer)> {
-    use vw_dldm::train::checkpoint::{load_tensors, read_state};
+    let (_, cfg, tensors) = grafted_tensors(dir, layers)?;
+    let vb = candle_nn::VarBuilder::from_tensors(tensors.into_iter().collect(), candle_core::DType::F32, &Device::Cpu);
+    Ok((cfg.clone(), ClipRenderer::new(&cfg.renderer, vb)?))
+}
+
+/// [`grafted_renderer`]'s checkpoint state (of `dir`), config and weights (sorted by name, without
+/// optimizer state).
+fn grafted_tensors(
+    dir: &std::path::Path,
+    layers: &std::path::Path,
+) -> anyhow::Result<(vw_dldm::train::checkpoint::TrainState, ClipTrainConfig, Vec<(String, Tensor)>)> {
+    use vw_dldm::train::checkpoint::{load_tensors, read_state, OPTIM_PREFIX};
     let state = read_state(dir)?.with_context(|| format!("{}: no checkpoint", dir.display()))?;
     let mut cfg: ClipTrainConfig = serde_json::from_value(state.config.clone())?;
     let (lstate, layer_weights) = layer_tensors(layers, &Device::Cpu)?;
@@ -827,10 +840,28 @@ fn grafted_renderer(
     anyhow::ensure!(lcfg.renderer.compositor == Compositor::Layers, "--layers-from: not a layered renderer");
     cfg.renderer.compositor = lcfg.renderer.compositor;
     cfg.renderer.channels = lcfg.renderer.channels;
-    let own = load_tensors(dir, &state, &Device::Cpu)?.into_iter().filter(|(k, _)| !is_layer_key(k));
-    let tensors: std::collections::HashMap<String, Tensor> = own.chain(layer_weights).collect();
-    let vb = candle_nn::VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
-    Ok((cfg.clone(), ClipRenderer::new(&cfg.renderer, vb)?))
+    let own = load_tensors(dir, &state, &Device::Cpu)?
+        .into_iter()
+        .filter(|(k, _)| !is_layer_key(k) && !k.starts_with(OPTIM_PREFIX));
+    // The snap networks come with the layers; a renderer that does not snap has no use for them.
+    let layer_weights =
+        layer_weights.into_iter().filter(|(k, _)| cfg.renderer.snap > 0 || !vw_dldm::clip::is_snap_key(k));
+    let mut tensors: Vec<(String, Tensor)> = own.chain(layer_weights).collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((state, cfg, tensors))
+}
+
+/// Writes [`grafted_renderer`] (the renderer run `dir` with the layer networks of `layers`) as a
+/// renderer run folder `to`, e.g. a demo checkpoint folder's `clip-dldm/` with other layers.
+fn graft(dir: &std::path::Path, layers: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use vw_dldm::train::checkpoint::{save_tensors_atomic, write_atomic, STATE_FILE};
+    let (mut state, cfg, tensors) = grafted_tensors(dir, layers)?;
+    state.config = serde_json::to_value(&cfg)?;
+    std::fs::create_dir_all(to)?;
+    save_tensors_atomic(&to.join(&state.tensors_file), &tensors)?;
+    write_atomic(&to.join(STATE_FILE), &serde_json::to_vec_pretty(&state)?)?;
+    println!("{} with the layers of {} -> {}", dir.display(), layers.display(), to.display());
+    Ok(())
 }
 
 fn evaluate(a: &Args, renderer_dir: &std::path::Path, seen: Option<&ClipData>) -> anyhow::Result<()> {
@@ -1033,7 +1064,9 @@ fn export_layers(run: &std::path::Path, to: &std::path::Path) -> anyhow::Result<
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let cmd = args.next().context("usage: clip_renderer teacher|train|eval [options]")?;
+    let cmd = args
+        .next()
+        .context("usage: clip_renderer teacher|train|eval|motions|stage1|layers|graft|grippers [options]")?;
     let mut a = Args {
         n: 16,
         split: Split::Train,
@@ -1121,6 +1154,11 @@ fn main() -> anyhow::Result<()> {
         "stage1" => retrain_stage1(&a),
         "layers" => export_layers(
             a.out.as_ref().context("--out RENDERER_DIR is required")?,
+            a.to.as_ref().context("--to DIR (the folder to write) is required")?,
+        ),
+        "graft" => graft(
+            a.out.as_ref().context("--out RENDERER_DIR is required")?,
+            a.layers_from.as_ref().context("--layers-from RUN (the layer networks) is required")?,
             a.to.as_ref().context("--to DIR (the folder to write) is required")?,
         ),
         "grippers" => {
