@@ -826,12 +826,15 @@ fn grafted_renderer(
     Ok((cfg.clone(), ClipRenderer::new(&cfg.renderer, vb)?))
 }
 
-/// [`grafted_renderer`]'s checkpoint state (of `dir`), config and weights (sorted by name, without
-/// optimizer state).
+/// Named weights, sorted by name.
+type Weights = Vec<(String, Tensor)>;
+
+/// [`grafted_renderer`]'s checkpoint state (of `dir`), config and weights (without optimizer
+/// state).
 fn grafted_tensors(
     dir: &std::path::Path,
     layers: &std::path::Path,
-) -> anyhow::Result<(vw_dldm::train::checkpoint::TrainState, ClipTrainConfig, Vec<(String, Tensor)>)> {
+) -> anyhow::Result<(vw_dldm::train::checkpoint::TrainState, ClipTrainConfig, Weights)> {
     use vw_dldm::train::checkpoint::{load_tensors, read_state, OPTIM_PREFIX};
     let state = read_state(dir)?.with_context(|| format!("{}: no checkpoint", dir.display()))?;
     let mut cfg: ClipTrainConfig = serde_json::from_value(state.config.clone())?;
@@ -846,7 +849,7 @@ fn grafted_tensors(
     // The snap networks come with the layers; a renderer that does not snap has no use for them.
     let layer_weights =
         layer_weights.into_iter().filter(|(k, _)| cfg.renderer.snap > 0 || !vw_dldm::clip::is_snap_key(k));
-    let mut tensors: Vec<(String, Tensor)> = own.chain(layer_weights).collect();
+    let mut tensors: Weights = own.chain(layer_weights).collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((state, cfg, tensors))
 }
