@@ -37,7 +37,9 @@ pub struct Stage1Config {
 /// `max_restarts` times; the last allowed start trains to the end without the check (a model that
 /// collapsed is still a result: the codes-only baseline is expected to). The abandoned attempts'
 /// logs are kept as `metrics.collapsed-seed<S>.jsonl`, and the checkpoint records the seeds that
-/// were used, so the run repeats exactly from its config.
+/// were used, so the run repeats exactly from its config. A run stopped inside the window (a
+/// checkpoint there comes only from a [`super::StopSignal`]) and resumed counts the codes of the
+/// steps after the resume alone, so the check can then see fewer codes than a run never stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollapseRestart {
     /// The step (1-based, as logged) at which the check runs; before the first checkpoint.
