@@ -154,6 +154,12 @@ fn the_committed_checkpoints_match_the_cpu_demo() {
             layers.display()
         );
     }
+    // The GPU configuration starts from committed layers too, and they load as layer networks.
+    let gpu_layers =
+        DemoConfig::gpu().clip.and_then(|c| c.layers_init).expect("the GPU demo starts from committed layers");
+    let (_, tensors) =
+        videoworld::dldm::train::clip::layer_tensors(&root.join(&gpu_layers), &candle_core::Device::Cpu).unwrap();
+    assert!(!tensors.is_empty(), "{}", gpu_layers.display());
     for dir in ["dldm", "vw1-ldm", "clip-dldm", "policy-dldm", "policy-vw1-ldm", "actions-dldm", "actions-vw1-ldm"] {
         assert!(root.join("checkpoints/craftworld").join(dir).join("checkpoint.json").exists(), "{dir}");
     }
