@@ -129,14 +129,19 @@ fn a_few_steps_reduce_the_loss() -> crate::Result<()> {
     Ok(())
 }
 
+/// The toy trained `n` steps straight into `dir`: what a stopped and resumed run must equal.
+fn straight_toy_run(dir: &std::path::Path, n: u64) -> crate::Result<(VarMap, Trainer, RunDir)> {
+    let (vm, model, mut tr) = toy(n)?;
+    let mut run = RunDir::open(dir, None, n, false)?;
+    fit(&mut tr, &mut run, &cfg_json(&toy_cfg(n)), None, |ctx| model.loss(ctx))?;
+    Ok((vm, tr, run))
+}
+
 #[test]
 fn resume_continues_exactly() -> crate::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
     let n = 12;
-    // Straight run.
-    let (vm_a, model_a, mut tr_a) = toy(n)?;
-    let mut run_a = RunDir::open(&dir.path().join("a"), None, n, false)?;
-    fit(&mut tr_a, &mut run_a, &cfg_json(&toy_cfg(n)), None, |ctx| model_a.loss(ctx))?;
+    let (vm_a, tr_a, run_a) = straight_toy_run(&dir.path().join("a"), n)?;
     // Half, stop, then a fresh process-like trainer resumes from the folder.
     let b = dir.path().join("b");
     {
@@ -174,9 +179,7 @@ fn resume_continues_exactly() -> crate::Result<()> {
 fn a_raised_stop_signal_checkpoints_and_the_run_resumes_exactly() -> crate::Result<()> {
     let dir = tempfile::tempdir().map_err(|e| crate::Error::io("tempdir", e))?;
     let n = 12;
-    let (vm_a, model_a, mut tr_a) = toy(n)?;
-    let mut run_a = RunDir::open(&dir.path().join("a"), None, n, false)?;
-    fit(&mut tr_a, &mut run_a, &cfg_json(&toy_cfg(n)), None, |ctx| model_a.loss(ctx))?;
+    let (vm_a, _, run_a) = straight_toy_run(&dir.path().join("a"), n)?;
     // Stopped after 5 steps (between the checkpoints every 2), then stopped again before any step
     // of the next start, then finished.
     let b = dir.path().join("b");
