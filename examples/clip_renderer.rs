@@ -13,6 +13,7 @@
 //! cargo run --release --example clip_renderer -- graft --out RENDERER_DIR --layers-from RUN --to DIR
 //!     (RENDERER_DIR with the layer networks of RUN, written as a renderer run: a demo's clip-dldm/)
 //! cargo run --release --example clip_renderer -- stage1 --ldm RUN/dldm --out DIR [--displacement-weight W] [--saturation-weight W] [--seed S]
+//!     [--camera A (zoom and turn the training pairs by up to A)]
 //!     (stage 1 again with that run's recipe, changed only there)
 //! cargo run --release --example clip_renderer -- motions --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
 //! cargo run --release --example clip_renderer -- eval --ldm RUN/dldm --out DIR [--episodes 32] [--split test|train]
@@ -813,6 +814,8 @@ struct Args {
     displacement_weight: Option<f64>,
     /// `stage1`: `TinyLdmConfig::saturation_weight`.
     saturation_weight: Option<f64>,
+    /// `stage1`: the training pairs' camera jitter (`Augment::zoom` and `Augment::rotate` both).
+    camera: Option<f32>,
 }
 
 /// The clip renderer of `dir` with the layer networks of the renderer run `layers`: the layers see
@@ -1041,6 +1044,9 @@ fn retrain_stage1(a: &Args) -> anyhow::Result<()> {
     if let Some(w) = a.saturation_weight {
         cfg.model.saturation_weight = w;
     }
+    if let Some(c) = a.camera {
+        (cfg.augment.zoom, cfg.augment.rotate) = (c, c);
+    }
     if let Some(s) = a.seed {
         cfg.init_seed = s;
         cfg.train.seed = s;
@@ -1096,6 +1102,7 @@ fn main() -> anyhow::Result<()> {
         seed: None,
         displacement_weight: None,
         saturation_weight: None,
+        camera: None,
     };
     if cmd != "teacher" {
         a.split = Split::TestAppearance;
@@ -1133,6 +1140,7 @@ fn main() -> anyhow::Result<()> {
             "--seed" => a.seed = Some(v.parse()?),
             "--displacement-weight" => a.displacement_weight = Some(v.parse()?),
             "--saturation-weight" => a.saturation_weight = Some(v.parse()?),
+            "--camera" => a.camera = Some(v.parse()?),
             "--motions-only" => a.motions_only = v == "on",
             "--compositor" => {
                 a.compositor = Some(match v.as_str() {
