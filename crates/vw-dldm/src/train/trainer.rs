@@ -380,12 +380,11 @@ where
         Some(n) => (trainer.step + n).min(trainer.cfg.total_steps),
         None => trainer.cfg.total_steps,
     };
+    let mut stopped = false;
     while trainer.step < stop_at {
         if trainer.stop_before_step()? {
-            trainer.save(run.dir(), config)?;
-            run.plot()?;
-            run.finish();
-            return Err(Error::Interrupted { step: trainer.step, dir: run.dir().to_path_buf() });
+            stopped = true;
+            break;
         }
         let shard = trainer.shard();
         let mut ctx = StepCtx {
@@ -414,8 +413,12 @@ where
             run.plot()?;
         }
     }
+    // The step reached is checkpointed whether the run ended or was stopped.
     trainer.save(run.dir(), config)?;
     run.plot()?;
     run.finish();
-    Ok(())
+    match stopped {
+        true => Err(Error::Interrupted { step: trainer.step, dir: run.dir().to_path_buf() }),
+        false => Ok(()),
+    }
 }

@@ -397,10 +397,8 @@ fn train_baseline(
     let tc = train_config(cfg.baseline_steps, cfg.baseline_batch, cfg.baseline_lr, cfg.seed + 301);
     let mut trainer = Trainer::from_varmap(&varmap, tc.clone()).map_err(super::methods::dldm_err)?;
     fresh_run(run_dir, resume);
-    let resumed = match resume {
-        true => trainer.resume(run_dir).map_err(super::methods::dldm_err)?.map(|_| trainer.step),
-        false => None,
-    };
+    let resumed =
+        if resume { trainer.resume(run_dir).map_err(super::methods::dldm_err)?.map(|_| trainer.step) } else { None };
     let mut run = RunDir::open(run_dir, resumed, tc.total_steps, progress).map_err(super::methods::dldm_err)?;
     let record = serde_json::json!({ "model": cfg.baseline, "train": tc });
     fit(&mut trainer, &mut run, &record, None, |ctx| {
