@@ -4,6 +4,7 @@
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use vw_data::craftworld::{generate_episode, generate_play_episode, CraftConfig, Episode, Split};
 
@@ -27,6 +28,7 @@ impl CraftData {
     /// The episodes, in `split`'s look.
     pub fn generate(&self, split: Split) -> Result<Vec<Episode>> {
         (0..self.episodes)
+            .into_par_iter()
             .map(|i| {
                 let seed = self.first_seed + i as u64;
                 match self.play_frames {
@@ -164,7 +166,7 @@ impl Transitions {
             let clip = self.frames.narrow(0, start, t)?.to_dtype(DType::F32)?.reshape((t, c * h * w))?;
             let clip = clip.t()?.contiguous()?.to_vec2::<f32>()?;
             let med: Vec<f32> = clip
-                .into_iter()
+                .into_par_iter()
                 .map(|mut px| {
                     px.sort_by(f32::total_cmp);
                     px[(t - 1) / 2]
@@ -205,11 +207,16 @@ impl Transitions {
         for (e, &t) in self.frames_per_episode.iter().enumerate() {
             let clip = self.frames.narrow(0, frame0, t)?.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2::<f32>()?;
             let bg = bgs.get(e)?.flatten_all()?.to_vec1::<f32>()?;
-            // The transitions of episode e are the next t - 1 ids, in order.
-            for i in start..start + t - 1 {
-                let j = self.starts[i] as usize - frame0;
-                motions.push(crate::clip::dominant_motion(&clip[j], &clip[j + 1], &bg, (h, w), teacher).motion);
-            }
+            // The transitions of episode e are the next t - 1 ids, in order. Each is a search over
+            // every displacement in the teacher's radius: in parallel (the GPU demo reads ~50k).
+            let read: Vec<_> = (start..start + t - 1)
+                .into_par_iter()
+                .map(|i| {
+                    let j = self.starts[i] as usize - frame0;
+                    crate::clip::dominant_motion(&clip[j], &clip[j + 1], &bg, (h, w), teacher).motion
+                })
+                .collect();
+            motions.extend(read);
             start += t - 1;
             frame0 += t;
         }
@@ -267,10 +274,42 @@ impl Warp {
     /// `x`: C planes of H x W, row-major. Output pixel p reads the input at the inverse warp of p,
     /// bilinearly, clamped to the border (replicated edges). A whole-pixel shift with no zoom or turn
     /// reads exactly one input pixel per output pixel.
+    #[cfg(test)]
     fn apply(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
+        let mut out = vec![0f32; x.len()];
+        self.apply_into(x, h, w, &mut out);
+        out
+    }
+
+    /// [`Self::apply`] into `out` (as long as `x`).
+    fn apply_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        if self.scale == 1.0 && self.angle == 0.0 && self.dx.fract() == 0.0 && self.dy.fract() == 0.0 {
+            self.shift_into(x, h, w, out)
+        } else {
+            self.bilinear_into(x, h, w, out)
+        }
+    }
+
+    /// A whole-pixel shift: what [`Self::bilinear_into`] reads with weights 1 and 0, as copies
+    /// (a few times faster; the GPU demo's stage 1 shifts every pair of a 128-pair batch).
+    fn shift_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
+        let (dx, dy) = (self.dx as i64, self.dy as i64);
+        let clamp = |v: i64, n: usize| v.clamp(0, n as i64 - 1) as usize;
+        for (plane, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(h * w)) {
+            for (y, line) in dst.chunks_exact_mut(w).enumerate() {
+                let src = &plane[clamp(y as i64 - dy, h) * w..][..w];
+                for (xx, o) in line.iter_mut().enumerate() {
+                    *o = src[clamp(xx as i64 - dx, w)];
+                }
+            }
+        }
+    }
+
+    /// Any warp, read bilinearly.
+    fn bilinear_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
         let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
         let (sin, cos) = self.angle.sin_cos();
-        let mut out = Vec::with_capacity(x.len());
+        let mut out = out.iter_mut();
         for plane in x.chunks_exact(h * w) {
             for y in 0..h {
                 for xx in 0..w {
@@ -283,11 +322,12 @@ impl Warp {
                     let at = |yy: usize, xv: usize| plane[yy * w + xv];
                     let top = at(y0, x0) * (1.0 - fx) + at(y0, x1) * fx;
                     let bottom = at(y1, x0) * (1.0 - fx) + at(y1, x1) * fx;
-                    out.push(top * (1.0 - fy) + bottom * fy);
+                    if let Some(o) = out.next() {
+                        *o = top * (1.0 - fy) + bottom * fy;
+                    }
                 }
             }
         }
-        out
     }
 }
 
@@ -386,62 +426,89 @@ impl Augment {
             )));
         }
         let j = self.color_jitter;
-        let mut uni = |k: usize, lo: f32, hi: f32| -> Vec<f32> {
+        // `k` draws in [lo, hi) (none when the range is empty); `keep` false draws and drops them.
+        let mut draws = |k: usize, lo: f32, hi: f32, keep: bool| -> Vec<f32> {
+            if !keep {
+                if hi > lo {
+                    for _ in 0..k {
+                        let _: f32 = rng.random_range(lo..hi);
+                    }
+                }
+                return Vec::new();
+            }
             (0..k).map(|_| if hi > lo { rng.random_range(lo..hi) } else { lo }).collect()
         };
-        let gain = uni(batch * c, 1.0 - j, 1.0 + j);
-        let offset = uni(batch * c, -j, j);
-        // Box-Muller from uniforms keeps this on `Rng` alone.
-        let mut normal = |k: usize| -> Vec<f32> {
-            let u = uni(2 * k, f32::EPSILON, 1.0);
-            (0..k).map(|i| (-2.0 * u[2 * i].ln()).sqrt() * (std::f32::consts::TAU * u[2 * i + 1]).cos()).collect()
+        let gain = draws(batch * c, 1.0 - j, 1.0 + j, true);
+        let offset = draws(batch * c, -j, j, true);
+        // Box-Muller from uniforms keeps this on `Rng` alone. The uniforms are drawn whether or
+        // not the static is on, so every stream stays what it was; the transform (the costly part,
+        // a few million per GPU-sized batch) runs on the rows in use, in parallel.
+        let static_on = self.static_noise != 0.0;
+        let mut normal = |k: usize, per_row: usize| -> Vec<f32> {
+            let u = draws(2 * k, f32::EPSILON, 1.0, static_on);
+            if !static_on {
+                return Vec::new();
+            }
+            u[2 * rows.start * per_row..2 * rows.end * per_row]
+                .par_chunks_exact(2)
+                .map(|p| (-2.0 * p[0].ln()).sqrt() * (std::f32::consts::TAU * p[1]).cos())
+                .collect()
         };
         let (bh, bw) = (h.div_ceil(4), w.div_ceil(4));
-        let pix = normal(batch * c * h * w);
-        let blocks = normal(batch * c * bh * bw);
+        let pix = normal(batch * c * h * w, c * h * w);
+        let blocks = normal(batch * c * bh * bw, c * bh * bw);
         let dev = x_t.device();
         let take = |v: Vec<f32>, shape: &[usize]| -> Result<Tensor> {
             let dims: Vec<usize> = std::iter::once(batch).chain(shape.iter().copied()).collect();
             Ok(Tensor::from_vec(v, dims, dev)?.narrow(0, rows.start, n)?)
         };
+        let rows_of = |v: Vec<f32>, shape: &[usize]| -> Result<Tensor> {
+            let dims: Vec<usize> = std::iter::once(n).chain(shape.iter().copied()).collect();
+            Ok(Tensor::from_vec(v, dims, dev)?)
+        };
         let gain = take(gain, &[c, 1, 1])?.to_dtype(x_t.dtype())?;
         let offset = take(offset, &[c, 1, 1])?.to_dtype(x_t.dtype())?;
-        let blocks = take(blocks, &[c, bh, bw])?
-            .unsqueeze(3)?
-            .unsqueeze(5)?
-            .broadcast_as((n, c, bh, 4, bw, 4))?
-            .reshape((n, c, bh * 4, bw * 4))?
-            .narrow(2, 0, h)?
-            .narrow(3, 0, w)?;
-        let mut texture = ((take(pix, &[c, h, w])? + blocks)? * (self.static_noise as f64 / 2f64.sqrt()))?;
+        let mut texture = if static_on {
+            let blocks = rows_of(blocks, &[c, bh, bw])?
+                .unsqueeze(3)?
+                .unsqueeze(5)?
+                .broadcast_as((n, c, bh, 4, bw, 4))?
+                .reshape((n, c, bh * 4, bw * 4))?
+                .narrow(2, 0, h)?
+                .narrow(3, 0, w)?;
+            Some(((rows_of(pix, &[c, h, w])? + blocks)? * (self.static_noise as f64 / 2f64.sqrt()))?)
+        } else {
+            None
+        };
         if self.grating > 0.0 {
             // Drawn only when on, so runs without it draw exactly what they did before it existed.
             let params: Vec<[f32; 4]> = (0..batch)
                 .map(|_| {
                     let [theta, period, phase] = [
-                        uni(1, 0.0, std::f32::consts::PI)[0],
-                        uni(1, 3.0, 16.0)[0],
-                        uni(1, 0.0, std::f32::consts::TAU)[0],
+                        draws(1, 0.0, std::f32::consts::PI, true)[0],
+                        draws(1, 3.0, 16.0, true)[0],
+                        draws(1, 0.0, std::f32::consts::TAU, true)[0],
                     ];
                     [theta.cos() / period, theta.sin() / period, phase, 0.0]
                 })
                 .collect();
-            let amps = uni(batch * c, 0.0, self.grating);
-            let mut g = Vec::with_capacity(n * c * h * w);
-            for r in rows.clone() {
-                let [fx, fy, phase, _] = params[r];
-                for ch in 0..c {
-                    let a = amps[r * c + ch];
-                    for y in 0..h {
-                        for x in 0..w {
-                            g.push(a * (std::f32::consts::TAU * (fx * x as f32 + fy * y as f32) + phase).sin());
-                        }
+            let amps = draws(batch * c, 0.0, self.grating, true);
+            let mut g = vec![0f32; n * c * h * w];
+            g.par_chunks_exact_mut(h * w).zip(rows.start * c..rows.end * c).for_each(|(plane, rc)| {
+                let ([fx, fy, phase, _], a) = (params[rc / c], amps[rc]);
+                for (y, line) in plane.chunks_exact_mut(w).enumerate() {
+                    for (x, v) in line.iter_mut().enumerate() {
+                        *v = a * (std::f32::consts::TAU * (fx * x as f32 + fy * y as f32) + phase).sin();
                     }
                 }
-            }
-            texture = (texture + Tensor::from_vec(g, (n, c, h, w), dev)?)?;
+            });
+            let g = rows_of(g, &[c, h, w])?;
+            texture = Some(match texture {
+                Some(t) => (t + g)?,
+                None => g,
+            });
         }
-        let texture = texture.to_dtype(x_t.dtype())?;
+        let texture = texture.map(|t| t.to_dtype(x_t.dtype())).transpose()?;
         let (x_t, x_next, fg) = if self.shift > 0 || self.zoom > 0.0 || self.rotate > 0.0 {
             // Each part drawn only when on, like the grating.
             let s = self.shift as i64;
@@ -464,11 +531,12 @@ impl Augment {
             let moved = |x: &Tensor| -> Result<Tensor> {
                 let xc = x.dim(1)?;
                 let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let warped: Vec<f32> = v
-                    .chunks_exact(xc * h * w)
-                    .zip(rows.clone())
-                    .flat_map(|(img, r)| warps[r].apply(img, h, w))
-                    .collect();
+                let mut warped = vec![0f32; v.len()];
+                warped
+                    .par_chunks_exact_mut(xc * h * w)
+                    .zip(v.par_chunks_exact(xc * h * w))
+                    .enumerate()
+                    .for_each(|(i, (out, img))| warps[rows.start + i].apply_into(img, h, w, out));
                 Ok(Tensor::from_vec(warped, (n, xc, h, w), dev)?.to_dtype(x.dtype())?)
             };
             let foreground = foreground.map(|(a, b)| Ok::<_, Error>((moved(a)?, moved(b)?))).transpose()?;
@@ -477,6 +545,11 @@ impl Augment {
             (x_t.clone(), x_next.cloned(), foreground.map(|(a, b)| (a.clone(), b.clone())))
         };
         let f = |x: &Tensor, fg: Option<&Tensor>| -> Result<Tensor> {
+            // No texture reads as the zeros it used to be drawn as.
+            let texture = match &texture {
+                Some(t) => t.clone(),
+                None => x.zeros_like()?,
+            };
             Ok(match fg {
                 Some(m) => {
                     let background = m.affine(-1.0, 1.0)?.to_dtype(x.dtype())?;
@@ -674,6 +747,20 @@ mod tests {
         let (a2, _, _) = aug.apply(&x_t.narrow(0, 2, 3)?, &x_t.narrow(0, 2, 3)?, None, &mut rng, 6, 2..5)?;
         assert_eq!((a2 - a.narrow(0, 2, 3)?)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
         Ok(())
+    }
+
+    #[test]
+    fn a_whole_pixel_shift_copies_what_the_bilinear_read_gives() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (c, h, w) = (3, 7, 11);
+        let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        for (dx, dy) in [(0, 0), (1, -2), (-4, 4), (12, -9), (-11, 8)] {
+            let warp = Warp { dx: dx as f32, dy: dy as f32, scale: 1.0, angle: 0.0 };
+            let (mut fast, mut slow) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            warp.shift_into(&x, h, w, &mut fast);
+            warp.bilinear_into(&x, h, w, &mut slow);
+            assert_eq!(fast, slow, "shift ({dx}, {dy})");
+        }
     }
 
     #[test]
