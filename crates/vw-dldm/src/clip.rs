@@ -293,13 +293,29 @@ pub fn dominant_motion(
         (y >= 0 && x >= 0 && y < h as i64 && x < w as i64).then(|| y as usize * w + x as usize)
     };
     let r = (t.radius * w.max(h) as f32).round() as i64;
+    // How many changed pixels each displacement carries onto a matching source: counted from the
+    // pairs (source, changed pixel) within the radius, as only sources that moved away or are not
+    // background can match (a few hundred of a frame, against (2r+1)^2 displacements to try).
+    let side = (2 * r + 1) as usize;
+    let mut counts = vec![0usize; side * side];
+    let movable: Vec<usize> = (0..hw).filter(|&j| differs(prev, next, j) || differs(prev, background, j)).collect();
+    for &i in &changed {
+        let (yi, xi) = ((i / w) as i64, (i % w) as i64);
+        for &j in &movable {
+            let (dy, dx) = (yi - (j / w) as i64, xi - (j % w) as i64);
+            if dy.abs() <= r && dx.abs() <= r && matches(j, i) {
+                counts[(dy + r) as usize * side + (dx + r) as usize] += 1;
+            }
+        }
+    }
     let mut best = (0usize, 0i64, 0i64);
     for dy in -r..=r {
         for dx in -r..=r {
             if dx == 0 && dy == 0 {
                 continue;
             }
-            let n = changed.iter().filter(|&&i| source(i, dx, dy).is_some_and(|j| matches(j, i))).count();
+            let n = counts[(dy + r) as usize * side + (dx + r) as usize];
+            debug_assert_eq!(n, changed.iter().filter(|&&i| source(i, dx, dy).is_some_and(|j| matches(j, i))).count());
             let shorter = dx * dx + dy * dy < best.1 * best.1 + best.2 * best.2;
             if n > best.0 || (n == best.0 && n > 0 && shorter) {
                 best = (n, dx, dy);

@@ -110,10 +110,18 @@ impl ClipData {
     /// Encodes every transition of `data` with `ldm` and reads its motion with `teacher` (each
     /// episode's background is its per-pixel median over time).
     pub fn build(ldm: &TinyLdm, data: &Transitions, teacher: &MotionTeacher) -> Result<Self> {
+        let t0 = std::time::Instant::now();
         let file = super::codes::encode_transitions(ldm, data)?;
         let q = file.codes_per_step;
         let codes = Tensor::from_vec(file.codes.concat(), (file.codes.len(), q), data.frames.device())?;
+        let t1 = std::time::Instant::now();
         let motions = data.teacher_motions(teacher)?;
+        tracing::info!(
+            "clip renderer data: codes of {} transitions in {:.1} s, the teacher's motions in {:.1} s",
+            data.len(),
+            (t1 - t0).as_secs_f64(),
+            t1.elapsed().as_secs_f64()
+        );
         Ok(Self { codes, motions })
     }
 }

@@ -17,6 +17,7 @@ pub use evaluate::{score_method, ExpertVideo, RepeatFirstFrame, Scored, VideoPre
 
 use crate::baseline::FramePredictorConfig;
 use crate::{Error, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use vw_data::craftworld::{generate_episode, CraftConfig, Episode, Split};
@@ -180,12 +181,16 @@ impl DemoConfig {
 /// Generates episodes `0..n` of one split.
 pub fn episodes(cfg: &DemoConfig, split: Split, n: usize, progress: bool) -> Result<Vec<Episode>> {
     let bar = progress_bar(n as u64, &format!("CraftWorld {split} episodes"), progress);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let seed = if split == Split::Train { cfg.train_seed(i) } else { cfg.test_seed(i) };
-        out.push(generate_episode(&cfg.craft, split, seed).map_err(evaluate::data_err)?);
-        bar.inc(1);
-    }
+    // Each episode from its own seed: the same episodes on any number of threads.
+    let out = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let seed = if split == Split::Train { cfg.train_seed(i) } else { cfg.test_seed(i) };
+            let ep = generate_episode(&cfg.craft, split, seed).map_err(evaluate::data_err);
+            bar.inc(1);
+            ep
+        })
+        .collect::<Result<Vec<_>>>()?;
     bar.finish_and_clear();
     Ok(out)
 }
