@@ -277,35 +277,11 @@ impl Warp {
     #[cfg(test)]
     fn apply(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
-        self.apply_into(x, h, w, &mut out);
+        self.bilinear_into(x, h, w, &mut out);
         out
     }
 
     /// [`Self::apply`] into `out` (as long as `x`).
-    fn apply_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        if self.scale == 1.0 && self.angle == 0.0 && self.dx.fract() == 0.0 && self.dy.fract() == 0.0 {
-            self.shift_into(x, h, w, out)
-        } else {
-            self.bilinear_into(x, h, w, out)
-        }
-    }
-
-    /// A whole-pixel shift: what [`Self::bilinear_into`] reads with weights 1 and 0, as copies
-    /// (a few times faster; the GPU demo's stage 1 shifts every pair of a 128-pair batch).
-    fn shift_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
-        let (dx, dy) = (self.dx as i64, self.dy as i64);
-        let clamp = |v: i64, n: usize| v.clamp(0, n as i64 - 1) as usize;
-        for (plane, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(h * w)) {
-            for (y, line) in dst.chunks_exact_mut(w).enumerate() {
-                let src = &plane[clamp(y as i64 - dy, h) * w..][..w];
-                for (xx, o) in line.iter_mut().enumerate() {
-                    *o = src[clamp(xx as i64 - dx, w)];
-                }
-            }
-        }
-    }
-
-    /// Any warp, read bilinearly.
     fn bilinear_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
         let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
         let (sin, cos) = self.angle.sin_cos();
@@ -527,8 +503,15 @@ impl Augment {
             for (pw, r) in pair_warps.iter_mut().zip(rows.clone()) {
                 *pw = PairWarp { scale: warps[r].scale, angle: warps[r].angle };
             }
-            // Frames (N, C, H, W) and masks (N, 1, H, W) alike.
+            // Frames (N, C, H, W) and masks (N, 1, H, W) alike. A whole-pixel shift is a gather
+            // where the frames are (no copy to the host and back on a GPU); other warps are read
+            // bilinearly on the host.
+            let whole_pixels = self.zoom == 0.0 && self.rotate == 0.0;
+            let offsets: Vec<(i64, i64)> = rows.clone().map(|r| (warps[r].dx as i64, warps[r].dy as i64)).collect();
             let moved = |x: &Tensor| -> Result<Tensor> {
+                if whole_pixels {
+                    return crate::clip::shift_images(x, &offsets);
+                }
                 let xc = x.dim(1)?;
                 let v = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 let mut warped = vec![0f32; v.len()];
@@ -536,7 +519,7 @@ impl Augment {
                     .par_chunks_exact_mut(xc * h * w)
                     .zip(v.par_chunks_exact(xc * h * w))
                     .enumerate()
-                    .for_each(|(i, (out, img))| warps[rows.start + i].apply_into(img, h, w, out));
+                    .for_each(|(i, (out, img))| warps[rows.start + i].bilinear_into(img, h, w, out));
                 Ok(Tensor::from_vec(warped, (n, xc, h, w), dev)?.to_dtype(x.dtype())?)
             };
             let foreground = foreground.map(|(a, b)| Ok::<_, Error>((moved(a)?, moved(b)?))).transpose()?;
@@ -750,17 +733,17 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_pixel_shift_copies_what_the_bilinear_read_gives() {
+    fn a_whole_pixel_shift_gathers_what_the_bilinear_read_gives() -> Result<()> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let (c, h, w) = (3, 7, 11);
         let x: Vec<f32> = (0..c * h * w).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let t = Tensor::from_vec(x.clone(), (1, c, h, w), &Device::Cpu)?;
         for (dx, dy) in [(0, 0), (1, -2), (-4, 4), (12, -9), (-11, 8)] {
             let warp = Warp { dx: dx as f32, dy: dy as f32, scale: 1.0, angle: 0.0 };
-            let (mut fast, mut slow) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-            warp.shift_into(&x, h, w, &mut fast);
-            warp.bilinear_into(&x, h, w, &mut slow);
-            assert_eq!(fast, slow, "shift ({dx}, {dy})");
+            let gathered = crate::clip::shift_images(&t, &[(dx, dy)])?.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(gathered, warp.apply(&x, h, w), "shift ({dx}, {dy})");
         }
+        Ok(())
     }
 
     #[test]
