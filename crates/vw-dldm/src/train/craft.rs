@@ -271,9 +271,7 @@ struct Warp {
 }
 
 impl Warp {
-    /// `x`: C planes of H x W, row-major. Output pixel p reads the input at the inverse warp of p,
-    /// bilinearly, clamped to the border (replicated edges). A whole-pixel shift with no zoom or turn
-    /// reads exactly one input pixel per output pixel.
+    /// [`Self::bilinear_into`] into a new vector.
     #[cfg(test)]
     fn apply(&self, x: &[f32], h: usize, w: usize) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
@@ -281,7 +279,9 @@ impl Warp {
         out
     }
 
-    /// [`Self::apply`] into `out` (as long as `x`).
+    /// `x`: C planes of H x W, row-major, warped into `out` (as long as `x`). Output pixel p reads
+    /// the input at the inverse warp of p, bilinearly, clamped to the border (replicated edges). A
+    /// whole-pixel shift with no zoom or turn reads exactly one input pixel per output pixel.
     fn bilinear_into(&self, x: &[f32], h: usize, w: usize, out: &mut [f32]) {
         let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
         let (sin, cos) = self.angle.sin_cos();
