@@ -6,8 +6,9 @@
 #
 # `eval` first runs the default demo (committed checkpoints, evaluation only) on the GPU. Then it
 # continues `vw demo --retrain --large --device cuda:0 --out runs/gpu-demo` until SECONDS after the
-# script started (SIGINT then: every stage in training writes its checkpoint and the next call continues)
-# and copies runs/gpu-demo to OUT. nvidia-smi samples the GPU's load every 5 s meanwhile.
+# script started (SIGINT then: every stage in training writes its checkpoint and the next call
+# continues; SIGKILL 30 s later), and leaves runs/gpu-demo as OUT/gpu-demo.tar (unpack it over
+# runs/gpu-demo before the next call). nvidia-smi samples the GPU's load every 5 s meanwhile.
 set -u
 out=$1
 secs=$2
