@@ -1,7 +1,7 @@
 //! Host-side work of the GPU demo's dLDM stages (`vw demo --retrain --large`): rendering its
 //! CraftWorld play episodes, stage 1's per-step pair augmentation at batch 128, and the motion
 //! teacher's reading of every transition before the clip renderer trains. On a GPU these run on
-//! the CPU between kernel launches (docs/performance.md, "The GPU demo's stage-1 step").
+//! the CPU between kernel launches (docs/performance.md, "The GPU demo on an H100", has the numbers).
 //!
 //! cargo bench --bench stage1
 
