@@ -159,10 +159,28 @@ impl RunDir {
     }
 }
 
-/// Draws `(step, loss)` points as a line chart PNG. Where no font can be loaded (a headless machine
-/// without fontconfig's fonts) the chart is drawn without its caption and axis labels instead of
-/// failing the run that asked for it.
+/// DejaVu Sans Mono (Bitstream Vera license, `assets/DejaVu-LICENSE.txt`): the plots' one font,
+/// built in, so they need no system fonts or fontconfig (a bare GPU machine has neither).
+static PLOT_FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
+
+/// Makes the built-in font every family the plots ask for ("sans-serif", "serif", "monospace"),
+/// once per process; plotters finds no other font. Every function here and in vw-eval that draws
+/// text calls it first.
+pub fn register_plot_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for family in ["sans-serif", "serif", "monospace"] {
+            if plotters::style::register_font(family, plotters::style::FontStyle::Normal, PLOT_FONT).is_err() {
+                tracing::warn!("the built-in plot font did not load; plots are drawn without text");
+            }
+        }
+    });
+}
+
+/// Draws `(step, loss)` points as a line chart PNG. Should the text fail to draw, the chart is
+/// drawn without its caption and axis labels instead of failing the run that asked for it.
 pub fn plot_loss(path: &Path, points: &[(u64, f64)]) -> Result<()> {
+    register_plot_font();
     let pts: Vec<(f64, f64)> = points.iter().filter(|(_, l)| l.is_finite()).map(|&(s, l)| (s as f64, l)).collect();
     draw_loss(path, &pts, true).or_else(|_| draw_loss(path, &pts, false))
 }

@@ -23,8 +23,9 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 /// Draws `curves` into a 640×400 PNG at `path`. `y_range` fixes the y axis (e.g. 0..1 for rates);
-/// `log_y` plots log10(y) (for losses). Without a system font, draws the lines without text
-/// rather than failing, so a report never dies for a missing font.
+/// `log_y` plots log10(y) (for losses). The text uses the built-in font
+/// ([`vw_dldm::train::run::register_plot_font`]); should it fail to draw, the lines are drawn
+/// without text rather than failing, so a report never dies for a font.
 pub fn plot_curves(
     path: &Path,
     title: &str,
@@ -50,6 +51,7 @@ pub fn plot_curves(
                 .collect(),
         })
         .collect();
+    vw_dldm::train::run::register_plot_font();
     let with_text = draw(&tmp, title, x_label, y_label, &curves, y_range, log_y, true);
     if with_text.is_err() {
         tracing::warn!(
@@ -179,5 +181,18 @@ mod tests {
         plot_curves(&p, "t", "step", "loss", &[c], None, true).unwrap();
         let img = image::open(&p).unwrap();
         assert_eq!((img.width(), img.height()), (640, 400));
+    }
+
+    #[test]
+    fn the_built_in_font_draws_the_labels_without_system_fonts() {
+        vw_dldm::train::run::register_plot_font();
+        let dir = tempfile::tempdir().unwrap();
+        let c = Curve { name: "dLDM".into(), points: vec![(1.0, 0.5), (2.0, 0.25), (3.0, 0.1)] };
+        let (with, without) = (dir.path().join("with.png"), dir.path().join("without.png"));
+        draw(&with, "success", "step", "rate", std::slice::from_ref(&c), Some((0.0, 1.0)), false, true).unwrap();
+        draw(&without, "success", "step", "rate", &[c], Some((0.0, 1.0)), false, false).unwrap();
+        let (a, b) = (image::open(&with).unwrap().to_rgb8(), image::open(&without).unwrap().to_rgb8());
+        let differ = a.pixels().zip(b.pixels()).filter(|(p, q)| p != q).count();
+        assert!(differ > 500, "the labels changed only {differ} pixels");
     }
 }
