@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On a device machine (docs/performance.md, "Across device calls"): the demo on cuda:0, from the
-# packed binary in .gpu-vw/ (vw.xz + the shared libraries the device lacks).
+# packed binary .gpu-vw/vw.xz (it needs only CUDA's libraries, which the device has).
 #
 #   tools/device_demo.sh OUT SECONDS [eval]
 #
@@ -13,7 +13,7 @@ set -u
 out=$1
 secs=$2
 t0=$(date +%s)
-export LD_LIBRARY_PATH=$PWD/.gpu-vw/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 xz -d -c .gpu-vw/vw.xz > /tmp/vw && chmod +x /tmp/vw
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 5 > "$out/smi.csv" &
