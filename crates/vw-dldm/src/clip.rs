@@ -283,10 +283,9 @@ pub fn dominant_motion(
     // A moved pixel comes from a pixel of `prev` of (nearly) its colour that moved away or is not
     // background. (A block that rests where it will stay is background in a median over time,
     // but it changes when lifted.)
-    let matches = |j: usize, i: usize| {
-        (differs(prev, next, j) || differs(prev, background, j))
-            && (0..3).all(|c| (at(prev, c, j) - at(next, c, i)).abs() <= t.match_tolerance)
-    };
+    let can_move = |j: usize| differs(prev, next, j) || differs(prev, background, j);
+    let same_colour = |j: usize, i: usize| (0..3).all(|c| (at(prev, c, j) - at(next, c, i)).abs() <= t.match_tolerance);
+    let matches = |j: usize, i: usize| can_move(j) && same_colour(j, i);
     // The pixel of `prev` that pixel i of `next` comes from under displacement (dx, dy).
     let source = |i: usize, dx: i64, dy: i64| -> Option<usize> {
         let (y, x) = ((i / w) as i64 - dy, (i % w) as i64 - dx);
@@ -298,12 +297,13 @@ pub fn dominant_motion(
     // background can match (a few hundred of a frame, against (2r+1)^2 displacements to try).
     let side = (2 * r + 1) as usize;
     let mut counts = vec![0usize; side * side];
-    let movable: Vec<usize> = (0..hw).filter(|&j| differs(prev, next, j) || differs(prev, background, j)).collect();
+    let movable: Vec<usize> = (0..hw).filter(|&j| can_move(j)).collect();
     for &i in &changed {
         let (yi, xi) = ((i / w) as i64, (i % w) as i64);
         for &j in &movable {
             let (dy, dx) = (yi - (j / w) as i64, xi - (j % w) as i64);
-            if dy.abs() <= r && dx.abs() <= r && matches(j, i) {
+            // `j` can move (it is in `movable`): what is left of `matches` is the colour.
+            if dy.abs() <= r && dx.abs() <= r && same_colour(j, i) {
                 counts[(dy + r) as usize * side + (dx + r) as usize] += 1;
             }
         }
