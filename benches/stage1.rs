@@ -40,7 +40,10 @@ fn bench(c: &mut Criterion) {
     // What the clip renderer reads from every transition before its first step: the episodes'
     // median backgrounds and the motion teacher's displacement search.
     group.bench_function("teacher_motions_16_episodes", |b| {
-        b.iter(|| data.teacher_motions(&vw_dldm::clip::MotionTeacher::default()).expect("motions"))
+        b.iter(|| {
+            let backgrounds = data.backgrounds().expect("backgrounds");
+            data.teacher_motions(&backgrounds, &vw_dldm::clip::MotionTeacher::default()).expect("motions")
+        })
     });
     group.finish();
 }

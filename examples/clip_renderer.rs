@@ -1026,7 +1026,8 @@ fn train(a: &Args) -> anyhow::Result<()> {
     train_clip_renderer(&cfg, &ldm, &data, out, true, &dev, true)?;
     println!("trained {} + {} steps in {:.0} s", cfg.motion_steps, a.steps, t0.elapsed().as_secs_f64());
     // `motions` also sets the MLP beside the best reading of each code alone.
-    let seen = if a.motions_only { Some(ClipData::build(&ldm, &data, &cfg.teacher)?) } else { None };
+    let seen =
+        if a.motions_only { Some(ClipData::build(&ldm, &data, &data.backgrounds()?, &cfg.teacher)?) } else { None };
     // The trained renderer holds its own layers now.
     let a = Args { layers_from: None, ..a.clone() };
     evaluate(&a, out, seen.as_ref())

@@ -107,15 +107,15 @@ pub struct ClipData {
 }
 
 impl ClipData {
-    /// Encodes every transition of `data` with `ldm` and reads its motion with `teacher` (each
-    /// episode's background is its per-pixel median over time).
-    pub fn build(ldm: &TinyLdm, data: &Transitions, teacher: &MotionTeacher) -> Result<Self> {
+    /// Encodes every transition of `data` with `ldm` and reads its motion with `teacher` against
+    /// `backgrounds` (each episode's per-pixel median over time, [`Transitions::backgrounds`]).
+    pub fn build(ldm: &TinyLdm, data: &Transitions, backgrounds: &Tensor, teacher: &MotionTeacher) -> Result<Self> {
         let t0 = std::time::Instant::now();
         let file = super::codes::encode_transitions(ldm, data)?;
         let q = file.codes_per_step;
         let codes = Tensor::from_vec(file.codes.concat(), (file.codes.len(), q), data.frames.device())?;
         let t1 = std::time::Instant::now();
-        let motions = data.teacher_motions(teacher)?;
+        let motions = data.teacher_motions(backgrounds, teacher)?;
         tracing::info!(
             "clip renderer data: codes of {} transitions in {:.1} s, the teacher's motions in {:.1} s",
             data.len(),
@@ -304,7 +304,9 @@ pub fn train_clip_renderer(
             cfg.renderer.codes_per_transition, cfg.renderer.levels, lc.act_embedding_num, lc.levels
         )));
     }
-    let clip_data = ClipData::build(ldm, data, &cfg.teacher)?;
+    // Each episode's median background: for the teacher's motions and each step's foreground.
+    let backgrounds = data.backgrounds()?;
+    let clip_data = ClipData::build(ldm, data, &backgrounds, &cfg.teacher)?;
     let varmap = VarMap::new();
     let model = ClipRenderer::new(&cfg.renderer, seeded_var_builder(&varmap, cfg.init_seed, DType::F32, device))?;
     let mut trainer = Trainer::from_varmap(&varmap, cfg.train.clone())?;
@@ -348,7 +350,6 @@ pub fn train_clip_renderer(
             "clip renderer: augment must not shift, zoom or rotate (the copies' translations would be off)".into(),
         ));
     }
-    let backgrounds = data.backgrounds()?;
     let frames = &data.frames;
     let k_max = cfg.renderer.clip_transitions;
     // The step reader's clips: recipe steps of exactly one clip.

@@ -197,10 +197,14 @@ impl Transitions {
         Ok((mask(x_t)?, mask(x_next)?))
     }
 
-    /// The label-free motion of every transition ([`crate::clip::dominant_motion`], each
-    /// episode's background its per-pixel median over time), in transition order.
-    pub fn teacher_motions(&self, teacher: &crate::clip::MotionTeacher) -> Result<Vec<crate::clip::TransitionMotion>> {
-        let bgs = self.backgrounds()?.to_dtype(DType::F32)?;
+    /// The label-free motion of every transition ([`crate::clip::dominant_motion`]), in transition
+    /// order. `backgrounds`: [`Self::backgrounds`], which callers that also need it compute once.
+    pub fn teacher_motions(
+        &self,
+        backgrounds: &Tensor,
+        teacher: &crate::clip::MotionTeacher,
+    ) -> Result<Vec<crate::clip::TransitionMotion>> {
+        let bgs = backgrounds.to_dtype(DType::F32)?;
         let (_, _, h, w) = self.frames.dims4()?;
         let mut motions = Vec::with_capacity(self.len());
         let (mut start, mut frame0) = (0usize, 0usize);

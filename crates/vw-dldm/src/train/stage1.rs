@@ -173,7 +173,7 @@ pub fn train_stage1_in(
     let data = Transitions::render(&cfg.data, vw_data::craftworld::Split::Train, device)?;
     // The displacement head's label-free targets, read once from the frames.
     let motions = match cfg.model.displacement_weight > 0.0 {
-        true => Some(data.teacher_motions(&crate::clip::MotionTeacher::default())?),
+        true => Some(data.teacher_motions(&data.backgrounds()?, &crate::clip::MotionTeacher::default())?),
         false => None,
     };
     let mut cfg = cfg.clone();
